@@ -1,0 +1,214 @@
+"""Anchor matching and SSD box coding.
+
+The public functions are TensorFlow, so they run inside ``tf.data.Dataset.map``
+whatever the Keras backend (the input pipeline always runs on TensorFlow). Their
+core, `match_anchors`, is written against a numpy-like namespace so that the
+RefineDet loss can run the same matching rule on the refined anchors with
+``keras.ops`` under any backend.
+
+Box formats: ground-truth and decoded boxes are relative corners
+``[xmin, ymin, xmax, ymax]``; anchors are relative ``[cx, cy, w, h]``
+(see `keras_scb.anchors`).
+"""
+
+import types
+
+import tensorflow as tf
+
+# The subset of the ``keras.ops`` API that `match_anchors` uses, in plain TF.
+TF_OPS = types.SimpleNamespace(
+    arange=tf.range,
+    cast=tf.cast,
+    concatenate=lambda xs, axis: tf.concat(xs, axis=axis),
+    expand_dims=tf.expand_dims,
+    log=tf.math.log,
+    max=lambda x, axis: tf.reduce_max(x, axis=axis),
+    maximum=tf.maximum,
+    min=lambda x, axis: tf.reduce_min(x, axis=axis),
+    minimum=tf.minimum,
+    one_hot=lambda x, n: tf.one_hot(x, n),
+    shape=tf.shape,
+    stack=lambda xs, axis: tf.stack(xs, axis=axis),
+    take_along_axis=lambda x, idx, axis: tf.gather(
+        x, idx, axis=axis, batch_dims=axis
+    ),
+    where=tf.where,
+)
+
+
+def _corners(boxes, ops):
+    """``(..., 4)`` ``[cx, cy, w, h]`` -> ``[xmin, ymin, xmax, ymax]``."""
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    return ops.concatenate([centre - size / 2.0, centre + size / 2.0], axis=-1)
+
+
+def _iou(boxes_a, boxes_b, ops):
+    area_a = (boxes_a[..., 2] - boxes_a[..., 0]) * (boxes_a[..., 3] - boxes_a[..., 1])
+    area_b = (boxes_b[..., 2] - boxes_b[..., 0]) * (boxes_b[..., 3] - boxes_b[..., 1])
+    a = ops.expand_dims(boxes_a, -2)
+    b = ops.expand_dims(boxes_b, -3)
+    lo = ops.maximum(a[..., :2], b[..., :2])
+    hi = ops.minimum(a[..., 2:], b[..., 2:])
+    wh = ops.maximum(hi - lo, 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = ops.expand_dims(area_a, -1) + ops.expand_dims(area_b, -2) - inter
+    return inter / ops.maximum(union, 1e-12)
+
+
+def iou(boxes_a, boxes_b):
+    """Pairwise intersection over union.
+
+    Args:
+        boxes_a: ``(..., N, 4)`` corners.
+        boxes_b: ``(..., M, 4)`` corners, same leading dims as ``boxes_a`` (or none).
+
+    Returns:
+        ``(..., N, M)`` float32.
+    """
+    boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)
+    boxes_b = tf.convert_to_tensor(boxes_b, tf.float32)
+    return _iou(boxes_a, boxes_b, TF_OPS)
+
+
+def _argmax_first(x, axis, ops):
+    """Argmax over a non-negative ``axis``, lowest index among exact ties.
+
+    Returns:
+        ``(index, max)``, both with ``axis`` removed.
+    """
+    n = ops.shape(x)[axis]
+    best = ops.max(x, axis=axis)
+    positions = _trailing_axes(ops.cast(ops.arange(n), "int32"), len(x.shape) - 1 - axis, ops)
+    candidates = ops.where(x == ops.expand_dims(best, axis), positions, n)
+    return ops.min(candidates, axis=axis), best
+
+
+def _trailing_axes(x, count, ops):
+    """Appends ``count`` unit axes so a 1-D ``x`` broadcasts along an inner axis."""
+    for _ in range(count):
+        x = ops.expand_dims(x, -1)
+    return x
+
+
+def match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold, ops):
+    """Assigns each anchor a ground-truth box by the SSD authors' rule.
+
+    Each anchor takes its best box if their IoU is >= ``iou_threshold``; then each
+    real box, in index order, takes its single best anchor whatever the IoU (a
+    later box overwrites an earlier one). Ties go to the lowest index. Padding rows
+    (class < 0) never match.
+
+    Args:
+        gt_boxes: ``(B, G, 4)`` float32 corners.
+        gt_classes: ``(B, G)`` int32, ``-1`` for padding.
+        anchor_corners: ``(A, 4)`` or ``(B, A, 4)`` float32 corners.
+        iou_threshold: Python float.
+        ops: ``keras.ops`` or `TF_OPS`.
+
+    Returns:
+        ``(B, A)`` int32 index of the matched box, ``-1`` for background.
+    """
+    valid = gt_classes >= 0  # (B, G)
+    overlaps = _iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
+    overlaps = ops.where(ops.expand_dims(valid, -1), overlaps, -1.0)
+    best_gt, best_gt_iou = _argmax_first(overlaps, 1, ops)  # (B, A)
+    best_anchor, _ = _argmax_first(overlaps, 2, ops)  # (B, G)
+    num_anchors = ops.shape(overlaps)[2]
+    num_gt = ops.shape(overlaps)[1]
+    # forced[b, a] = 1 + the highest box index whose best anchor is a, else 0:
+    # the highest index wins, as in the authors' sequential loop.
+    one_hot = ops.one_hot(best_anchor, num_anchors)  # (B, G, A)
+    box_ids = ops.cast(ops.arange(num_gt), "float32") + 1.0
+    weighted = one_hot * _trailing_axes(box_ids, 1, ops)
+    weighted = weighted * ops.expand_dims(ops.cast(valid, "float32"), -1)
+    forced = ops.cast(ops.max(weighted, axis=1), "int32")  # (B, A)
+    matched = ops.where(best_gt_iou >= iou_threshold, best_gt, -1)
+    return ops.where(forced > 0, forced - 1, matched)
+
+
+def _encode(matched_boxes, anchors, variances, ops):
+    """Corners ``(..., A, 4)`` -> SSD offsets against ``[cx, cy, w, h]`` anchors."""
+    centre = (matched_boxes[..., :2] + matched_boxes[..., 2:]) / 2.0
+    size = ops.maximum(matched_boxes[..., 2:] - matched_boxes[..., :2], 1e-8)
+    d_centre = (centre - anchors[..., :2]) / (variances[0] * anchors[..., 2:])
+    d_size = ops.log(size / anchors[..., 2:]) / variances[1]
+    return ops.concatenate([d_centre, d_size], axis=-1)
+
+
+def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
+    """Builds the ``(B, A, 6)`` target tensor from a matching.
+
+    Args:
+        gt_boxes: ``(B, G, 4)`` corners.
+        gt_classes: ``(B, G)`` int32.
+        anchors: ``(A, 4)`` or ``(B, A, 4)`` ``[cx, cy, w, h]``.
+        matched: ``(B, A)`` int32 from `match_anchors`.
+        variances: pair of floats.
+        ops: ``keras.ops`` or `TF_OPS`.
+
+    Returns:
+        ``(B, A, 6)`` float32 ``[dcx, dcy, dw, dh, class_target, matched_gt]``:
+        offsets are zero and class_target is 0 on background anchors.
+    """
+    positive = matched >= 0
+    index = ops.maximum(matched, 0)
+    boxes = ops.take_along_axis(gt_boxes, index, 1)
+    classes = ops.take_along_axis(gt_classes, index, 1)
+    offsets = _encode(boxes, anchors, variances, ops)
+    offsets = ops.where(ops.expand_dims(positive, -1), offsets, 0.0)
+    class_target = ops.where(positive, classes + 1, 0)
+    return ops.concatenate(
+        [
+            offsets,
+            ops.expand_dims(ops.cast(class_target, "float32"), -1),
+            ops.expand_dims(ops.cast(matched, "float32"), -1),
+        ],
+        axis=-1,
+    )
+
+
+def encode_targets(
+    gt_boxes, gt_classes, anchors, iou_threshold=0.5, variances=(0.1, 0.2)
+):
+    """Encodes ground truth against anchors for SSD training.
+
+    Args:
+        gt_boxes: float ``(B, G, 4)`` or ``(G, 4)`` relative corners.
+        gt_classes: int ``(B, G)`` or ``(G,)``: ids ``0..C-1``, ``-1`` for padding.
+        anchors: ``(A, 4)`` relative ``[cx, cy, w, h]`` (`keras_scb.anchors.get_anchors`).
+        iou_threshold: minimum IoU for an anchor to take a box.
+        variances: the SSD scaling of centre and size offsets.
+
+    Returns:
+        float32 ``(B, A, 6)`` (or ``(A, 6)`` for one image):
+        ``[dcx, dcy, dw, dh, class_target, matched_gt]`` with class_target 0 for
+        background and ``k + 1`` for class ``k``, matched_gt the box index or -1.
+    """
+    gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
+    gt_classes = tf.cast(tf.convert_to_tensor(gt_classes), tf.int32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    single = gt_boxes.shape.rank == 2
+    if single:
+        gt_boxes, gt_classes = gt_boxes[None], gt_classes[None]
+    matched = match_anchors(
+        gt_boxes, gt_classes, _corners(anchors, TF_OPS), iou_threshold, TF_OPS
+    )
+    targets = encode_matches(gt_boxes, gt_classes, anchors, matched, variances, TF_OPS)
+    return targets[0] if single else targets
+
+
+def decode_boxes(offsets, anchors, variances=(0.1, 0.2)):
+    """Inverse of the SSD box coding.
+
+    Args:
+        offsets: ``(..., A, 4)`` ``[dcx, dcy, dw, dh]``.
+        anchors: ``(A, 4)`` (or broadcastable) relative ``[cx, cy, w, h]``.
+
+    Returns:
+        ``(..., A, 4)`` float32 relative corners ``[xmin, ymin, xmax, ymax]``.
+    """
+    offsets = tf.cast(offsets, tf.float32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    centre = anchors[..., :2] + offsets[..., :2] * variances[0] * anchors[..., 2:]
+    size = anchors[..., 2:] * tf.exp(offsets[..., 2:] * variances[1])
+    return tf.concat([centre - size / 2.0, centre + size / 2.0], axis=-1)
