@@ -11,29 +11,37 @@ Box formats: ground-truth and decoded boxes are relative corners
 (see `keras_scb.anchors`).
 """
 
+import functools
 import types
 
-import tensorflow as tf
 
-# The subset of the ``keras.ops`` API that `match_anchors` uses, in plain TF.
-TF_OPS = types.SimpleNamespace(
-    arange=tf.range,
-    cast=tf.cast,
-    concatenate=lambda xs, axis: tf.concat(xs, axis=axis),
-    expand_dims=tf.expand_dims,
-    log=tf.math.log,
-    max=lambda x, axis: tf.reduce_max(x, axis=axis),
-    maximum=tf.maximum,
-    min=lambda x, axis: tf.reduce_min(x, axis=axis),
-    minimum=tf.minimum,
-    one_hot=lambda x, n: tf.one_hot(x, n),
-    shape=tf.shape,
-    stack=lambda xs, axis: tf.stack(xs, axis=axis),
-    take_along_axis=lambda x, idx, axis: tf.gather(
-        x, idx, axis=axis, batch_dims=axis
-    ),
-    where=tf.where,
-)
+@functools.lru_cache(maxsize=None)
+def tf_ops():
+    """The subset of the ``keras.ops`` API that `match_anchors` uses, in plain TF.
+
+    Imported lazily so that `match_anchors` (used by the RefineDet loss with
+    ``keras.ops``) does not need TensorFlow.
+    """
+    import tensorflow as tf
+
+    return types.SimpleNamespace(
+        arange=tf.range,
+        cast=tf.cast,
+        concatenate=lambda xs, axis: tf.concat(xs, axis=axis),
+        expand_dims=tf.expand_dims,
+        log=tf.math.log,
+        max=lambda x, axis: tf.reduce_max(x, axis=axis),
+        maximum=tf.maximum,
+        min=lambda x, axis: tf.reduce_min(x, axis=axis),
+        minimum=tf.minimum,
+        one_hot=lambda x, n: tf.one_hot(x, n),
+        shape=tf.shape,
+        stack=lambda xs, axis: tf.stack(xs, axis=axis),
+        take_along_axis=lambda x, idx, axis: tf.gather(
+            x, idx, axis=axis, batch_dims=axis
+        ),
+        where=tf.where,
+    )
 
 
 def _corners(boxes, ops):
@@ -65,9 +73,11 @@ def iou(boxes_a, boxes_b):
     Returns:
         ``(..., N, M)`` float32.
     """
+    import tensorflow as tf
+
     boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)
     boxes_b = tf.convert_to_tensor(boxes_b, tf.float32)
-    return _iou(boxes_a, boxes_b, TF_OPS)
+    return _iou(boxes_a, boxes_b, tf_ops())
 
 
 def _argmax_first(x, axis, ops):
@@ -78,7 +88,8 @@ def _argmax_first(x, axis, ops):
     """
     n = ops.shape(x)[axis]
     best = ops.max(x, axis=axis)
-    positions = _trailing_axes(ops.cast(ops.arange(n), "int32"), len(x.shape) - 1 - axis, ops)
+    positions = ops.cast(ops.arange(n), "int32")
+    positions = _trailing_axes(positions, len(x.shape) - 1 - axis, ops)
     candidates = ops.where(x == ops.expand_dims(best, axis), positions, n)
     return ops.min(candidates, axis=axis), best
 
@@ -103,7 +114,7 @@ def match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold, ops):
         gt_classes: ``(B, G)`` int32, ``-1`` for padding.
         anchor_corners: ``(A, 4)`` or ``(B, A, 4)`` float32 corners.
         iou_threshold: Python float.
-        ops: ``keras.ops`` or `TF_OPS`.
+        ops: ``keras.ops`` or `tf_ops()`.
 
     Returns:
         ``(B, A)`` int32 index of the matched box, ``-1`` for background.
@@ -144,7 +155,7 @@ def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
         anchors: ``(A, 4)`` or ``(B, A, 4)`` ``[cx, cy, w, h]``.
         matched: ``(B, A)`` int32 from `match_anchors`.
         variances: pair of floats.
-        ops: ``keras.ops`` or `TF_OPS`.
+        ops: ``keras.ops`` or `tf_ops()`.
 
     Returns:
         ``(B, A, 6)`` float32 ``[dcx, dcy, dw, dh, class_target, matched_gt]``:
@@ -184,6 +195,8 @@ def encode_targets(
         ``[dcx, dcy, dw, dh, class_target, matched_gt]`` with class_target 0 for
         background and ``k + 1`` for class ``k``, matched_gt the box index or -1.
     """
+    import tensorflow as tf
+
     gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
     gt_classes = tf.cast(tf.convert_to_tensor(gt_classes), tf.int32)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
@@ -191,9 +204,11 @@ def encode_targets(
     if single:
         gt_boxes, gt_classes = gt_boxes[None], gt_classes[None]
     matched = match_anchors(
-        gt_boxes, gt_classes, _corners(anchors, TF_OPS), iou_threshold, TF_OPS
+        gt_boxes, gt_classes, _corners(anchors, tf_ops()), iou_threshold, tf_ops()
     )
-    targets = encode_matches(gt_boxes, gt_classes, anchors, matched, variances, TF_OPS)
+    targets = encode_matches(
+        gt_boxes, gt_classes, anchors, matched, variances, tf_ops()
+    )
     return targets[0] if single else targets
 
 
@@ -207,6 +222,8 @@ def decode_boxes(offsets, anchors, variances=(0.1, 0.2)):
     Returns:
         ``(..., A, 4)`` float32 relative corners ``[xmin, ymin, xmax, ymax]``.
     """
+    import tensorflow as tf
+
     offsets = tf.cast(offsets, tf.float32)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     centre = anchors[..., :2] + offsets[..., :2] * variances[0] * anchors[..., 2:]
