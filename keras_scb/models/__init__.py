@@ -1,0 +1,1 @@
+"""SSD-family detector networks (Keras layers only; importable without TensorFlow)."""
