@@ -1,0 +1,562 @@
+"""Detection metrics: COCO (through pycocotools), VOC07 11-point mAP and the
+paper's recall by object scale; plus JSON / Markdown reporting and run comparison.
+
+Pure numpy + pycocotools: nothing here needs a model or TensorFlow.
+
+Inputs, one record per image:
+
+- `ImageGroundTruth`: boxes are relative ``[xmin, ymin, xmax, ymax]`` (the data
+  convention) and are scaled to pixels with the ORIGINAL image ``height`` and
+  ``width``, so COCO's area ranges and the scale buckets refer to the image as
+  annotated, not to the network input.
+- `ImageDetections`: boxes are relative corners too, which is what
+  `keras_scb.matching.decode_boxes` and the model's decoding produce. Scores are
+  assumed to be final: per-class NMS (IoU 0.45) and the top-200 cut are the
+  decoder's job and are not redone here.
+
+Difficult (VOC) or ignored objects neither count as objects to find nor penalise
+the detections that hit them, in every metric.
+"""
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+from typing import Dict, Hashable, List, Optional, Sequence, Union
+
+import numpy as np
+
+# COCO's object scale limits, on box area in pixels of the original image.
+SMALL_AREA = 32.0**2
+MEDIUM_AREA = 96.0**2
+SCALES = ("small", "medium", "large")
+
+# The columns of the paper's Table 5, in pycocotools' `stats` order.
+COCO_METRICS = (
+    "AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L",
+    "AR1", "AR10", "AR100", "AR_S", "AR_M", "AR_L",
+)
+
+DEFAULT_SCORE_THRESHOLDS = (0.01, 0.1, 0.3)
+
+
+@dataclasses.dataclass
+class ImageGroundTruth:
+    """Annotated objects of one image.
+
+    Attributes:
+        image_id: any hashable, unique over the evaluated set.
+        height, width: original image size in pixels.
+        boxes: float ``(N, 4)`` relative ``[xmin, ymin, xmax, ymax]``.
+        classes: int ``(N,)`` contiguous ids ``0..C-1``.
+        difficult: bool ``(N,)`` VOC difficult / ignore flags (default all False).
+    """
+
+    image_id: Hashable
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+    difficult: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
+        self.classes = np.asarray(self.classes, np.int64).reshape(-1)
+        n = len(self.boxes)
+        if self.difficult is None:
+            self.difficult = np.zeros(n, bool)
+        self.difficult = np.asarray(self.difficult, bool).reshape(-1)
+        if len(self.classes) != n or len(self.difficult) != n:
+            raise ValueError(
+                f"Image {self.image_id!r}: {n} boxes but {len(self.classes)} classes "
+                f"and {len(self.difficult)} difficult flags."
+            )
+
+
+@dataclasses.dataclass
+class ImageDetections:
+    """Final detections of one image.
+
+    Attributes:
+        image_id: the `ImageGroundTruth.image_id` they belong to.
+        boxes: float ``(K, 4)`` relative ``[xmin, ymin, xmax, ymax]``.
+        scores: float ``(K,)``.
+        classes: int ``(K,)`` contiguous ids ``0..C-1`` (no background).
+    """
+
+    image_id: Hashable
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, np.float64).reshape(-1)
+        self.classes = np.asarray(self.classes, np.int64).reshape(-1)
+        if not len(self.boxes) == len(self.scores) == len(self.classes):
+            raise ValueError(
+                f"Image {self.image_id!r}: {len(self.boxes)} boxes, "
+                f"{len(self.scores)} scores, {len(self.classes)} classes."
+            )
+
+
+def _pixel_boxes(boxes, height, width):
+    """Relative corners ``(N, 4)`` -> pixel corners of a ``height x width`` image."""
+    return boxes * np.array([width, height, width, height], np.float64)
+
+
+def box_areas(boxes):
+    """``(N, 4)`` corners -> ``(N,)`` areas (0 for degenerate boxes)."""
+    wh = np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
+    return wh[:, 0] * wh[:, 1]
+
+
+def pairwise_iou(boxes_a, boxes_b):
+    """``(N, 4)``, ``(M, 4)`` corners -> ``(N, M)`` IoU (continuous coordinates)."""
+    lo = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    hi = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    wh = np.maximum(hi - lo, 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_areas(boxes_a)[:, None] + box_areas(boxes_b)[None, :] - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def scale_of_area(areas):
+    """Pixel areas ``(N,)`` -> ``(N,)`` indices into `SCALES` (COCO limits)."""
+    return np.searchsorted([SMALL_AREA, MEDIUM_AREA], np.asarray(areas), side="right")
+
+
+def _pair_up(ground_truths, detections):
+    """Yields ``(gt, detections_of_that_image)``; images without any get none."""
+    by_id = {}
+    for gt in ground_truths:
+        if gt.image_id in by_id:
+            raise ValueError(f"Duplicate ground-truth image_id {gt.image_id!r}.")
+        by_id[gt.image_id] = []
+    for det in detections:
+        if det.image_id not in by_id:
+            raise ValueError(f"Detections for unknown image_id {det.image_id!r}.")
+        by_id[det.image_id].append(det)
+    for gt in ground_truths:
+        dets = by_id[gt.image_id]
+        yield gt, ImageDetections(
+            gt.image_id,
+            np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4)),
+            np.concatenate([d.scores for d in dets]) if dets else np.zeros(0),
+            np.concatenate([d.classes for d in dets]) if dets else np.zeros(0, int),
+        )
+
+
+def _num_classes(ground_truths, detections):
+    top = [-1]
+    top += [int(gt.classes.max()) for gt in ground_truths if len(gt.classes)]
+    top += [int(d.classes.max()) for d in detections if len(d.classes)]
+    return max(top) + 1
+
+
+def _coco_boxes(boxes, height, width):
+    """Relative corners -> pixel ``[x, y, w, h]`` lists (COCO's bbox format)."""
+    pixels = _pixel_boxes(boxes, height, width)
+    xywh = np.concatenate([pixels[:, :2], pixels[:, 2:] - pixels[:, :2]], axis=1)
+    return xywh.tolist()
+
+
+def _in_memory_coco(dataset):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_metrics(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    num_classes: Optional[int] = None,
+    category_ids: Optional[Sequence[int]] = None,
+) -> Dict[str, Optional[float]]:
+    """COCO box AP / AR, computed by pycocotools on in-memory COCO objects.
+
+    Difficult objects become ``iscrowd`` regions: pycocotools then ignores them and
+    every detection that lands on them. Object areas are box areas in original
+    image pixels (official COCO uses mask areas for the S/M/L ranges, so AP_S etc.
+    differ slightly from the official numbers on COCO itself).
+
+    Args:
+        ground_truths: one `ImageGroundTruth` per evaluated image.
+        detections: `ImageDetections` (several records per image are merged).
+        num_classes: ``C``; default: one more than the largest class id seen.
+        category_ids: COCO category id of each contiguous class ``0..C-1``
+            (default ``k + 1``); only the ids change, not the result.
+
+    Returns:
+        ``{name: value in [0, 1] or None}`` for `COCO_METRICS`; None where
+        pycocotools reports -1 (no ground truth in that range).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if num_classes is None:
+        num_classes = _num_classes(ground_truths, detections)
+    if category_ids is None:
+        category_ids = list(range(1, num_classes + 1))
+    if len(category_ids) != num_classes:
+        raise ValueError(
+            f"{len(category_ids)} category_ids for {num_classes} classes."
+        )
+    category_ids = [int(c) for c in category_ids]
+    images, gt_anns, dt_anns = [], [], []
+    # pycocotools marks "unmatched" with annotation id 0, so ids start at 1; image
+    # ids are renumbered because callers' ids need not be integers.
+    for index, (gt, det) in enumerate(_pair_up(ground_truths, detections), 1):
+        images.append({"id": index, "height": gt.height, "width": gt.width})
+        for box, cls, hard in zip(
+            _coco_boxes(gt.boxes, gt.height, gt.width), gt.classes, gt.difficult
+        ):
+            gt_anns.append({
+                "id": len(gt_anns) + 1, "image_id": index,
+                "category_id": category_ids[cls], "bbox": box,
+                "area": box[2] * box[3], "iscrowd": int(hard),
+            })
+        for box, cls, score in zip(
+            _coco_boxes(det.boxes, gt.height, gt.width), det.classes, det.scores
+        ):
+            dt_anns.append({
+                "id": len(dt_anns) + 1, "image_id": index,
+                "category_id": category_ids[cls], "bbox": box,
+                "area": box[2] * box[3], "iscrowd": 0, "score": float(score),
+            })
+    categories = [{"id": c, "name": str(c)} for c in category_ids]
+    coco_gt = _in_memory_coco(
+        {"images": images, "annotations": gt_anns, "categories": categories}
+    )
+    coco_dt = _in_memory_coco(
+        {"images": images, "annotations": dt_anns, "categories": categories}
+    )
+    evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {
+        name: (None if value < 0 else float(value))
+        for name, value in zip(COCO_METRICS, evaluator.stats)
+    }
+
+
+def voc07_average_precision(recall, precision):
+    """VOC2007 11-point interpolated AP.
+
+    Args:
+        recall, precision: ``(D,)`` cumulative values over score-sorted detections.
+
+    Returns:
+        mean over ``t in {0, 0.1, ..., 1}`` of the best precision at recall >= t
+        (0 where recall never reaches t).
+    """
+    recall, precision = np.asarray(recall), np.asarray(precision)
+    points = []
+    for t in np.linspace(0.0, 1.0, 11):
+        reached = recall >= t
+        points.append(precision[reached].max() if reached.any() else 0.0)
+    return float(np.mean(points))
+
+
+def _voc_labels(gt_boxes, gt_difficult, det_boxes, det_scores, iou_threshold):
+    """Greedy VOC matching of one image's detections of one class.
+
+    Returns:
+        ``(K,)`` int8: 1 true positive, 0 false positive, -1 ignored (its best
+        overlap is a difficult object), in the order of ``det_boxes``.
+    """
+    labels = np.zeros(len(det_boxes), np.int8)
+    if len(gt_boxes) == 0:
+        return labels
+    overlaps = pairwise_iou(det_boxes, gt_boxes)
+    best = overlaps.argmax(axis=1)
+    taken = np.zeros(len(gt_boxes), bool)
+    for k in np.argsort(-det_scores, kind="stable"):
+        j = best[k]
+        if overlaps[k, j] <= iou_threshold:  # VOC requires a strictly greater IoU
+            continue
+        if gt_difficult[j]:
+            labels[k] = -1
+        elif not taken[j]:
+            labels[k], taken[j] = 1, True
+    return labels
+
+
+def voc07_metrics(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    num_classes: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+    iou_threshold: float = 0.5,
+) -> Dict[str, object]:
+    """PASCAL VOC2007 11-point mAP, with the devkit's matching rules.
+
+    Per class, detections are taken in decreasing score (ties: the order given) and
+    each matches the object it overlaps most if IoU > ``iou_threshold``: a first
+    hit on a normal object is a true positive, a repeat hit a false positive, a
+    hit on a difficult object is dropped. Difficult objects are not in the recall
+    denominator. IoU is on continuous coordinates (the devkit's +1 pixel
+    convention does not apply to relative boxes).
+
+    Returns:
+        ``{"mAP": float, "per_class": {name: AP or None}}``: None for a class with
+        no non-difficult object, which the mean then skips.
+    """
+    if num_classes is None:
+        num_classes = _num_classes(ground_truths, detections)
+    if class_names is None:
+        class_names = [str(k) for k in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class_names for {num_classes} classes.")
+    scores = [[] for _ in range(num_classes)]
+    labels = [[] for _ in range(num_classes)]
+    positives = np.zeros(num_classes, np.int64)
+    for gt, det in _pair_up(ground_truths, detections):
+        gt_pixels = _pixel_boxes(gt.boxes, gt.height, gt.width)
+        det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
+        for k in range(num_classes):
+            is_gt, is_det = gt.classes == k, det.classes == k
+            positives[k] += np.count_nonzero(is_gt & ~gt.difficult)
+            if not is_det.any():
+                continue
+            scores[k].append(det.scores[is_det])
+            labels[k].append(_voc_labels(
+                gt_pixels[is_gt], gt.difficult[is_gt], det_pixels[is_det],
+                det.scores[is_det], iou_threshold,
+            ))
+    per_class = {}
+    for k, name in enumerate(class_names):
+        if positives[k] == 0:
+            per_class[name] = None
+            continue
+        if not scores[k]:
+            per_class[name] = 0.0
+            continue
+        # Per-image greedy labels in a stable score order equal the devkit's single
+        # pass over all images, because matches never cross images.
+        # Ignored detections (-1) add neither a TP nor an FP, so they only repeat a
+        # point of the precision/recall curve and leave the AP unchanged.
+        order = np.argsort(-np.concatenate(scores[k]), kind="stable")
+        class_labels = np.concatenate(labels[k])[order]
+        tp = np.cumsum(class_labels == 1)
+        fp = np.cumsum(class_labels == 0)
+        per_class[name] = voc07_average_precision(
+            tp / positives[k], tp / np.maximum(tp + fp, 1)
+        )
+    valid = [ap for ap in per_class.values() if ap is not None]
+    return {"mAP": float(np.mean(valid)) if valid else None, "per_class": per_class}
+
+
+def recall_by_scale(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
+    iou_threshold: float = 0.5,
+    class_aware: bool = True,
+) -> Dict[str, object]:
+    """The paper's recall of small / medium / large objects.
+
+    At each score threshold ``t``, an object is recalled if some detection with
+    score >= ``t`` (and, when ``class_aware``, of the object's class) has
+    IoU >= ``iou_threshold`` with it. Detections are used as given (the decoder's
+    per-class NMS and top-k already applied). Scales are COCO's limits on the box
+    area in original-image pixels; difficult objects are left out.
+
+    Returns:
+        ``{"iou_threshold", "class_aware", "thresholds": {str(t): {scale:
+        {"recalled": int, "total": int}}}}`` with scales `SCALES` and ``"all"``.
+    """
+    best_scores, scales = [], []
+    for gt, det in _pair_up(ground_truths, detections):
+        keep = ~gt.difficult
+        gt_pixels = _pixel_boxes(gt.boxes[keep], gt.height, gt.width)
+        det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
+        hits = pairwise_iou(det_pixels, gt_pixels) >= iou_threshold  # (K, N)
+        if class_aware:
+            hits &= det.classes[:, None] == gt.classes[keep][None, :]
+        # An object is recalled at t iff its best-scoring hit has score >= t.
+        hit_scores = np.where(hits, det.scores[:, None], -np.inf)
+        best_scores.append(hit_scores.max(axis=0, initial=-np.inf))
+        scales.append(scale_of_area(box_areas(gt_pixels)))
+    best_scores = np.concatenate(best_scores) if best_scores else np.zeros(0)
+    scales = np.concatenate(scales) if scales else np.zeros(0, int)
+    thresholds = {}
+    for t in score_thresholds:
+        recalled = best_scores >= t
+        counts = {
+            name: {
+                "recalled": int(np.count_nonzero(recalled[scales == s])),
+                "total": int(np.count_nonzero(scales == s)),
+            }
+            for s, name in enumerate(SCALES)
+        }
+        counts["all"] = {
+            "recalled": int(np.count_nonzero(recalled)), "total": len(recalled)
+        }
+        thresholds[str(t)] = counts
+    return {
+        "iou_threshold": iou_threshold,
+        "class_aware": class_aware,
+        "thresholds": thresholds,
+    }
+
+
+def evaluate_detections(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    class_names: Optional[Sequence[str]] = None,
+    category_ids: Optional[Sequence[int]] = None,
+    score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
+    class_aware_recall: bool = True,
+) -> Dict[str, object]:
+    """All metrics of one run: ``{"coco": ..., "voc07": ..., "recall_by_scale": ...}``.
+
+    ``class_names`` fixes ``C`` (default: inferred from the largest id seen);
+    see `coco_metrics`, `voc07_metrics` and `recall_by_scale`.
+    """
+    ground_truths, detections = list(ground_truths), list(detections)
+    num_classes = (
+        len(class_names) if class_names is not None
+        else _num_classes(ground_truths, detections)
+    )
+    return {
+        "coco": coco_metrics(ground_truths, detections, num_classes, category_ids),
+        "voc07": voc07_metrics(ground_truths, detections, num_classes, class_names),
+        "recall_by_scale": recall_by_scale(
+            ground_truths, detections, score_thresholds, class_aware=class_aware_recall
+        ),
+    }
+
+
+# --- Reporting -----------------------------------------------------------------
+
+
+def write_json(results: Dict[str, object], path: str) -> None:
+    """Writes a results dict (as from `evaluate_detections`) as indented JSON."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+
+
+def load_results(run: Union[str, Dict[str, object]]) -> Dict[str, object]:
+    """A results dict, or the JSON file (or a directory holding ``metrics.json``)."""
+    if isinstance(run, dict):
+        return run
+    if os.path.isdir(run):
+        run = os.path.join(run, "metrics.json")
+    with open(run) as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """One displayed metric: value in percent (None if undefined) and its text."""
+
+    name: str
+    percent: Optional[float]
+    text: str
+
+
+def _percent_row(name, fraction):
+    if fraction is None:
+        return _Row(name, None, "-")
+    return _Row(name, 100.0 * fraction, f"{100.0 * fraction:.2f}")
+
+
+def _recall_row(name, counts):
+    recalled, total = counts["recalled"], counts["total"]
+    if total == 0:
+        return _Row(name, None, "- (0/0)")
+    percent = 100.0 * recalled / total
+    return _Row(name, percent, f"{percent:.2f} ({recalled}/{total})")
+
+
+def _rows(results) -> List[_Row]:
+    """Flattens a results dict into displayed rows, section by section."""
+    rows = []
+    for name, value in results.get("coco", {}).items():
+        rows.append(_percent_row(f"COCO {name}", value))
+    if "voc07" in results:
+        rows.append(_percent_row("VOC07 mAP", results["voc07"]["mAP"]))
+        for name, value in results["voc07"]["per_class"].items():
+            rows.append(_percent_row(f"VOC07 AP {name}", value))
+    if "recall_by_scale" in results:
+        for t, counts in results["recall_by_scale"]["thresholds"].items():
+            for scale, c in counts.items():
+                rows.append(_recall_row(f"Recall@{t} {scale}", c))
+    return rows
+
+
+def _table(header, body):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def markdown_table(results: Dict[str, object]) -> str:
+    """Markdown for one run: a COCO row (Table 5 columns), VOC07 per class, and
+    recall by scale (rows: score thresholds; cells like ``73.06 (377/516)``)."""
+    sections = []
+    if "coco" in results:
+        coco = results["coco"]
+        sections.append("**COCO**\n\n" + _table(
+            list(coco), [[_percent_row("", v).text for v in coco.values()]]
+        ))
+    if "voc07" in results:
+        voc = results["voc07"]
+        header = ["mAP"] + list(voc["per_class"])
+        values = [voc["mAP"]] + list(voc["per_class"].values())
+        sections.append("**VOC07 11-point AP**\n\n" + _table(
+            header, [[_percent_row("", v).text for v in values]]
+        ))
+    if "recall_by_scale" in results:
+        recall = results["recall_by_scale"]
+        kind = "class-aware" if recall["class_aware"] else "class-agnostic"
+        body = [
+            [f"score >= {t}"] + [_recall_row("", c).text for c in counts.values()]
+            for t, counts in recall["thresholds"].items()
+        ]
+        scales = list(next(iter(recall["thresholds"].values()), {}))
+        sections.append(
+            f"**Recall by scale** (IoU >= {recall['iou_threshold']}, {kind})\n\n"
+            + _table(["threshold"] + scales, body)
+        )
+    return "\n\n".join(sections) + "\n"
+
+
+def compare(
+    run_a: Union[str, Dict[str, object]],
+    run_b: Union[str, Dict[str, object]],
+    names: Sequence[str] = ("A", "B"),
+) -> str:
+    """Markdown table of two runs side by side with deltas ``B - A``.
+
+    Args:
+        run_a, run_b: results dicts or paths to their JSON (or run directories
+            holding ``metrics.json``).
+        names: the two column titles.
+
+    Returns:
+        The table; a metric missing from one run shows ``-`` there and no delta.
+        Deltas are in percentage points.
+    """
+    rows_a = {r.name: r for r in _rows(load_results(run_a))}
+    rows_b = {r.name: r for r in _rows(load_results(run_b))}
+    missing = _Row("", None, "-")
+    body = []
+    for name in list(rows_a) + [n for n in rows_b if n not in rows_a]:
+        a, b = rows_a.get(name, missing), rows_b.get(name, missing)
+        delta = (
+            "-" if a.percent is None or b.percent is None
+            else f"{b.percent - a.percent:+.2f}"
+        )
+        body.append([name, a.text, b.text, delta])
+    return _table(["metric", names[0], names[1], f"{names[1]} - {names[0]}"], body) + "\n"
