@@ -9,8 +9,9 @@ Inputs, one record per image:
   convention) and are scaled to pixels with the ORIGINAL image ``height`` and
   ``width``, so COCO's area ranges and the scale buckets refer to the image as
   annotated, not to the network input.
-- `ImageDetections`: boxes are relative corners too, which is what
-  `keras_scb.matching.decode_boxes` and the model's decoding produce. Scores are
+- `ImageDetections`: boxes are relative ``[xmin, ymin, xmax, ymax]`` too (what
+  `keras_scb.matching.decode_boxes` gives; `detections_from_decoder` converts the
+  ``[ymin, xmin, ymax, xmax]`` output of `keras_scb.decoding`). Scores are
   assumed to be final: per-class NMS (IoU 0.45) and the top-200 cut are the
   decoder's job and are not redone here.
 
@@ -99,6 +100,28 @@ class ImageDetections:
                 f"Image {self.image_id!r}: {len(self.boxes)} boxes, "
                 f"{len(self.scores)} scores, {len(self.classes)} classes."
             )
+
+
+def detections_from_decoder(image_ids, boxes, scores, classes, num_detections):
+    """`ImageDetections` from a batch of `keras_scb.decoding` outputs.
+
+    Args:
+        image_ids: ``B`` ids, in batch order.
+        boxes: ``(B, K, 4)`` relative ``[ymin, xmin, ymax, xmax]`` (the decoder's
+            TF/TFLite order), swapped here to ``[xmin, ymin, xmax, ymax]``.
+        scores: ``(B, K)``.
+        classes: ``(B, K)`` ids ``0..C-1``.
+        num_detections: ``(B,)``; rows past it are padding and dropped.
+
+    Returns:
+        A list of ``B`` `ImageDetections`.
+    """
+    boxes = np.asarray(boxes)[..., [1, 0, 3, 2]]
+    scores, classes = np.asarray(scores), np.asarray(classes)
+    return [
+        ImageDetections(image_id, boxes[b, :n], scores[b, :n], classes[b, :n])
+        for b, (image_id, n) in enumerate(zip(image_ids, np.asarray(num_detections)))
+    ]
 
 
 def _pixel_boxes(boxes, height, width):

@@ -363,3 +363,17 @@ def test_evaluate_write_compare_round_trip(tmp_path):
     b = _results(0.30, 400)
     del b["coco"]["AR_L"]
     assert "| COCO AR_L | 25.00 | - | - |" in ev.compare(_results(0.25, 377), b)
+
+
+def test_detections_from_decoder_swaps_to_xy_and_drops_padding():
+    boxes = np.zeros((2, 3, 4))
+    boxes[0, 0] = [0.1, 0.2, 0.3, 0.4]  # ymin, xmin, ymax, xmax
+    boxes[1, :2] = [[0.5, 0.6, 0.7, 0.8], [0.0, 0.1, 0.2, 0.3]]
+    scores = np.array([[0.9, 0, 0], [0.8, 0.7, 0]])
+    classes = np.array([[2, 0, 0], [1, 0, 0]])
+    dets = ev.detections_from_decoder(["a", "b"], boxes, scores, classes, [1, 2])
+    assert [d.image_id for d in dets] == ["a", "b"]
+    np.testing.assert_array_equal(dets[0].boxes, [[0.2, 0.1, 0.4, 0.3]])
+    np.testing.assert_array_equal(dets[1].boxes, [[0.6, 0.5, 0.8, 0.7], [0.1, 0.0, 0.3, 0.2]])
+    np.testing.assert_array_equal(dets[1].scores, [0.8, 0.7])
+    np.testing.assert_array_equal(dets[1].classes, [1, 0])
