@@ -1,0 +1,272 @@
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import reference
+from keras_scb.anchors import get_anchors
+from keras_scb.losses import (
+    WEIGHTINGS,
+    MultiBoxLoss,
+    ScaleBalancedLoss,
+    matched_anchor_counts,
+    multibox_loss,
+)
+from keras_scb.matching import encode_targets
+from test_matching import pad_batch
+
+NUM_CLASSES = 20
+
+
+def make_batch(seed, images=3, preset="ssd300", logit_scale=3.0):
+    rng = np.random.default_rng(seed)
+    anchors = get_anchors(preset)
+    boxes, classes = pad_batch([reference.random_boxes(rng) for _ in range(images)])
+    y_true = encode_targets(boxes, classes, anchors).numpy()
+    y_pred = np.concatenate(
+        [
+            rng.normal(0, 1.5, (images, len(anchors), 4)),
+            rng.normal(0, logit_scale, (images, len(anchors), NUM_CLASSES + 1)),
+        ],
+        axis=-1,
+    ).astype(np.float32)
+    return y_true, y_pred
+
+
+@pytest.fixture(scope="module")
+def batch():
+    y_true, y_pred = make_batch(0)
+    assert (y_true[..., 4] > 0).sum() > 0
+    return y_true, y_pred
+
+
+@pytest.mark.parametrize("apply_to", ["classification", "both"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_loss_against_numpy_reference(batch, weighting, apply_to):
+    y_true, y_pred = batch
+    loss = ScaleBalancedLoss(weighting=weighting, apply_to=apply_to, alpha=1.0, beta=3.0)
+    want = reference.multibox_loss(y_true, y_pred, weighting=weighting, apply_to=apply_to)
+    np.testing.assert_allclose(float(loss(y_true, y_pred)), want, rtol=1e-5)
+
+
+def test_other_constants_and_ratio():
+    y_true, y_pred = make_batch(5, images=2)
+    loss = ScaleBalancedLoss(alpha=0.5, beta=2.0, neg_pos_ratio=5)
+    want = reference.multibox_loss(y_true, y_pred, alpha=0.5, beta=2.0, neg_pos_ratio=5)
+    np.testing.assert_allclose(float(loss(y_true, y_pred)), want, rtol=1e-5)
+
+
+def test_multibox_is_uniform_and_scb_differs(batch):
+    y_true, y_pred = batch
+    mb = float(MultiBoxLoss()(y_true, y_pred))
+    np.testing.assert_allclose(mb, reference.multibox_loss(y_true, y_pred, "uniform"), rtol=1e-5)
+    assert abs(float(ScaleBalancedLoss()(y_true, y_pred)) - mb) > 1e-3
+
+
+def test_anchor_mask_excludes_anchors(batch):
+    y_true, y_pred = batch
+    mask = np.random.default_rng(1).random(y_true.shape[:2]) > 0.3
+    got = multibox_loss(y_true, y_pred, anchor_mask=mask)
+    want = reference.multibox_loss(y_true, y_pred, anchor_mask=mask)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_matched_anchor_counts_brute_force(batch):
+    y_true, _ = batch
+    matched = y_true[..., 5].astype(np.int32)
+    positive = y_true[..., 4] > 0
+    got = np.asarray(matched_anchor_counts(matched, positive))
+    for b in range(len(matched)):
+        for a in range(matched.shape[1]):
+            want = (positive[b] & (matched[b] == matched[b, a])).sum() if positive[b, a] else 0
+            assert got[b, a] == want
+
+
+def test_graph_uses_unsorted_segment_sum(batch):
+    y_true, y_pred = batch
+    loss = ScaleBalancedLoss()
+    graph = tf.function(loss).get_concrete_function(
+        tf.TensorSpec((None,) + y_true.shape[1:]), tf.TensorSpec((None,) + y_pred.shape[1:])
+    ).graph
+    assert "UnsortedSegmentSum" in {op.type for op in graph.get_operations()}
+
+
+def test_no_objects_gives_finite_loss_and_gradients():
+    anchors = get_anchors("ssd300")
+    y_true = encode_targets(np.zeros((2, 1, 4)), -np.ones((2, 1), np.int32), anchors)
+    y_pred = tf.Variable(np.random.default_rng(0).normal(size=(2, len(anchors), 25)), dtype=tf.float32)
+    for loss in (ScaleBalancedLoss(), ScaleBalancedLoss(apply_to="both"), MultiBoxLoss()):
+        with tf.GradientTape() as tape:
+            value = loss(y_true, y_pred)
+        grad = tape.gradient(value, y_pred)
+        assert np.isfinite(float(value))
+        assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_gradients_are_finite_and_weights_carry_none(batch):
+    y_true, y_pred = batch
+    y_true_t = tf.constant(y_true)
+    y_pred_v = tf.Variable(y_pred)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(y_true_t)
+        value = ScaleBalancedLoss(apply_to="both")(y_true_t, y_pred_v)
+    assert np.all(np.isfinite(tape.gradient(value, y_pred_v).numpy()))
+    # Only the regression targets can reach y_true; class ids and matched ids cannot.
+    grad_true = tape.gradient(value, y_true_t).numpy()
+    assert np.all(grad_true[..., 4:] == 0)
+
+
+def test_mixed_precision_inputs_computed_in_float32(batch):
+    y_true, y_pred = batch
+    bf16 = tf.cast(y_pred, tf.bfloat16)
+    loss = ScaleBalancedLoss()
+    value = loss(y_true, bf16)
+    assert value.dtype == tf.float32
+    want = reference.multibox_loss(y_true, tf.cast(bf16, tf.float32).numpy())
+    np.testing.assert_allclose(float(value), want, rtol=1e-5)
+
+
+def _tiny_detector(num_anchors, num_classes=NUM_CLASSES):
+    inputs = keras.Input((num_anchors, 8))
+    return keras.Model(inputs, keras.layers.Dense(4 + num_classes + 1)(inputs))
+
+
+def test_mixed_bfloat16_training_step():
+    y_true, _ = make_batch(2, images=2)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _tiny_detector(y_true.shape[1])
+        model.compile(optimizer="sgd", loss=ScaleBalancedLoss())
+        x = np.random.default_rng(0).normal(size=(2, y_true.shape[1], 8)).astype("float32")
+        history = model.fit(x, y_true, batch_size=2, epochs=1, verbose=0)
+        assert model.output.dtype == "bfloat16"
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_config_round_trip_and_keras_file(tmp_path):
+    loss = ScaleBalancedLoss(alpha=0.5, beta=2.0, neg_pos_ratio=4, apply_to="both", weighting="inverse_sqrt")
+    config = json.loads(json.dumps(keras.losses.serialize(loss)))
+    restored = keras.losses.deserialize(config)
+    assert isinstance(restored, ScaleBalancedLoss)
+    assert restored.get_config() == loss.get_config()
+    mb = keras.losses.deserialize(keras.losses.serialize(MultiBoxLoss(neg_pos_ratio=2)))
+    assert type(mb) is MultiBoxLoss and mb.neg_pos_ratio == 2 and mb.weighting == "uniform"
+
+    y_true, _ = make_batch(3, images=2)
+    model = _tiny_detector(y_true.shape[1])
+    model.compile(optimizer="sgd", loss=loss)
+    x = np.random.default_rng(1).normal(size=(2, y_true.shape[1], 8)).astype("float32")
+    path = os.path.join(tmp_path, "tiny.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.loss.get_config() == loss.get_config()
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"weighting": "log"}, "Unknown weighting 'log'"),
+        ({"apply_to": "localization"}, "Unknown apply_to 'localization'"),
+        ({"neg_pos_ratio": -1}, "neg_pos_ratio must be >= 0"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ScaleBalancedLoss(**kwargs)
+
+
+_JAX_SCRIPT = """
+import json, sys
+import numpy as np
+import keras
+assert keras.backend.backend() == "jax"
+from keras_scb.losses import ScaleBalancedLoss, WEIGHTINGS
+data = np.load(sys.argv[1] if len(sys.argv) > 1 else {path!r})
+out = {{}}
+for w in WEIGHTINGS:
+    for apply_to in ("classification", "both"):
+        out[w + "/" + apply_to] = float(ScaleBalancedLoss(weighting=w, apply_to=apply_to)(data["y_true"], data["y_pred"]))
+import sys as _s
+assert "tensorflow" not in _s.modules, "keras_scb.losses imported TensorFlow"
+print(json.dumps(out))
+"""
+
+
+def test_jax_backend_matches_tensorflow(batch, tmp_path, python_subprocess):
+    y_true, y_pred = batch
+    path = os.path.join(tmp_path, "batch.npz")
+    np.savez(path, y_true=y_true, y_pred=y_pred)
+    out = python_subprocess(_JAX_SCRIPT.format(path=path), env={"KERAS_BACKEND": "jax"})
+    jax_values = json.loads(out.strip().splitlines()[-1])
+    assert len(jax_values) == 2 * len(WEIGHTINGS)
+    for key, value in jax_values.items():
+        weighting, apply_to = key.split("/")
+        tf_value = float(ScaleBalancedLoss(weighting=weighting, apply_to=apply_to)(y_true, y_pred))
+        np.testing.assert_allclose(value, tf_value, rtol=1e-5, err_msg=key)
+
+
+_MIRRORED_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+import keras
+from keras_scb.losses import ScaleBalancedLoss
+data = np.load({path!r})
+x, y = data["x"], data["y_true"]
+loss_fn = ScaleBalancedLoss()
+
+def build():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input(x.shape[1:])
+    return keras.Model(inputs, keras.layers.Dense(4 + 20 + 1)(inputs))
+
+def step(model, xb, yb):
+    with tf.GradientTape() as tape:
+        loss = loss_fn(yb, model(xb))
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+single = build()
+loss1, grads1 = step(single, x, y)
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+with strategy.scope():
+    mirrored = build()
+dataset = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x)))
+xb, yb = next(iter(dataset))
+run = tf.function(lambda a, b: strategy.run(step, args=(mirrored, a, b)))
+loss2, grads2 = run(xb, yb)
+loss2 = strategy.reduce("SUM", loss2, axis=None)
+grads2 = [strategy.reduce("SUM", g, axis=None) for g in grads2]
+print(json.dumps({{
+    "loss1": float(loss1), "loss2": float(loss2),
+    "grad_err": max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(grads1, grads2)),
+    "grad_max": max(float(np.max(np.abs(a.numpy()))) for a in grads1),
+}}))
+"""
+
+
+def test_mirrored_strategy_two_devices_equals_one(tmp_path, python_subprocess):
+    # Uneven positives across the two halves, so a per-replica N would give a different answer.
+    y_true, _ = make_batch(11, images=4)
+    pos = (y_true[..., 4] > 0).sum(axis=1)
+    assert pos[:2].sum() != pos[2:].sum()
+    x = np.random.default_rng(2).normal(size=y_true.shape[:2] + (8,)).astype("float32")
+    path = os.path.join(tmp_path, "batch.npz")
+    np.savez(path, x=x, y_true=y_true)
+    out = json.loads(python_subprocess(_MIRRORED_SCRIPT.format(path=path)).strip().splitlines()[-1])
+    np.testing.assert_allclose(out["loss2"], out["loss1"], rtol=1e-5)
+    assert out["grad_err"] <= 1e-5 * max(1.0, out["grad_max"])
