@@ -7,8 +7,6 @@ alpha) down to 1x1, with depthwise-separable heads, as in the TF Object
 Detection API's ``ssdlite_mobilenet_v2``.
 """
 
-import functools
-
 import keras
 
 from keras_scb.models import backbones
@@ -90,7 +88,13 @@ def mobilenet_v2_ssdlite(
     )
 
 
-for _size in (300, 320):
-    register_detector(f"mobilenetv2-ssdlite{_size}")(
-        functools.partial(mobilenet_v2_ssdlite, image_size=_size)
-    )
+@register_detector("mobilenetv2-ssdlite300")
+def mobilenet_v2_ssdlite300(num_classes, **kwargs):
+    """MobileNetV2-SSDLite at 300 pixels; ``kwargs`` as `mobilenet_v2_ssdlite`."""
+    return mobilenet_v2_ssdlite(num_classes, 300, **kwargs)
+
+
+@register_detector("mobilenetv2-ssdlite320")
+def mobilenet_v2_ssdlite320(num_classes, **kwargs):
+    """MobileNetV2-SSDLite at 320 pixels; ``kwargs`` as `mobilenet_v2_ssdlite`."""
+    return mobilenet_v2_ssdlite(num_classes, 320, **kwargs)

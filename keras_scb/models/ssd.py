@@ -1,0 +1,146 @@
+"""SSD300 / SSD512 (Liu et al. 2016) on the VGG16 trunk in its SSD form.
+
+SSD changes to VGG16: pool3 rounds up (ceil mode, so conv4_3 is 38x38 at 300),
+pool5 is 3x3 stride 1, fc6/fc7 become a 3x3 conv with dilation 6 and a 1x1
+conv (1024 channels each), conv4_3 is L2-normalised with a learnable scale.
+Extra blocks (1x1 conv then 3x3 conv) continue the pyramid down to 1x1.
+"""
+
+import keras
+
+from keras_scb.models import backbones
+from keras_scb.models.detector import Detector
+from keras_scb.models.factory import register_detector
+from keras_scb.models.heads import ssd_head
+from keras_scb.models.layers import CaffeImageNetNormalization, L2Normalization
+
+_VGG_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+# Extra blocks as (1x1 filters, 3x3 filters, stride, padding, kernel); padding
+# "same" with stride 2 halves (rounding up), "valid" 3x3 takes 2 off, and
+# SSD512's last block is the authors' 4x4 conv with 1-pixel padding (2 -> 1).
+_SSD300_EXTRAS = (
+    (256, 512, 2, "same", 3),
+    (128, 256, 2, "same", 3),
+    (128, 256, 1, "valid", 3),
+    (128, 256, 1, "valid", 3),
+)
+_SSD512_EXTRAS = (
+    (256, 512, 2, "same", 3),
+    (128, 256, 2, "same", 3),
+    (128, 256, 2, "same", 3),
+    (128, 256, 2, "same", 3),
+    (128, 256, 1, "pad1", 4),
+)
+
+
+def vgg16_trunk(images):
+    """VGG16 in SSD form up to fc7.
+
+    Args:
+        images: ``(B, S, S, 3)`` Keras tensor, RGB pixels in ``[0, 255]``.
+
+    Returns:
+        ``(conv4_3, fc7)``: ``(B, S/8, S/8, 512)`` (rounded up) and
+        ``(B, S/16, S/16, 1024)``. Conv layers are named like keras's VGG16
+        (``blockB_convN``) so `load_vgg16_weights` can fill them.
+    """
+    x = CaffeImageNetNormalization(name="preprocess")(images)
+    conv4_3 = None
+    for b, (filters, convs) in enumerate(_VGG_BLOCKS, start=1):
+        for n in range(1, convs + 1):
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", activation="relu",
+                name=f"block{b}_conv{n}",
+            )(x)
+        if b == 4:
+            conv4_3 = x
+        if b == 5:
+            x = keras.layers.MaxPooling2D(3, 1, padding="same", name="pool5")(x)
+        else:
+            # "same" pads at the end only, which is Caffe's ceil mode (75 -> 38
+            # at pool3 of SSD300); inputs are >= 0 after ReLU, so zero padding
+            # cannot change a max.
+            x = keras.layers.MaxPooling2D(
+                2, 2, padding="same", name=f"block{b}_pool"
+            )(x)
+    x = keras.layers.Conv2D(
+        1024, 3, padding="same", dilation_rate=6, activation="relu", name="fc6"
+    )(x)
+    fc7 = keras.layers.Conv2D(1024, 1, activation="relu", name="fc7")(x)
+    return conv4_3, fc7
+
+
+def load_vgg16_weights(model, image_size, weights):
+    """Copies keras's VGG16 conv weights into the ``blockB_convN`` layers of ``model``.
+
+    Args:
+        weights: ``None`` (nothing to do), ``"imagenet"`` or a weights file of
+            ``keras.applications.VGG16(include_top=False)``. fc6/fc7 stay random:
+            keras's no-top VGG16 has no fully connected weights to subsample.
+    """
+    if weights is None:
+        return
+    source = backbones.vgg16(image_size, weights)
+    for layer in source.layers:
+        if layer.weights and "_conv" in layer.name:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def extra_block(x, filters_1x1, filters_3x3, stride, padding, kernel, name):
+    """One SSD extra block (1x1 conv, then a ``kernel`` conv), ReLU after each."""
+    x = keras.layers.Conv2D(filters_1x1, 1, activation="relu", name=f"{name}_1")(x)
+    if padding == "pad1":
+        x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+        padding = "valid"
+    return keras.layers.Conv2D(
+        filters_3x3, kernel, strides=stride, padding=padding, activation="relu",
+        name=f"{name}_2",
+    )(x)
+
+
+def ssd_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
+    """SSD300 or SSD512.
+
+    Args:
+        num_classes: foreground classes ``C``.
+        image_size: 300 or 512.
+        anchors: preset name or `AnchorSpec`; default ``f"ssd{image_size}"``
+            (pass ``"ssd300_coco"`` / ``"ssd512_coco"`` for the COCO scales).
+        backbone_weights: ``None``, ``"imagenet"`` or a VGG16 no-top weights file.
+
+    Returns:
+        `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
+    """
+    extras = {300: _SSD300_EXTRAS, 512: _SSD512_EXTRAS}[image_size]
+    anchors = f"ssd{image_size}" if anchors is None else anchors
+    images = keras.Input((image_size, image_size, 3), name="images")
+    conv4_3, fc7 = vgg16_trunk(images)
+    features = [L2Normalization(20.0, name="conv4_3_norm")(conv4_3), fc7]
+    x = fc7
+    # Caffe's names: conv6_1, conv6_2 (10x10 at 300), conv7_1, ...
+    for i, block in enumerate(extras, start=6):
+        x = extra_block(x, *block, name=f"conv{i}")
+        features.append(x)
+    outputs = ssd_head(features, anchors, num_classes)
+    model = Detector(
+        images,
+        outputs,
+        anchor_spec=anchors,
+        num_classes=num_classes,
+        name=f"ssd{image_size}",
+    )
+    load_vgg16_weights(model, image_size, backbone_weights)
+    return model
+
+
+@register_detector("ssd300")
+def ssd300(num_classes, **kwargs):
+    """SSD300-VGG16; ``kwargs`` as `ssd_vgg16`."""
+    return ssd_vgg16(num_classes, 300, **kwargs)
+
+
+@register_detector("ssd512")
+def ssd512(num_classes, **kwargs):
+    """SSD512-VGG16; ``kwargs`` as `ssd_vgg16`."""
+    return ssd_vgg16(num_classes, 512, **kwargs)
