@@ -6,7 +6,7 @@ Importing this package registers every detector with `build_detector`.
 import importlib
 import importlib.util
 
-from keras_scb.models import ssd, ssdlite  # noqa: F401  (register builders)
+from keras_scb.models import fssd, ssd, ssdlite  # noqa: F401  (register builders)
 from keras_scb.models.detector import Detector
 from keras_scb.models.factory import (
     available_detectors,

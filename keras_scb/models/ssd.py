@@ -87,16 +87,22 @@ def load_vgg16_weights(model, image_size, weights):
             model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-def extra_block(x, filters_1x1, filters_3x3, stride, padding, kernel, name):
-    """One SSD extra block (1x1 conv, then a ``kernel`` conv), ReLU after each."""
-    x = keras.layers.Conv2D(filters_1x1, 1, activation="relu", name=f"{name}_1")(x)
+def padded_conv(x, filters, stride, padding, kernel, name, **conv_kwargs):
+    """A conv whose ``padding`` may also be ``"pad1"`` (1 zero pixel each side, Caffe)."""
     if padding == "pad1":
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
         padding = "valid"
     return keras.layers.Conv2D(
-        filters_3x3, kernel, strides=stride, padding=padding, activation="relu",
-        name=f"{name}_2",
+        filters, kernel, strides=stride, padding=padding, name=name, **conv_kwargs
     )(x)
+
+
+def extra_block(x, filters_1x1, filters_3x3, stride, padding, kernel, name):
+    """One SSD extra block (1x1 conv, then a ``kernel`` conv), ReLU after each."""
+    x = keras.layers.Conv2D(filters_1x1, 1, activation="relu", name=f"{name}_1")(x)
+    return padded_conv(
+        x, filters_3x3, stride, padding, kernel, f"{name}_2", activation="relu"
+    )
 
 
 def ssd_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
