@@ -132,10 +132,12 @@ def multibox_loss(
     positive_f = ops.cast(positive, "float32")
     num_pos = ops.sum(positive_f, axis=1)  # (B,)
 
-    weights = scale_balanced_weights(
-        matched_anchor_counts(matched, positive), alpha, beta, weighting
-    )
-    weights = ops.stop_gradient(weights * positive_f)  # (B, A)
+    if weighting == "uniform":
+        weights = positive_f  # (B, A); MultiBox needs no counts
+    else:
+        counts = matched_anchor_counts(matched, positive)
+        weights = scale_balanced_weights(counts, alpha, beta, weighting)
+        weights = ops.stop_gradient(weights * positive_f)
 
     logits = y_pred[..., 4:]
     log_probs = ops.log_softmax(logits, axis=-1)
