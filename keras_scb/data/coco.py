@@ -1,0 +1,190 @@
+"""COCO-format datasets: an ``instances_*.json`` file and an image folder.
+
+Category ids (sparse: 1..90 for COCO's 80 classes) map to contiguous class ids
+``0..C-1`` in increasing category-id order; `Dataset.category_ids` maps back, for
+writing results. ``iscrowd`` boxes are either kept flagged ``difficult`` (the
+default, ``crowd="ignore"``: left out of training targets and, as ignore regions,
+out of evaluation) or dropped (``crowd="drop"``); dropping is a choice, not an
+issue, so it is not counted in `Dataset.issues`.
+"""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+
+from keras_scb.data import records as records_lib
+
+CROWD_POLICIES = ("ignore", "drop")
+
+
+def _load(annotation_file):
+    from pycocotools.coco import COCO
+
+    try:
+        # pycocotools prints progress to stdout; keep test and CLI output clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(os.fspath(annotation_file))
+    except json.JSONDecodeError as error:
+        raise records_lib.BadInputError(f"{annotation_file}: malformed JSON: {error}") from None
+    except (KeyError, TypeError, AttributeError) as error:
+        raise records_lib.BadInputError(
+            f"{annotation_file}: not a COCO instances file ({type(error).__name__}: {error})"
+        ) from None
+    for key in ("images", "categories"):
+        if not isinstance(coco.dataset.get(key), list):
+            raise records_lib.BadInputError(
+                f"{annotation_file}: not a COCO instances file (no {key!r} list)"
+            )
+    return coco
+
+
+def _object(annotation, category_index, crowd, path, issues):
+    """Returns ``(class_id, is_crowd, pixel corners)``, or ``None`` to drop it."""
+    is_crowd = bool(annotation.get("iscrowd", 0))
+    if is_crowd and crowd == "drop":
+        return None
+    category = annotation.get("category_id")
+    if category not in category_index:
+        issues.bad_object(path, "unknown category", f"annotation {annotation.get('id')}: {category!r}")
+        return None
+    bbox = annotation.get("bbox")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        issues.bad_object(path, "malformed box", f"annotation {annotation.get('id')}: {bbox!r}")
+        return None
+    return category_index[category], is_crowd, [x, y, x + w, y + h]
+
+
+def read_coco(
+    annotation_file: str,
+    image_dir: str,
+    *,
+    crowd: str = "ignore",
+    bad_files: str = "raise",
+    bad_objects: str = "raise",
+    verify_images: bool = True,
+) -> records_lib.Dataset:
+    """Reads a COCO instances file through pycocotools.
+
+    Args:
+        annotation_file: path of the JSON.
+        image_dir: folder holding each image's ``file_name``.
+        crowd: ``"ignore"`` keeps ``iscrowd`` boxes flagged ``difficult``;
+            ``"drop"`` leaves them out.
+        bad_files, bad_objects: ``"raise"`` or ``"skip"`` (see `records`). A JSON
+            that does not parse always raises.
+        verify_images: check that every image exists and decodes.
+
+    Returns:
+        `Dataset` in the JSON's image order, ``image_id`` the COCO id, and
+        ``category_ids`` set.
+    """
+    if crowd not in CROWD_POLICIES:
+        raise ValueError(f"crowd must be one of {CROWD_POLICIES}; got {crowd!r}.")
+    issues = records_lib.IssueLog(bad_files, bad_objects)
+    coco = _load(annotation_file)
+    categories = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+    category_index = {c["id"]: k for k, c in enumerate(categories)}
+    image_ids = {image.get("id") for image in coco.dataset["images"]}
+    for annotation in coco.dataset.get("annotations", []):
+        if annotation.get("image_id") not in image_ids:
+            issues.bad_object(
+                annotation_file, "annotation of an unknown image",
+                f"annotation {annotation.get('id')}: image {annotation.get('image_id')!r}",
+            )
+
+    records = []
+    for image in coco.dataset["images"]:
+        try:
+            height, width = int(image["height"]), int(image["width"])
+            file_name, image_id = str(image["file_name"]), int(image["id"])
+        except (KeyError, TypeError, ValueError) as error:
+            issues.bad_file(annotation_file, "malformed image entry", f"{image!r}: {error}")
+            continue
+        objects = [
+            _object(a, category_index, crowd, annotation_file, issues)
+            for a in coco.imgToAnns.get(image_id, [])
+        ]
+        objects = [o for o in objects if o is not None]
+        boxes, keep = records_lib.pixel_boxes_to_relative(
+            f"{annotation_file} (image {image_id})", [o[2] for o in objects],
+            height, width, issues,
+        )
+        kept = [o for o, k in zip(objects, keep) if k]
+        records.append(
+            records_lib.make_record(
+                os.path.join(image_dir, file_name), image_id, file_name, height,
+                width, boxes, [o[0] for o in kept], [o[1] for o in kept],
+            )
+        )
+    if verify_images:
+        records = records_lib.verify_images(records, issues)
+    return records_lib.Dataset(
+        records,
+        tuple(c["name"] for c in categories),
+        tuple(c["id"] for c in categories),
+        dict(issues.counts),
+    )
+
+
+def _file_name(record):
+    return os.path.basename(record.image) if isinstance(record.image, str) else record.name
+
+
+def to_coco_json(dataset: records_lib.Dataset) -> dict:
+    """The dataset as a COCO instances dict (for export and for pycocotools evaluation).
+
+    Category ids are `Dataset.category_ids` or, when there are none, ``k + 1``.
+    ``difficult`` boxes are written with ``iscrowd=1`` so that COCO evaluation
+    ignores them. Pixel boxes are ``[x, y, w, h]`` from the relative corners.
+    """
+    category_ids = dataset.category_ids or tuple(
+        range(1, len(dataset.class_names) + 1)
+    )
+    images, annotations = [], []
+    for record in dataset.records:
+        images.append({
+            "id": record.image_id, "file_name": _file_name(record),
+            "height": record.height, "width": record.width,
+        })
+        scale = np.array([record.width, record.height] * 2, np.float64)
+        for box, cls, difficult in zip(record.boxes, record.classes, record.difficult):
+            x1, y1, x2, y2 = (box.astype(np.float64) * scale).tolist()
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": record.image_id,
+                "category_id": int(category_ids[cls]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": int(difficult),
+            })
+    categories = [
+        {"id": int(i), "name": name} for i, name in zip(category_ids, dataset.class_names)
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_coco(dataset: records_lib.Dataset, out_dir: str, split: str):
+    """Writes ``<out_dir>/<split>/<file_name>`` and ``annotations/instances_<split>.json``.
+
+    Returns:
+        ``(annotation_file, image_dir)``, ready for `read_coco`.
+    """
+    image_dir = os.path.join(out_dir, split)
+    annotation_dir = os.path.join(out_dir, "annotations")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(annotation_dir, exist_ok=True)
+    for record in dataset.records:
+        target = os.path.join(image_dir, _file_name(record))
+        if isinstance(record.image, str):
+            shutil.copyfile(record.image, target)
+        else:
+            with open(target, "wb") as f:
+                f.write(record.image)
+    annotation_file = os.path.join(annotation_dir, f"instances_{split}.json")
+    with open(annotation_file, "w") as f:
+        json.dump(to_coco_json(dataset), f)
+    return annotation_file, image_dir

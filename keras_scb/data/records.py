@@ -1,0 +1,214 @@
+"""The in-memory record format that every data source produces.
+
+A `Dataset` is a list of `Record` (one per image) plus the class names. Boxes are
+relative corners ``[xmin, ymin, xmax, ymax]`` in continuous image coordinates: the
+image spans ``[0, 1] x [0, 1]`` and a box covering pixel columns ``a..b`` (0-based,
+inclusive) is ``[a / W, ., (b + 1) / W, .]``. So VOC's 1-based inclusive pixel
+boxes ``(x1, y1, x2, y2)`` become ``((x1 - 1) / W, (y1 - 1) / H, x2 / W, y2 / H)``
+and a box's pixel area is ``(x2 - x1 + 1) (y2 - y1 + 1)`` as in the VOC devkit;
+COCO's ``[x, y, w, h]`` becomes ``(x / W, y / H, (x + w) / W, (y + h) / H)``.
+
+Bad input (`BadInputError` names the file) is reported through an `IssueLog`:
+each reader takes ``bad_files`` (missing, corrupt or truncated image, malformed
+annotation file) and ``bad_objects`` (unknown class, zero or negative area,
+malformed box), each ``"raise"`` (default) or ``"skip"``. A skipped file drops its
+image; a skipped object drops that box. Boxes reaching outside the image are
+clipped, never an error. Every skip and clip is counted in `Dataset.issues` and
+logged once per kind.
+"""
+
+import collections
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from absl import logging
+
+POLICIES = ("raise", "skip")
+
+
+class BadInputError(ValueError):
+    """An input file that cannot be used; the message starts with its path."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Record:
+    """One image and its ground truth.
+
+    Attributes:
+        image: path of the JPEG file (str), or the encoded JPEG itself (bytes).
+        image_id: int; the COCO image id for COCO, else the index in the dataset.
+        name: the image's name in its source (VOC id such as ``"BloodImage_00001"``,
+            COCO ``file_name``).
+        height, width: the original image size in pixels.
+        boxes: float32 ``(N, 4)`` relative ``[xmin, ymin, xmax, ymax]`` in ``[0, 1]``.
+        classes: int32 ``(N,)`` ids ``0..C-1`` into `Dataset.class_names`.
+        difficult: bool ``(N,)``: VOC ``difficult`` or COCO ``iscrowd``. Such boxes
+            are left out of training targets and out of evaluation denominators
+            (a detection on one is neither a true nor a false positive).
+    """
+
+    image: Union[str, bytes]
+    image_id: int
+    name: str
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+    difficult: np.ndarray
+
+
+@dataclasses.dataclass(eq=False)
+class Dataset:
+    """Records plus the label space.
+
+    Attributes:
+        records: one `Record` per image, in source order.
+        class_names: name of each class id.
+        category_ids: COCO category id of each class id (``None`` outside COCO);
+            ``category_ids[k]`` is the id to write in COCO results for class ``k``.
+        issues: count of each kind of skipped or clipped input.
+    """
+
+    records: List[Record]
+    class_names: Tuple[str, ...]
+    category_ids: Optional[Tuple[int, ...]] = None
+    issues: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.records)
+
+    def num_boxes(self) -> int:
+        return sum(len(r.classes) for r in self.records)
+
+    def max_boxes(self) -> int:
+        """The most boxes on one image (at least 1, so padded shapes are never empty)."""
+        return max([1] + [len(r.classes) for r in self.records])
+
+    def class_counts(self) -> Dict[str, int]:
+        counts = collections.Counter()
+        for r in self.records:
+            counts.update(r.classes.tolist())
+        return {name: counts[k] for k, name in enumerate(self.class_names)}
+
+
+def make_record(image, image_id, name, height, width, boxes, classes, difficult):
+    """Builds a `Record`, converting the arrays to their documented dtypes and shapes."""
+    return Record(
+        image=image,
+        image_id=int(image_id),
+        name=str(name),
+        height=int(height),
+        width=int(width),
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        classes=np.asarray(classes, np.int32).reshape(-1),
+        difficult=np.asarray(difficult, bool).reshape(-1),
+    )
+
+
+class IssueLog:
+    """Raises on, or counts, the bad input a reader meets."""
+
+    def __init__(self, bad_files="raise", bad_objects="raise"):
+        for flag, value in (("bad_files", bad_files), ("bad_objects", bad_objects)):
+            if value not in POLICIES:
+                raise ValueError(f"{flag} must be one of {POLICIES}; got {value!r}.")
+        self._policy = {"file": bad_files, "object": bad_objects}
+        self.counts = collections.Counter()
+
+    def bad_file(self, path, kind, detail=""):
+        """A file that cannot be used; the caller drops its image when this returns."""
+        self._report("file", path, kind, detail)
+
+    def bad_object(self, path, kind, detail=""):
+        """A box that cannot be used; the caller drops it when this returns."""
+        self._report("object", path, kind, detail)
+
+    def clipped(self, path, count):
+        if count:
+            self._count(path, "clipped box", count, "box reaches outside the image")
+
+    def _report(self, level, path, kind, detail):
+        message = f"{path}: {kind}" + (f": {detail}" if detail else "")
+        if self._policy[level] == "raise":
+            flag = "bad_files" if level == "file" else "bad_objects"
+            raise BadInputError(f"{message} (pass {flag}='skip' to skip and count these)")
+        self._count(path, kind, 1, detail)
+
+    def _count(self, path, kind, count, detail):
+        if not self.counts[kind]:
+            logging.warning("%s: %s (%s); further ones are only counted.", path, kind, detail)
+        self.counts[kind] += count
+
+
+def pixel_boxes_to_relative(path, boxes, height, width, issues):
+    """Clips continuous pixel corners to the image and makes them relative.
+
+    Args:
+        path: the annotation file, for messages.
+        boxes: float ``(N, 4)`` ``[xmin, ymin, xmax, ymax]`` in continuous pixels.
+        height, width: image size.
+        issues: `IssueLog`.
+
+    Returns:
+        ``(relative (M, 4) float32, keep (N,) bool)``: boxes with zero or negative
+        area (before or after clipping) are reported as bad objects and dropped.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    size = np.array([width, height, width, height], np.float64)
+    clipped = np.clip(boxes, 0.0, size)
+    keep = np.ones(len(boxes), bool)
+    for i, (box, clip) in enumerate(zip(boxes, clipped)):
+        if not (box[2] > box[0] and box[3] > box[1]):
+            issues.bad_object(path, "zero or negative area box", f"{box.tolist()}")
+            keep[i] = False
+        elif not (clip[2] > clip[0] and clip[3] > clip[1]):
+            issues.bad_object(path, "box outside the image", f"{box.tolist()}")
+            keep[i] = False
+    issues.clipped(path, int(np.sum(np.any(clipped != boxes, axis=1) & keep)))
+    return (clipped[keep] / size).astype(np.float32), keep
+
+
+def check_jpeg(image, height, width, name):
+    """Makes sure the pipeline will be able to decode an image.
+
+    Decoding at 1/8 scale still reads every entropy-coded segment, so a truncated
+    or corrupt file fails here, at a fraction of a full decode's cost.
+
+    Args:
+        image: path (str) or encoded bytes.
+        height, width: the size the annotation claims.
+        name: what to call the file in an error.
+
+    Returns:
+        ``None`` if the image is usable, else ``(kind, detail)``.
+    """
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(image) if isinstance(image, str) else tf.constant(image)
+    except tf.errors.OpError as error:
+        return "missing image", error.message.splitlines()[0]
+    try:
+        shape = tf.image.extract_jpeg_shape(data).numpy()
+        tf.io.decode_jpeg(data, channels=3, ratio=8)
+    except tf.errors.OpError as error:
+        return "corrupt or truncated JPEG", error.message.splitlines()[0]
+    if (int(shape[0]), int(shape[1])) != (int(height), int(width)):
+        return "image size mismatch", (
+            f"annotation says {height}x{width} (HxW), {name} is {shape[0]}x{shape[1]}"
+        )
+    return None
+
+
+def verify_images(records: Sequence[Record], issues: IssueLog) -> List[Record]:
+    """Drops (or raises on) records whose image is missing or undecodable."""
+    kept = []
+    for record in records:
+        name = record.image if isinstance(record.image, str) else record.name
+        problem = check_jpeg(record.image, record.height, record.width, name)
+        if problem is None:
+            kept.append(record)
+        else:
+            issues.bad_file(name, *problem)
+    return kept
