@@ -1,0 +1,287 @@
+"""SSD training augmentation, as TensorFlow ops for ``tf.data.Dataset.map``.
+
+The chain of the SSD paper (Liu et al. 2016, sec. 2.2 and 3.6): photometric
+distortion, zoom out ("expand", 1..4x on a mean-colour canvas), a random crop
+under a minimum-IoU constraint, horizontal flip, resize. Every random draw is a
+stateless op keyed by a per-image seed, so a seeded pipeline is reproducible even
+with a parallel map.
+
+Expand, crop and resize are composed as windows in the image's relative
+coordinates and applied to the pixels once, with one ``crop_and_resize`` at the
+output size: the up-to-16x expand canvas is never built, which keeps the cost per
+image about that of decoding it.
+
+The crop honours its constraint: a crop is accepted when some ground-truth box
+whose centre lies inside it overlaps it with IoU >= the drawn minimum (the SSD
+authors' Caffe ``SatisfySampleConstraint`` accepts a crop if any box meets the
+minimum). ssd.pytorch means to require the minimum but its test
+``overlap.min() < min_iou and max_iou < overlap.max()`` is never true with
+``max_iou = inf``, so every crop that keeps a box centre passes. The 50 tries are
+drawn at once and the first acceptable one is taken (the same distribution as
+trying them in turn); if none is acceptable the whole image is used.
+
+keras-cv: its box algebra is correct but is not used here. ``RandomFlip`` draws
+from a stateful ``tf.random.Generator`` (one per layer), which cannot be keyed by
+a per-image seed, so a parallel map would not be reproducible; and it has no
+expand or IoU-constrained crop. The only box formats here are relative corners
+(the data) and the anchors' ``[cx, cy, w, h]``, which `keras_scb.matching`
+converts; a flip is one line. The tests check the flip against keras-cv's
+``RandomFlip`` and the COCO box conversion against ``bounding_box.convert_format``.
+
+Channel swapping ("random light noise" in ssd.pytorch) is left out: it is not in
+the SSD paper and makes colour a useless cue.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from keras_scb import matching
+
+# Expand fills with the mean pixel (RGB, ImageNet), as the SSD authors do.
+MEAN_RGB = (123.68, 116.78, 103.94)
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Settings of `augment`; the defaults are the SSD paper's.
+
+    Attributes:
+        photometric: apply `photometric_distort`.
+        expand_prob: probability of zooming out.
+        max_expand: largest canvas side, as a multiple of the image side.
+        min_ious: the crop modes, one drawn uniformly per image: ``None`` keeps the
+            whole image, a number is the minimum IoU of the crop with a kept box
+            (``0.0``: any crop that keeps a box centre).
+        crop_trials: tries per image before falling back to the whole image.
+        min_crop_scale: smallest crop side, relative to the (expanded) image side.
+        max_crop_aspect: the crop's pixel ``h / w`` must lie in ``[1/a, a]``.
+        flip_prob: probability of a horizontal flip.
+    """
+
+    photometric: bool = True
+    expand_prob: float = 0.5
+    max_expand: float = 4.0
+    min_ious: Tuple[Optional[float], ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
+    crop_trials: int = 50
+    min_crop_scale: float = 0.3
+    max_crop_aspect: float = 2.0
+    flip_prob: float = 0.5
+
+
+def _split(seed, n):
+    return tf.random.experimental.stateless_split(seed, n)
+
+
+def _uniform(seed, shape=(), minval=0.0, maxval=1.0):
+    return tf.random.stateless_uniform(shape, seed, minval, maxval, tf.float32)
+
+
+def photometric_distort(
+    image,
+    seed,
+    brightness=32.0,
+    contrast=(0.5, 1.5),
+    saturation=(0.5, 1.5),
+    hue=18.0,
+):
+    """SSD's photometric distortion, each step with probability 1/2.
+
+    Brightness shift, then contrast either first or last around saturation and hue
+    changes (in HSV), as in the SSD authors' code. Contrast scales pixel values
+    (not around the mean), as they do.
+
+    Args:
+        image: float32 ``(H, W, 3)`` RGB in ``[0, 255]``.
+        seed: int ``(2,)``.
+        brightness: largest shift, in pixel levels.
+        contrast, saturation: ranges of the scale factors.
+        hue: largest hue rotation, in degrees.
+
+    Returns:
+        float32 ``(H, W, 3)`` in ``[0, 255]``.
+    """
+    seeds = _split(seed, 5)
+    coins = _uniform(seeds[0], [5]) < 0.5
+    delta = tf.where(coins[0], _uniform(seeds[1], (), -brightness, brightness), 0.0)
+    alpha = tf.where(coins[1], _uniform(seeds[2], (), *contrast), 1.0)
+    contrast_first = coins[4]
+    image = tf.clip_by_value(image + delta, 0.0, 255.0)
+
+    def scale_contrast(x):
+        return tf.clip_by_value(x * alpha, 0.0, 255.0)
+
+    image = tf.cond(contrast_first, lambda: scale_contrast(image), lambda: image)
+    unit = image / 255.0  # the HSV ops expect [0, 1]
+    factor = _uniform(seeds[3], (), *saturation)
+    unit = tf.cond(coins[2], lambda: tf.image.adjust_saturation(unit, factor), lambda: unit)
+    shift = _uniform(seeds[4], (), -hue / 360.0, hue / 360.0)
+    unit = tf.cond(coins[3], lambda: tf.image.adjust_hue(unit, shift), lambda: unit)
+    image = tf.clip_by_value(unit * 255.0, 0.0, 255.0)
+    return tf.cond(contrast_first, lambda: image, lambda: scale_contrast(image))
+
+
+def to_window(boxes, window):
+    """Re-expresses relative corners ``(N, 4)`` in the frame of ``window`` ``(4,)``."""
+    origin = tf.tile(window[:2], [2])
+    size = tf.tile(window[2:] - window[:2], [2])
+    return (boxes - origin) / size
+
+
+def compose(outer, inner):
+    """The window ``inner`` (relative to ``outer``) in ``outer``'s own frame."""
+    origin = tf.tile(outer[:2], [2])
+    size = tf.tile(outer[2:] - outer[:2], [2])
+    return origin + inner * size
+
+
+def sample_expand(seed, prob=0.5, max_expand=4.0):
+    """Draws the zoom-out canvas.
+
+    Returns:
+        float32 ``(4,)``: the canvas as a window in the image's relative
+        coordinates, ``[-left, -top, ratio - left, ratio - top]`` with
+        ``ratio ~ U(1, max_expand)`` (1 with probability ``1 - prob``) and the
+        image's offsets ``left, top ~ U(0, ratio - 1)``.
+    """
+    seeds = _split(seed, 3)
+    ratio = tf.where(_uniform(seeds[0]) < prob, _uniform(seeds[1], (), 1.0, max_expand), 1.0)
+    offset = _uniform(seeds[2], [2]) * (ratio - 1.0)
+    return tf.concat([-offset, ratio - offset], axis=0)
+
+
+def box_centres_inside(boxes, windows):
+    """``(N, T)`` bool: box centre strictly inside each window ``(T, 4)``."""
+    centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2.0
+    return tf.reduce_all(
+        (centres > windows[None, :, :2]) & (centres < windows[None, :, 2:]), axis=-1
+    )
+
+
+def sample_crop_window(
+    boxes,
+    aspect,
+    seed,
+    min_ious=AugmentConfig.min_ious,
+    trials=50,
+    min_scale=0.3,
+    max_aspect=2.0,
+):
+    """Draws an IoU-constrained crop (see the module docstring).
+
+    Args:
+        boxes: float32 ``(N, 4)`` relative corners (N may be 0: any crop of a valid
+            shape is then accepted).
+        aspect: scalar ``height / width`` of the frame in pixels, so that the
+            crop's shape limit is on pixels.
+        seed: int ``(2,)``.
+        min_ious, trials, min_scale, max_aspect: as in `AugmentConfig`.
+
+    Returns:
+        float32 ``(4,)`` relative window ``[xmin, ymin, xmax, ymax]``; `WHOLE_IMAGE`
+        for the ``None`` mode or when no try is acceptable.
+    """
+    seeds = _split(seed, 3)
+    modes = tf.constant([-1.0 if m is None else float(m) for m in min_ious])
+    min_iou = modes[tf.random.stateless_uniform([], seeds[0], 0, len(min_ious), tf.int32)]
+    size = _uniform(seeds[1], [trials, 2], min_scale, 1.0)  # (T, [w, h])
+    corner = _uniform(seeds[2], [trials, 2]) * (1.0 - size)
+    windows = tf.concat([corner, corner + size], axis=-1)
+    pixel_aspect = size[:, 1] / size[:, 0] * tf.cast(aspect, tf.float32)
+    ok = (pixel_aspect >= 1.0 / max_aspect) & (pixel_aspect <= max_aspect)
+    meets = box_centres_inside(boxes, windows) & (matching.iou(boxes, windows) >= min_iou)
+    ok &= tf.reduce_any(meets, axis=0) | (tf.shape(boxes)[0] == 0)
+    found = tf.reduce_any(ok) & (min_iou >= 0.0)
+    first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
+    return tf.where(found, windows[first], tf.constant(WHOLE_IMAGE))
+
+
+def crop_boxes(boxes, classes, window):
+    """Keeps the boxes whose centre is inside ``window``, in its frame, clipped.
+
+    Args:
+        boxes: ``(N, 4)`` relative corners. classes: ``(N,)``. window: ``(4,)``.
+
+    Returns:
+        ``(boxes (M, 4) in [0, 1], classes (M,))``.
+    """
+    keep = box_centres_inside(boxes, window[None])[:, 0]
+    kept = tf.clip_by_value(to_window(tf.boolean_mask(boxes, keep), window), 0.0, 1.0)
+    return kept, tf.boolean_mask(classes, keep)
+
+
+def flip_horizontal(image, boxes):
+    """Mirrors ``(H, W, C)`` pixels and ``(N, 4)`` relative corners left-right."""
+    x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
+    return image[:, ::-1], tf.stack([1.0 - x1, y0, 1.0 - x0, y1], axis=-1)
+
+
+def resize_window(image, window, size, fill=MEAN_RGB):
+    """Bilinear resample of a window of an image to ``size x size``.
+
+    Sampling is half-pixel centred (like ``tf.image.resize``): output pixel ``i``
+    reads the input at relative ``y0 + (i + 0.5) (y1 - y0) / size``. Where the
+    window reaches outside the image the output is ``fill``.
+
+    Args:
+        image: float32 ``(H, W, 3)``.
+        window: ``(4,)`` relative ``[xmin, ymin, xmax, ymax]``, may exceed [0, 1].
+        size: output side.
+
+    Returns:
+        float32 ``(size, size, 3)``.
+    """
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    lo = tf.stack([window[1], window[0]])  # (y, x)
+    span = tf.stack([window[3] - window[1], window[2] - window[0]])
+    # A one-pixel edge border makes reads in the image's outer half pixel take
+    # the edge value rather than the fill (they are inside the image).
+    mean = tf.constant(fill, tf.float32)
+    padded = tf.pad(image - mean, [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    # crop_and_resize reads row i at y1 (P - 1) + i (y2 - y1) (P - 1) / (size - 1)
+    # (P = H + 2 padded rows); pick y1, y2 so that this is the half-pixel position
+    # (lo + (i + 0.5) span / size) H - 0.5, plus 1 for the border.
+    last = hw + 1.0
+    start = ((lo + 0.5 * span / size) * hw + 0.5) / last
+    end = start + span * hw * (size - 1) / (size * last)
+    out = tf.image.crop_and_resize(
+        padded[None], tf.concat([start, end], 0)[None], [0], [size, size],
+        extrapolation_value=0.0,
+    )
+    return out[0] + mean
+
+
+def augment(image, boxes, classes, seed, size, config=AugmentConfig()):
+    """The full SSD training augmentation of one image.
+
+    Args:
+        image: ``(H, W, 3)`` RGB, uint8 or float in ``[0, 255]``.
+        boxes: float32 ``(N, 4)`` relative corners. classes: ``(N,)``.
+        seed: int ``(2,)``.
+        size: output side in pixels.
+        config: `AugmentConfig`.
+
+    Returns:
+        ``(image float32 (size, size, 3) in [0, 255], boxes (M, 4) in [0, 1],
+        classes (M,))``: the boxes whose centre survives the crop.
+    """
+    seeds = _split(seed, 4)
+    image = tf.cast(image, tf.float32)
+    if config.photometric:
+        image = photometric_distort(image, seeds[0])
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    canvas = sample_expand(seeds[1], config.expand_prob, config.max_expand)
+    boxes = to_window(boxes, canvas)
+    crop = sample_crop_window(
+        boxes, hw[0] / hw[1], seeds[2], config.min_ious, config.crop_trials,
+        config.min_crop_scale, config.max_crop_aspect,
+    )
+    boxes, classes = crop_boxes(boxes, classes, crop)
+    image = resize_window(image, compose(canvas, crop), size)
+    return tf.cond(
+        _uniform(seeds[3]) < config.flip_prob,
+        lambda: (*flip_horizontal(image, boxes), classes),
+        lambda: (image, boxes, classes),
+    )

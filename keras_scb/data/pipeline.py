@@ -1,0 +1,293 @@
+"""``tf.data`` input pipelines for training and evaluation.
+
+Training: (shuffle) -> decode JPEG -> drop ``difficult`` boxes -> `augment` ->
+pad boxes to ``max_boxes`` -> batch -> encode targets -> prefetch; maps in
+parallel and autotuned. Evaluation: decode -> resize -> pad -> batch, keeping each
+image's id, original size and ground truth.
+
+Images come out float32 ``(B, S, S, 3)`` RGB in ``[0, 255]`` (the models normalise
+internally). Targets are pluggable: ``targets="ssd"`` gives the
+`keras_scb.matching.encode_targets` tensor ``(B, A, 6)`` for the anchors,
+``targets="gt"`` the padded ground truth ``(B, G, 5)``
+``[xmin, ymin, xmax, ymax, class]`` (class -1 on padding rows) for losses that
+match on the fly (RefineDet), and a callable ``f(boxes (B, G, 4), classes (B, G))``
+anything else.
+
+Sources: an in-memory `Dataset` (images read from their paths or bytes), a
+`TFRecordSource`, or the path of a TFRecord metadata file. Both pipelines feed
+``model.fit`` / ``predict`` under any Keras backend, and
+``strategy.experimental_distribute_dataset``: TFRecord pipelines are sharded by
+file (write at least one shard per worker), in-memory ones by element.
+
+Randomness: each image gets a ``(2,)`` seed from ``tf.data.Dataset.random`` and all
+augmentation ops are stateless; with ``seed`` set, the shuffle, the seeds and the
+element order (``deterministic``) are fixed, so two runs give identical batches.
+"""
+
+from typing import Callable, Optional, Union
+
+import numpy as np
+import tensorflow as tf
+
+from keras_scb import anchors as anchors_lib
+from keras_scb import matching
+from keras_scb.data import augment as augment_lib
+from keras_scb.data import records as records_lib
+from keras_scb.data import tfrecord
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+Source = Union[records_lib.Dataset, tfrecord.TFRecordSource, str]
+Targets = Union[str, Callable]
+
+
+def ssd_targets(anchors, iou_threshold=0.5, variances=(0.1, 0.2)) -> Callable:
+    """Target encoder ``(boxes (B, G, 4), classes (B, G)) -> (B, A, 6)``.
+
+    Args:
+        anchors: preset name, `AnchorSpec`, or ``(A, 4)`` ``[cx, cy, w, h]`` array.
+    """
+    if isinstance(anchors, (str, anchors_lib.AnchorSpec)):
+        anchors = anchors_lib.get_anchors(anchors)
+    anchors = tf.constant(np.asarray(anchors, np.float32))
+
+    def encode(boxes, classes):
+        return matching.encode_targets(boxes, classes, anchors, iou_threshold, variances)
+
+    return encode
+
+
+def padded_gt_targets(boxes, classes):
+    """``(B, G, 4)``, ``(B, G)`` -> ``(B, G, 5)`` ``[xmin, ymin, xmax, ymax, class]``."""
+    return tf.concat([boxes, tf.cast(classes, tf.float32)[..., None]], axis=-1)
+
+
+def _image_size(anchors, image_size):
+    if isinstance(anchors, (str, anchors_lib.AnchorSpec)):
+        spec_size = anchors_lib.get_anchor_spec(anchors).image_size
+        if image_size is not None and image_size != spec_size:
+            raise ValueError(
+                f"image_size={image_size} but anchors {anchors!r} are for {spec_size}."
+            )
+        return spec_size
+    if image_size is None:
+        raise ValueError("image_size is required unless anchors is a preset or AnchorSpec.")
+    return int(image_size)
+
+
+def _encoder(targets, anchors):
+    if callable(targets):
+        return targets
+    if targets == "gt":
+        return padded_gt_targets
+    if targets == "ssd":
+        if anchors is None:
+            raise ValueError("targets='ssd' needs anchors.")
+        return ssd_targets(anchors)
+    raise ValueError(f"targets must be 'ssd', 'gt' or a callable; got {targets!r}.")
+
+
+def _memory_elements(dataset):
+    """Element dicts (see `tfrecord.parse_example`) of an in-memory `Dataset`."""
+    records = dataset.records
+    if not records:
+        raise ValueError("The dataset has no records.")
+    if len({isinstance(r.image, str) for r in records}) > 1:
+        raise ValueError("Records mix image paths and image bytes; use one kind.")
+    lengths = [len(r.classes) for r in records]
+
+    def ragged(arrays, dtype, tail=()):
+        flat = np.concatenate([a.reshape((-1,) + tail) for a in arrays]).astype(dtype)
+        return tf.RaggedTensor.from_row_lengths(flat, lengths)
+
+    return tf.data.Dataset.from_tensor_slices({
+        "image": [r.image for r in records],
+        "image_id": np.array([r.image_id for r in records], np.int64),
+        "height": np.array([r.height for r in records], np.int32),
+        "width": np.array([r.width for r in records], np.int32),
+        "boxes": ragged([r.boxes for r in records], np.float32, (4,)),
+        "classes": ragged([r.classes for r in records], np.int32),
+        "difficult": ragged([r.difficult for r in records], bool),
+    })
+
+
+def _elements(source, shuffle, seed, shuffle_buffer):
+    """Returns ``(element dicts, images_are_paths, max_boxes, shard_policy)``."""
+    if isinstance(source, str):
+        source = tfrecord.read_tfrecords(source)
+    if isinstance(source, records_lib.Dataset):
+        elements = _memory_elements(source)
+        if shuffle:
+            elements = elements.shuffle(len(source), seed, reshuffle_each_iteration=True)
+        return (
+            elements, isinstance(source.records[0].image, str), source.max_boxes(),
+            tf.data.experimental.AutoShardPolicy.DATA,
+        )
+    if isinstance(source, tfrecord.TFRecordSource):
+        files = tf.data.Dataset.from_tensor_slices(list(source.files))
+        if shuffle:
+            # A fixed file-order seed keeps every worker's file order the same, so
+            # file sharding gives disjoint shards even without a seed.
+            files = files.shuffle(len(source.files), 0 if seed is None else seed)
+        records = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(source.files), 8) if shuffle else 1,
+            num_parallel_calls=AUTOTUNE if shuffle else None,
+        )
+        if shuffle:
+            records = records.shuffle(shuffle_buffer, seed, reshuffle_each_iteration=True)
+        return (
+            records.map(tfrecord.parse_example, num_parallel_calls=AUTOTUNE), False,
+            source.max_boxes, tf.data.experimental.AutoShardPolicy.FILE,
+        )
+    raise TypeError(
+        f"source must be a Dataset, a TFRecordSource or a metadata path; got {type(source)}."
+    )
+
+
+def _decode(element, images_are_paths):
+    data = tf.io.read_file(element["image"]) if images_are_paths else element["image"]
+    image = tf.io.decode_jpeg(data, channels=3)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _pad(values, max_boxes, fill):
+    """Pads (or cuts) the first axis of ``values`` to ``max_boxes``."""
+    values = values[:max_boxes]
+    padding = [[0, max_boxes - tf.shape(values)[0]]] + [[0, 0]] * (values.shape.rank - 1)
+    padded = tf.pad(values, padding, constant_values=fill)
+    padded.set_shape([max_boxes] + values.shape[1:].as_list())
+    return padded
+
+
+def _options(deterministic, shard_policy):
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_distribute.auto_shard_policy = shard_policy
+    return options
+
+
+def training_pipeline(
+    source: Source,
+    anchors=None,
+    *,
+    batch_size: int = 32,
+    image_size: Optional[int] = None,
+    targets: Targets = "ssd",
+    augment: Optional[augment_lib.AugmentConfig] = augment_lib.AugmentConfig(),
+    max_boxes: Optional[int] = None,
+    keep_difficult: bool = False,
+    seed: Optional[int] = None,
+    deterministic: Optional[bool] = None,
+    shuffle: bool = True,
+    shuffle_buffer: int = 512,
+    repeat: bool = False,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
+    """The training input pipeline.
+
+    Args:
+        source: `Dataset`, `TFRecordSource`, or a TFRecord metadata path.
+        anchors: preset name, `AnchorSpec` or ``(A, 4)`` array; sets the image size
+            (for a preset or spec) and the ``"ssd"`` targets.
+        batch_size: images per batch.
+        image_size: output side; needed only when ``anchors`` is an array or None.
+        targets: ``"ssd"``, ``"gt"`` or a callable (see the module docstring).
+        augment: `AugmentConfig`, or ``None`` to only resize.
+        max_boxes: boxes per image after padding (extra ones are cut); defaults
+            to the source's most boxes on one image.
+        keep_difficult: train on ``difficult`` / crowd boxes too.
+        seed: makes the pipeline reproducible.
+        deterministic: keep element order under parallel maps; defaults to
+            ``seed is not None``.
+        shuffle: shuffle the images (whole in-memory datasets; TFRecords by file
+            and through a ``shuffle_buffer``-record buffer).
+        repeat: repeat forever (for ``steps_per_epoch``).
+        drop_remainder: drop the last partial batch (static batch shape).
+
+    Returns:
+        ``tf.data.Dataset`` of ``(images (B, S, S, 3) float32, targets)``.
+    """
+    size = _image_size(anchors, image_size)
+    encode = _encoder(targets, anchors)
+    deterministic = seed is not None if deterministic is None else deterministic
+    elements, are_paths, source_max, shard_policy = _elements(
+        source, shuffle, seed, shuffle_buffer
+    )
+    max_boxes = max_boxes or source_max
+
+    def prepare(element, image_seed):
+        image = _decode(element, are_paths)
+        boxes, classes = element["boxes"], element["classes"]
+        if not keep_difficult:
+            boxes = tf.boolean_mask(boxes, ~element["difficult"])
+            classes = tf.boolean_mask(classes, ~element["difficult"])
+        if augment is None:
+            image = tf.image.resize(tf.cast(image, tf.float32), (size, size))
+        else:
+            image, boxes, classes = augment_lib.augment(
+                image, boxes, classes, image_seed, size, augment
+            )
+        image.set_shape([size, size, 3])
+        return image, (_pad(boxes, max_boxes, 0.0), _pad(classes, max_boxes, -1))
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    data = tf.data.Dataset.zip((elements, seeds))
+    if repeat:
+        data = data.repeat()
+    data = data.map(prepare, num_parallel_calls=AUTOTUNE)
+    data = data.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    data = data.map(
+        lambda images, gt: (images, encode(*gt)), num_parallel_calls=AUTOTUNE
+    )
+    return data.prefetch(AUTOTUNE).with_options(_options(deterministic, shard_policy))
+
+
+def validation_pipeline(
+    source: Source,
+    anchors=None,
+    *,
+    batch_size: int = 32,
+    image_size: Optional[int] = None,
+    targets: Optional[Targets] = None,
+    max_boxes: Optional[int] = None,
+) -> tf.data.Dataset:
+    """The evaluation pipeline: every image once, in source order, resized only.
+
+    Args:
+        source, anchors, batch_size, image_size, max_boxes: as in
+            `training_pipeline` (the last batch may be smaller).
+        targets: ``None``, or as in `training_pipeline` to add ``info["targets"]``
+            (computed without the ``difficult`` boxes, as in training). For
+            ``validation_data`` in ``model.fit`` map to ``(images, info["targets"])``.
+
+    Returns:
+        ``tf.data.Dataset`` of ``(images (B, S, S, 3) float32, info)``, ``info`` a
+        dict: ``image_id`` int64 ``(B,)``; ``height``, ``width`` int32 ``(B,)``, the
+        original size; ``boxes`` float32 ``(B, G, 4)`` relative corners of the
+        original image, ``classes`` int32 ``(B, G)`` (-1 on padding),
+        ``difficult`` bool ``(B, G)``.
+    """
+    size = _image_size(anchors, image_size)
+    encode = None if targets is None else _encoder(targets, anchors)
+    elements, are_paths, source_max, shard_policy = _elements(source, False, None, 0)
+    max_boxes = max_boxes or source_max
+
+    def prepare(element):
+        image = tf.image.resize(tf.cast(_decode(element, are_paths), tf.float32), (size, size))
+        info = {key: element[key] for key in ("image_id", "height", "width")}
+        info["boxes"] = _pad(element["boxes"], max_boxes, 0.0)
+        info["classes"] = _pad(element["classes"], max_boxes, -1)
+        info["difficult"] = _pad(element["difficult"], max_boxes, False)
+        return image, info
+
+    def add_targets(images, info):
+        classes = tf.where(info["difficult"], -1, info["classes"])
+        return images, {**info, "targets": encode(info["boxes"], classes)}
+
+    data = elements.map(prepare, num_parallel_calls=AUTOTUNE)
+    data = data.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    if encode is not None:
+        data = data.map(add_targets, num_parallel_calls=AUTOTUNE)
+    return data.prefetch(AUTOTUNE).with_options(_options(True, shard_policy))

@@ -1,0 +1,181 @@
+"""Sharded TFRecord storage of a `Dataset`, and its reader.
+
+``write_tfrecords(dataset, prefix)`` writes ``<prefix>-00000-of-000NN.tfrecord``
+shards (consecutive records, so a sequential read keeps the dataset order) and
+``<prefix>.json`` with the label space and counts. One ``tf.train.Example`` per
+image:
+
+    image/encoded   bytes    the JPEG file as is
+    image/id        int64    `Record.image_id`
+    image/name      bytes    `Record.name`
+    image/height, image/width   int64
+    image/object/bbox       float list, N*4 relative [xmin, ymin, xmax, ymax]
+    image/object/class      int64 list, N class ids
+    image/object/difficult  int64 list, N flags
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from keras_scb.data import records as records_lib
+
+RECORDS_PER_SHARD = 1024
+
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/id": tf.io.FixedLenFeature([], tf.int64),
+    "image/name": tf.io.FixedLenFeature([], tf.string),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "image/object/bbox": tf.io.VarLenFeature(tf.float32),
+    "image/object/class": tf.io.VarLenFeature(tf.int64),
+    "image/object/difficult": tf.io.VarLenFeature(tf.int64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TFRecordSource:
+    """A written dataset, as the input pipeline takes it.
+
+    Attributes:
+        files: shard paths, in order.
+        class_names, category_ids: as in `Dataset`.
+        num_records: images in all shards.
+        max_boxes: the most boxes on one image.
+    """
+
+    files: Tuple[str, ...]
+    class_names: Tuple[str, ...]
+    category_ids: Optional[Tuple[int, ...]]
+    num_records: int
+    max_boxes: int
+
+
+def _example(record, encoded):
+    def ints(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    def strings(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    feature = {
+        "image/encoded": strings(encoded),
+        "image/id": ints([record.image_id]),
+        "image/name": strings(record.name.encode()),
+        "image/height": ints([record.height]),
+        "image/width": ints([record.width]),
+        "image/object/bbox": tf.train.Feature(
+            float_list=tf.train.FloatList(value=record.boxes.reshape(-1).tolist())
+        ),
+        "image/object/class": ints(record.classes.tolist()),
+        "image/object/difficult": ints(record.difficult.astype(int).tolist()),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _encoded(record):
+    if isinstance(record.image, bytes):
+        return record.image
+    with open(record.image, "rb") as f:
+        return f.read()
+
+
+def write_tfrecords(
+    dataset: records_lib.Dataset,
+    prefix: str,
+    num_shards: Optional[int] = None,
+    progress: bool = True,
+) -> str:
+    """Writes the shards and the metadata file.
+
+    Args:
+        dataset: `Dataset` (images as paths or bytes).
+        prefix: output path without extension; its folder is created.
+        num_shards: number of files; ``None`` gives one per `RECORDS_PER_SHARD`
+            images. For file-sharded multi-worker training use at least one per
+            worker.
+        progress: show a progress bar.
+
+    Returns:
+        The metadata path ``<prefix>.json`` (what `read_tfrecords` takes).
+    """
+    import keras
+
+    if not dataset.records:
+        raise ValueError(f"{prefix}: refusing to write an empty dataset.")
+    num_shards = num_shards or math.ceil(len(dataset) / RECORDS_PER_SHARD)
+    num_shards = min(num_shards, len(dataset))
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    bar = keras.utils.Progbar(len(dataset), unit_name="image") if progress else None
+    files = []
+    for shard in range(num_shards):
+        start = shard * len(dataset) // num_shards
+        stop = (shard + 1) * len(dataset) // num_shards
+        path = f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+        files.append(os.path.basename(path))
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in dataset.records[start:stop]:
+                writer.write(_example(record, _encoded(record)).SerializeToString())
+                if bar is not None:
+                    bar.add(1)
+    meta = {
+        "files": files,
+        "class_names": list(dataset.class_names),
+        "category_ids": None if dataset.category_ids is None else list(dataset.category_ids),
+        "num_records": len(dataset),
+        "num_boxes": dataset.num_boxes(),
+        "max_boxes": dataset.max_boxes(),
+        "issues": dataset.issues,
+    }
+    meta_path = f"{prefix}.json"
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta_path
+
+
+def read_tfrecords(path: str) -> TFRecordSource:
+    """Opens what `write_tfrecords` wrote, given ``<prefix>.json`` or ``<prefix>``."""
+    meta_path = path if path.endswith(".json") else f"{path}.json"
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as error:
+        raise records_lib.BadInputError(f"{meta_path}: malformed JSON: {error}") from None
+    folder = os.path.dirname(os.path.abspath(meta_path))
+    files = tuple(os.path.join(folder, name) for name in meta["files"])
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"{meta_path}: shard files missing: {missing}")
+    category_ids = meta.get("category_ids")
+    return TFRecordSource(
+        files=files,
+        class_names=tuple(meta["class_names"]),
+        category_ids=None if category_ids is None else tuple(category_ids),
+        num_records=int(meta["num_records"]),
+        max_boxes=int(meta["max_boxes"]),
+    )
+
+
+def parse_example(serialized):
+    """One serialized example -> the element dict of the input pipeline.
+
+    Returns:
+        dict: ``image`` (encoded JPEG string), ``image_id`` int64, ``height``,
+        ``width`` int32, ``boxes`` float32 ``(N, 4)``, ``classes`` int32 ``(N,)``,
+        ``difficult`` bool ``(N,)``.
+    """
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    return {
+        "image": parsed["image/encoded"],
+        "image_id": parsed["image/id"],
+        "height": tf.cast(parsed["image/height"], tf.int32),
+        "width": tf.cast(parsed["image/width"], tf.int32),
+        "boxes": tf.reshape(tf.sparse.to_dense(parsed["image/object/bbox"]), [-1, 4]),
+        "classes": tf.cast(tf.sparse.to_dense(parsed["image/object/class"]), tf.int32),
+        "difficult": tf.sparse.to_dense(parsed["image/object/difficult"]) > 0,
+    }
