@@ -1,0 +1,152 @@
+"""Decoding + per-class NMS against a numpy reference; the inference model."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_scb.anchors import AnchorSpec, get_anchors
+from keras_scb.decoding import DetectionDecoder, build_inference_model
+from keras_scb.matching import encode_targets
+from keras_scb.models import build_detector
+
+SMALL_SPEC = AnchorSpec(
+    image_size=64,
+    feature_map_sizes=(8, 4),
+    min_sizes=(16, 32),
+    max_sizes=(32, 48),
+    aspect_ratios=((2,), (2,)),
+)
+
+
+def _iou(a, b):
+    """IoU of two [ymin, xmin, ymax, xmax] boxes; 0 for empty boxes, as TF's NMS."""
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    if area_a <= 0 or area_b <= 0:
+        return 0.0
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / (area_a + area_b - inter)
+
+
+def reference_detections(
+    prediction, anchors, iou_threshold, score_threshold, max_detections, pre_nms_top_k,
+    variances=(0.1, 0.2),
+):
+    """One image, float64 loops: SSD decoding, softmax, greedy NMS class by class.
+
+    Returns:
+        (boxes (N, 4) [ymin, xmin, ymax, xmax], scores (N,), classes (N,)), N <= K.
+    """
+    p = prediction.astype(np.float64)
+    a = anchors.astype(np.float64)
+    cx = a[:, 0] + p[:, 0] * variances[0] * a[:, 2]
+    cy = a[:, 1] + p[:, 1] * variances[0] * a[:, 3]
+    w = a[:, 2] * np.exp(p[:, 2] * variances[1])
+    h = a[:, 3] * np.exp(p[:, 3] * variances[1])
+    boxes = np.clip(np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1), 0, 1)
+    logits = p[:, 4:]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    found = []
+    for c in range(probs.shape[1] - 1):
+        scores = probs[:, c + 1]
+        order = np.argsort(-scores, kind="stable")[:pre_nms_top_k]
+        kept = []
+        for i in order:
+            if scores[i] > score_threshold and all(
+                _iou(boxes[i], boxes[j]) <= iou_threshold for j in kept
+            ):
+                kept.append(i)
+        found += [(scores[i], c, boxes[i]) for i in kept]
+    found.sort(key=lambda d: -d[0])
+    found = found[:max_detections]
+    return (
+        np.array([d[2] for d in found]).reshape(-1, 4),
+        np.array([d[0] for d in found]),
+        np.array([d[1] for d in found], dtype=np.int64),
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(iou_threshold=0.45, score_threshold=0.01, max_detections=200, pre_nms_top_k=400),
+        dict(iou_threshold=0.3, score_threshold=0.05, max_detections=25, pre_nms_top_k=30),
+    ],
+)
+def test_nms_matches_numpy_reference(options):
+    rng = np.random.default_rng(3)
+    anchors = get_anchors(SMALL_SPEC)
+    num_classes, batch = 4, 3
+    predictions = np.concatenate(
+        [
+            rng.normal(0, 1.0, (batch, len(anchors), 4)),
+            rng.normal(0, 2.0, (batch, len(anchors), num_classes + 1)),
+        ],
+        axis=-1,
+    ).astype(np.float32)
+    out = DetectionDecoder(SMALL_SPEC, **options)(predictions)
+    out = {k: v.numpy() for k, v in out.items()}
+    k = options["max_detections"]
+    assert out["boxes"].shape == (batch, k, 4) and out["classes"].dtype == np.int32
+    suppressed = False
+    for b in range(batch):
+        boxes, scores, classes = reference_detections(predictions[b], anchors, **options)
+        n = len(scores)
+        assert out["num_detections"][b] == n
+        np.testing.assert_array_equal(out["classes"][b, :n], classes)
+        np.testing.assert_allclose(out["scores"][b, :n], scores, rtol=1e-5)
+        np.testing.assert_allclose(out["boxes"][b, :n], boxes, atol=1e-5)
+        assert not out["boxes"][b, n:].any() and not out["scores"][b, n:].any()
+        assert not out["classes"][b, n:].any()
+        without_nms = reference_detections(
+            predictions[b], anchors, **dict(options, iou_threshold=1.0)
+        )[1]
+        suppressed |= not np.array_equal(without_nms, scores)
+    assert suppressed, "NMS suppressed nothing: the test data are too easy"
+
+
+def test_decoding_inverts_the_encoding():
+    """Offsets from `encode_targets` and confident logits give back the GT boxes."""
+    rng = np.random.default_rng(4)
+    num_classes, num_boxes = 20, 6
+    anchors = get_anchors("ssd300")
+    sides = rng.uniform(0.03, 0.6, (num_boxes, 2))
+    lo = rng.uniform(0, 1 - sides)
+    gt = np.concatenate([lo, lo + sides], 1).astype(np.float32)  # [xmin, ymin, xmax, ymax]
+    gt_classes = rng.permutation(num_classes)[:num_boxes]
+    targets = encode_targets(gt, gt_classes, anchors).numpy()
+    logits = 10.0 * np.eye(num_classes + 1)[targets[:, 4].astype(int)]
+    predictions = np.concatenate([targets[:, :4], logits], -1)[None].astype(np.float32)
+
+    out = DetectionDecoder("ssd300")(predictions)
+    n = int(out["num_detections"][0])
+    assert n == num_boxes
+    boxes, classes = out["boxes"][0, :n].numpy(), out["classes"][0, :n].numpy()
+    for box, cls in zip(gt, gt_classes):
+        (row,) = np.flatnonzero(classes == cls)
+        np.testing.assert_allclose(boxes[row], box[[1, 0, 3, 2]], atol=1e-5)
+    np.testing.assert_allclose(
+        out["scores"][0, :n], np.exp(10) / (np.exp(10) + num_classes), rtol=1e-5
+    )
+
+
+def test_inference_model_resizes_any_image_and_decodes(tmp_path):
+    detector = build_detector("mobilenetv2-ssdlite320", 3)
+    inference = build_inference_model(detector, max_detections=50, score_threshold=0.2)
+    images = np.random.default_rng(5).uniform(0, 255, (2, 123, 77, 3)).astype(np.float32)
+    out = inference.predict(images, verbose=0)
+    assert out["boxes"].shape == (2, 50, 4) and out["num_detections"].shape == (2,)
+
+    raw = detector.predict(tf.image.resize(images, (320, 320)).numpy(), verbose=0)
+    want = DetectionDecoder(detector.anchor_spec, max_detections=50, score_threshold=0.2)(raw)
+    for key in ("boxes", "scores", "classes", "num_detections"):
+        np.testing.assert_allclose(out[key], want[key].numpy(), atol=1e-5)
+
+    path = str(tmp_path / "inference.keras")
+    inference.save(path)
+    loaded = keras.saving.load_model(path)
+    reloaded = loaded.predict(images, verbose=0)
+    for key in out:
+        np.testing.assert_array_equal(reloaded[key], out[key])
