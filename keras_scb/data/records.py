@@ -19,6 +19,7 @@ logged once per kind.
 
 import collections
 import dataclasses
+import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -169,7 +170,14 @@ def pixel_boxes_to_relative(path, boxes, height, width, issues):
     return (clipped[keep] / size).astype(np.float32), keep
 
 
-def check_jpeg(image, height, width, name):
+def _op_error(error):
+    """The useful part of a TF op error: no function-node prefix, no op suffix."""
+    text = error.message.splitlines()[0]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text)
+
+
+def check_jpeg(image, height, width):
     """Makes sure the pipeline will be able to decode an image.
 
     Decoding at 1/8 scale still reads every entropy-coded segment, so a truncated
@@ -178,7 +186,6 @@ def check_jpeg(image, height, width, name):
     Args:
         image: path (str) or encoded bytes.
         height, width: the size the annotation claims.
-        name: what to call the file in an error.
 
     Returns:
         ``None`` if the image is usable, else ``(kind, detail)``.
@@ -188,15 +195,15 @@ def check_jpeg(image, height, width, name):
     try:
         data = tf.io.read_file(image) if isinstance(image, str) else tf.constant(image)
     except tf.errors.OpError as error:
-        return "missing image", error.message.splitlines()[0]
+        return "missing image", _op_error(error)
     try:
         shape = tf.image.extract_jpeg_shape(data).numpy()
         tf.io.decode_jpeg(data, channels=3, ratio=8)
     except tf.errors.OpError as error:
-        return "corrupt or truncated JPEG", error.message.splitlines()[0]
+        return "corrupt or truncated JPEG", _op_error(error)
     if (int(shape[0]), int(shape[1])) != (int(height), int(width)):
         return "image size mismatch", (
-            f"annotation says {height}x{width} (HxW), {name} is {shape[0]}x{shape[1]}"
+            f"annotation says {height}x{width} (HxW), the JPEG is {shape[0]}x{shape[1]}"
         )
     return None
 
@@ -206,7 +213,7 @@ def verify_images(records: Sequence[Record], issues: IssueLog) -> List[Record]:
     kept = []
     for record in records:
         name = record.image if isinstance(record.image, str) else record.name
-        problem = check_jpeg(record.image, record.height, record.width, name)
+        problem = check_jpeg(record.image, record.height, record.width)
         if problem is None:
             kept.append(record)
         else:
