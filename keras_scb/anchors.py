@@ -138,6 +138,19 @@ PRESETS = {
         512, [64, 32, 16, 8], [32, 64, 128, 256], None, [[2]] * 4,
         steps=[8, 16, 32, 64],
     ),
+    # DSSD (Fu et al. 2017) on keras's ResNet-101: the maps are those its stride-8,
+    # 16 and 32 stages give at 321 / 513 pixels plus the extra layers down to 1x1.
+    # SSD300 / SSD512 VOC scales rescaled to the input size, and the paper's
+    # aspect ratios {1.6, 2, 3} (from k-means on VOC boxes) on every map. Centres
+    # are spread evenly: the odd input sizes have no integer stride.
+    "dssd321": _ssd_spec(
+        321, [41, 21, 11, 6, 3, 1], _scaled(_SSD300_VOC_SIZES[:-1], 321 / 300),
+        _scaled(_SSD300_VOC_SIZES[1:], 321 / 300), [[1.6, 2, 3]] * 6,
+    ),
+    "dssd513": _ssd_spec(
+        513, [65, 33, 17, 9, 5, 3, 1], _scaled(_SSD512_VOC_SIZES[:-1], 513 / 512),
+        _scaled(_SSD512_VOC_SIZES[1:], 513 / 512), [[1.6, 2, 3]] * 7,
+    ),
 }
 
 
