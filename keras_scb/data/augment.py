@@ -215,7 +215,7 @@ def crop_boxes(boxes, classes, window):
 def flip_horizontal(image, boxes):
     """Mirrors ``(H, W, C)`` pixels and ``(N, 4)`` relative corners left-right."""
     x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
-    return image[:, ::-1], tf.stack([1.0 - x1, y0, 1.0 - x0, y1], axis=-1)
+    return tf.reverse(image, [1]), tf.stack([1.0 - x1, y0, 1.0 - x0, y1], axis=-1)
 
 
 def resize_window(image, window, size, fill=MEAN_RGB):
