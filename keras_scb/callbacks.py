@@ -119,6 +119,8 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         if self.monitor is None or self.monitor not in logs:
             return
         value = float(logs[self.monitor])
+        if value != value:  # NaN: not evaluated this epoch
+            return
         best = self._best_so_far()
         better = best is None or (value > best if self.mode == "max" else value < best)
         if better:
@@ -160,3 +162,37 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         for name in os.listdir(self.backup_dir):
             if name.endswith(".weights.h5") and name != weights and not name.startswith("."):
                 os.remove(os.path.join(self.backup_dir, name))
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Adds ``evaluate(model)`` scalars to the epoch logs every ``every`` epochs.
+
+    It runs after the first epoch too, so a broken evaluation fails in minutes, not
+    at the end, and so that `keras.callbacks.CSVLogger` (which fixes its columns on
+    the first epoch) gets a column per metric; epochs without an evaluation log
+    NaN. Place it before the callbacks that read these logs.
+
+    Args:
+        evaluate: ``model -> {name: float}``.
+        every: period in epochs; 0 disables the callback.
+        prefix: prepended to each name, e.g. ``"val_"``.
+    """
+
+    def __init__(self, evaluate, every, prefix="val_"):
+        super().__init__()
+        self.evaluate = evaluate
+        self.every = every
+        self.prefix = prefix
+        self._keys = ()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.every or logs is None:
+            return
+        done = epoch + 1
+        last = done == self.params.get("epochs")
+        if done == 1 or done % self.every == 0 or last:
+            scalars = {self.prefix + k: v for k, v in self.evaluate(self.model).items()}
+            self._keys = tuple(scalars)
+            logs.update(scalars)
+        else:
+            logs.update({k: float("nan") for k in self._keys})

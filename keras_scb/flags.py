@@ -1,0 +1,125 @@
+"""absl flags shared by the command-line tools, and the objects they select.
+
+`keras_scb.train`, `keras_scb.evaluate` and `keras_scb.match_stats` all read a
+dataset and build a detector the same way; the flags and their validation live here
+once. Errors name the flag and the bad value.
+"""
+
+import os
+
+from absl import flags
+
+DATASETS = ("bccd", "voc", "coco", "tfrecord", "synthetic")
+
+
+def define_data_flags():
+    flags.DEFINE_enum("dataset", "bccd", DATASETS,
+                      "Data source. 'bccd' is the vendored BCCD (VOC format), the offline default.")
+    flags.DEFINE_list("data_dir", [],
+                      "voc: VOCdevkit year folders (comma-separated, e.g. VOC2007,VOC2012); "
+                      "coco: the dataset root holding annotations/ and <split>/; "
+                      "tfrecord: the folder of shards written by keras_scb.data.convert. "
+                      "Ignored for bccd and synthetic.")
+    flags.DEFINE_list("train_split", ["train"], "Training split(s), e.g. trainval or train2017.")
+    flags.DEFINE_string("val_split", "test", "Evaluation split, e.g. test or val2017.")
+    flags.DEFINE_integer("synthetic_images", 256, "Images of the synthetic dataset's training split.")
+    flags.DEFINE_enum("bad_input", "raise", ["raise", "skip"],
+                      "On a corrupt image or annotation: stop with an error naming the file, "
+                      "or skip it and count it.")
+
+
+def define_model_flags():
+    flags.DEFINE_string("model", "mobilenetv2-ssdlite300",
+                        "Detector name; see keras_scb.models.available_detectors().")
+    flags.DEFINE_integer("num_classes", 0,
+                         "Foreground classes. 0 takes the dataset's; any other value must equal it.")
+    flags.DEFINE_string("backbone_weights", None,
+                        "None uses the model's default (vendored ImageNet weights for "
+                        "MobileNetV2 1.0, random otherwise); 'imagenet' downloads Keras's "
+                        "(needs internet); 'none' forces random; or a .weights.h5 path.")
+    flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width (alpha) of SSDLite models.")
+    flags.DEFINE_float("bn_momentum", None, "BatchNorm momentum of models that take it.")
+    flags.DEFINE_string("anchors", None, "Anchor preset overriding the model's default "
+                        "(e.g. ssd300_coco); see keras_scb.anchors.PRESETS.")
+
+
+FLAGS = flags.FLAGS
+
+
+def model_kwargs():
+    """Builder keyword arguments for the flags that were set."""
+    kwargs = {}
+    if FLAGS.backbone_weights is not None:
+        kwargs["backbone_weights"] = (
+            None if FLAGS.backbone_weights.lower() == "none" else FLAGS.backbone_weights
+        )
+    if FLAGS.width_multiplier is not None:
+        kwargs["alpha"] = FLAGS.width_multiplier
+    if FLAGS.bn_momentum is not None:
+        kwargs["bn_momentum"] = FLAGS.bn_momentum
+    if FLAGS.anchors is not None:
+        kwargs["anchors"] = FLAGS.anchors
+    return kwargs
+
+
+def check_model_name():
+    from keras_scb.models import available_detectors
+
+    if FLAGS.model not in available_detectors():
+        raise ValueError(
+            f"--model={FLAGS.model!r} is not a detector; available: {available_detectors()}."
+        )
+
+
+def _require_dirs():
+    if not FLAGS.data_dir:
+        raise ValueError(f"--data_dir is required with --dataset={FLAGS.dataset}.")
+    for path in FLAGS.data_dir:
+        if not os.path.isdir(path):
+            raise ValueError(f"--data_dir: {path!r} is not a directory.")
+    return FLAGS.data_dir
+
+
+def load_split(splits):
+    """Reads one split (or several, joined) of the flag-selected dataset.
+
+    Returns:
+        A `keras_scb.data.records.Dataset`, or a `TFRecordSource` for
+        ``--dataset=tfrecord``; both go into `keras_scb.data.pipeline`.
+    """
+    from keras_scb.data import coco, synthetic, tfrecord, vendored, voc
+
+    policy = dict(bad_files=FLAGS.bad_input, bad_objects=FLAGS.bad_input)
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    if FLAGS.dataset == "bccd":
+        return vendored.load_bccd(splits, **policy)
+    if FLAGS.dataset == "voc":
+        return voc.read_voc(_require_dirs(), splits, **policy)
+    if FLAGS.dataset == "synthetic":
+        # Training splits and evaluation splits come from different seeds.
+        train = splits[0].startswith("train")
+        return synthetic.make_synthetic(
+            FLAGS.synthetic_images if train else max(1, FLAGS.synthetic_images // 4),
+            seed=0 if train else 1,
+        )
+    if len(splits) != 1:
+        raise ValueError(f"--dataset={FLAGS.dataset} takes one split; got {splits}.")
+    root = _require_dirs()[0]
+    if FLAGS.dataset == "tfrecord":
+        metadata = os.path.join(root, f"{splits[0]}.json")
+        if not os.path.exists(metadata):
+            raise ValueError(
+                f"--data_dir={root}: no {splits[0]}.json; write it with "
+                "python -m keras_scb.data.convert."
+            )
+        return tfrecord.read_tfrecords(metadata)
+    return coco.read_coco(
+        os.path.join(root, "annotations", f"instances_{splits[0]}.json"),
+        os.path.join(root, splits[0]),
+        **policy,
+    )
+
+
+def num_images(source):
+    """Images in a `Dataset` or `TFRecordSource`."""
+    return getattr(source, "num_records", None) or len(source)

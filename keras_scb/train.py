@@ -1,0 +1,242 @@
+"""Trains a detector: ``python -m keras_scb.train --flagfile=configs/NAME.cfg``.
+
+Writes to ``--model_dir``: ``last.keras`` every epoch, ``best.keras`` when the
+validation AP50 improves (both written atomically), ``backup/`` (the resumable
+state: run the same command again after a crash or kill and training continues
+from the last finished epoch), ``history.csv``, TensorBoard logs under ``logs/``,
+``labels.txt`` (one class name a line) and, at the end, the evaluation of
+``best.keras`` (or ``last.keras``) in ``eval/metrics.{json,md}``.
+
+Every flag is listed by ``python -m keras_scb.train --helpfull``.
+"""
+
+import contextlib
+import json
+import math
+import os
+
+from absl import app, flags, logging
+
+from keras_scb import flags as common_flags
+
+common_flags.define_data_flags()
+common_flags.define_model_flags()
+flags.DEFINE_string("model_dir", None, "Output folder (required).")
+flags.DEFINE_integer("batch_size", 8, "Global batch size (split over replicas).")
+flags.DEFINE_integer("epochs", 10, "Epochs to train.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the training split.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "SGD with momentum, as the paper's baselines.")
+flags.DEFINE_float("learning_rate", 1e-3, "Learning rate after warm-up.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (not applied to biases and BatchNorm).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from learning_rate / 3.")
+flags.DEFINE_list("lr_decay_steps", [], "Global steps at which the rate is multiplied by lr_decay.")
+flags.DEFINE_float("lr_decay", 0.1, "Step-decay factor.")
+flags.DEFINE_float("clipnorm", None, "Optional gradient-norm clipping.")
+flags.DEFINE_enum("loss", "scb", ["multibox", "scb", "refinedet"], "Training loss.")
+flags.DEFINE_float("alpha", 1.0, "SCB alpha in beta * (ln M + alpha) / M.")
+flags.DEFINE_float("beta", 3.0, "SCB beta.")
+flags.DEFINE_enum("weighting", "scb", ["uniform", "inverse_log", "inverse_sqrt", "inverse", "scb"],
+                  "Object weighting of --loss=scb (the paper's Table 1 forms).")
+flags.DEFINE_enum("apply_to", "classification", ["classification", "both"],
+                  "'classification': the authors' code; 'both': the paper's Eq. 2.")
+flags.DEFINE_integer("neg_pos_ratio", 3, "Hard negatives kept per positive.")
+flags.DEFINE_enum("scb_on", "arm", ["arm", "odm", "both", "none"],
+                  "--loss=refinedet: which RefineDet branch gets SCB (the paper: arm).")
+flags.DEFINE_integer("max_boxes", 100, "Boxes per image kept by the input pipeline (padding size).")
+flags.DEFINE_bool("augment", True, "SSD data augmentation.")
+flags.DEFINE_integer("seed", 0, "Seed of weights, augmentation and shuffling.")
+flags.DEFINE_bool("deterministic", False, "Deterministic input pipeline and TF ops (slower).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy. mixed_bfloat16 is about 2x faster on CPUs with AVX512-BF16.")
+flags.DEFINE_bool("jit_compile", False, "XLA. Slower on CPU (especially depthwise convs); try on GPU.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+flags.DEFINE_integer("eval_every", 0, "Evaluate on --val_split every N epochs (0: only at the end).")
+flags.DEFINE_integer("eval_batch_size", 8, "Batch size of evaluation.")
+flags.DEFINE_bool("final_eval", True, "Evaluate the best checkpoint at the end.")
+flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar, 2: one line an epoch).")
+
+FLAGS = flags.FLAGS
+
+
+def _strategy():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        if FLAGS.strategy != "default":
+            raise app.UsageError(
+                f"--strategy={FLAGS.strategy} needs the TensorFlow backend; "
+                f"KERAS_BACKEND is {keras.backend.backend()}."
+            )
+        return None
+    import tensorflow as tf
+
+    if FLAGS.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if FLAGS.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise app.UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _loss():
+    from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
+
+    if FLAGS.loss == "multibox":
+        return MultiBoxLoss(neg_pos_ratio=FLAGS.neg_pos_ratio)
+    if FLAGS.loss == "scb":
+        return ScaleBalancedLoss(
+            alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
+            apply_to=FLAGS.apply_to, weighting=FLAGS.weighting,
+        )
+    from keras_scb.models.refinedet import RefineDetLoss
+
+    return RefineDetLoss.for_scb_on(
+        FLAGS.scb_on, alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
+        apply_to=FLAGS.apply_to,
+    )
+
+
+def _optimizer():
+    import keras
+
+    from keras_scb.callbacks import WarmupStepDecay
+
+    schedule = WarmupStepDecay(
+        FLAGS.learning_rate,
+        boundaries=[int(s) for s in FLAGS.lr_decay_steps],
+        decay_factor=FLAGS.lr_decay,
+        warmup_steps=FLAGS.warmup_steps,
+    )
+    common = dict(learning_rate=schedule, weight_decay=FLAGS.weight_decay or None,
+                  clipnorm=FLAGS.clipnorm)
+    if FLAGS.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=FLAGS.momentum, **common)
+    else:
+        optimizer = keras.optimizers.AdamW(**common)
+    # Caffe's SSD gives biases no decay; BatchNorm's scale and shift have none either.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def _check_flags():
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required.")
+    common_flags.check_model_name()
+    if FLAGS.loss == "refinedet" and not FLAGS.model.startswith("refinedet"):
+        raise app.UsageError(f"--loss=refinedet needs a RefineDet --model; got {FLAGS.model!r}.")
+    if FLAGS.model.startswith("refinedet") and FLAGS.loss != "refinedet":
+        raise app.UsageError(f"--model={FLAGS.model} trains with --loss=refinedet.")
+    for name in ("batch_size", "epochs"):
+        if getattr(FLAGS, name) <= 0:
+            raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
+
+
+def train():
+    """Runs training from the parsed flags; returns the final results dict or None."""
+    import keras
+
+    from keras_scb.callbacks import (
+        AtomicBackupAndRestore,
+        AtomicModelCheckpoint,
+        PeriodicEvaluation,
+    )
+    from keras_scb.data import pipeline
+    from keras_scb.data.augment import AugmentConfig
+    from keras_scb.evaluate import evaluate_detector, summary_scalars, write_report
+    from keras_scb.models import build_detector
+
+    _check_flags()
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+
+    train_data = common_flags.load_split(FLAGS.train_split)
+    val_data = common_flags.load_split(FLAGS.val_split)
+    num_classes = len(train_data.class_names)
+    if FLAGS.num_classes and FLAGS.num_classes != num_classes:
+        raise app.UsageError(
+            f"--num_classes={FLAGS.num_classes} but --dataset={FLAGS.dataset} has "
+            f"{num_classes} classes {list(train_data.class_names)}."
+        )
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.model_dir, "labels.txt"), "w") as f:
+        f.write("\n".join(train_data.class_names) + "\n")
+    with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
+        json.dump({k: v.value for k, v in FLAGS.__flags.items() if not k.startswith("?")},
+                  f, indent=2, default=str)
+
+    strategy = _strategy()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        detector = build_detector(FLAGS.model, num_classes, **common_flags.model_kwargs())
+        detector.compile(optimizer=_optimizer(), loss=_loss(), jit_compile=FLAGS.jit_compile)
+
+    train_ds = pipeline.training_pipeline(
+        train_data,
+        detector.anchors,
+        batch_size=FLAGS.batch_size,
+        image_size=detector.image_size,
+        targets="gt" if FLAGS.loss == "refinedet" else "ssd",
+        augment=AugmentConfig() if FLAGS.augment else None,
+        max_boxes=FLAGS.max_boxes,
+        seed=FLAGS.seed,
+        deterministic=FLAGS.deterministic,
+        repeat=True,
+    )
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        train_ds = strategy.experimental_distribute_dataset(train_ds)
+    steps = FLAGS.steps_per_epoch or max(
+        1, common_flags.num_images(train_data) // FLAGS.batch_size
+    )
+
+    def evaluate_val(model):
+        return summary_scalars(evaluate_detector(model, val_data, FLAGS.eval_batch_size))
+
+    callbacks = [
+        AtomicBackupAndRestore(os.path.join(FLAGS.model_dir, "backup")),
+        PeriodicEvaluation(evaluate_val, FLAGS.eval_every, prefix="val_"),
+        AtomicModelCheckpoint(
+            FLAGS.model_dir, monitor="val_coco_AP50" if FLAGS.eval_every else None
+        ),
+        keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")))
+    history = detector.fit(
+        train_ds,
+        epochs=FLAGS.epochs,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=FLAGS.verbose,
+    )
+    if any(math.isnan(v) for v in history.history.get("loss", [])):
+        raise RuntimeError(
+            f"Training stopped on a NaN loss; see {FLAGS.model_dir}/history.csv."
+        )
+    if not FLAGS.final_eval:
+        return None
+    best = os.path.join(FLAGS.model_dir, "best.keras")
+    final = best if os.path.exists(best) else os.path.join(FLAGS.model_dir, "last.keras")
+    model = keras.saving.load_model(final, compile=False)
+    results = evaluate_detector(model, val_data, FLAGS.eval_batch_size)
+    results["checkpoint"] = os.path.basename(final)
+    print(write_report(results, os.path.join(FLAGS.model_dir, "eval")))
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    train()
+
+
+if __name__ == "__main__":
+    app.run(main)
