@@ -1,0 +1,185 @@
+"""Training throughput of the detectors: ``model.fit`` images/second, SCB vs MultiBox.
+
+    python benchmarks/train_step.py [--backend tensorflow|jax] [--models ssd300,...]
+        [--precisions float32,mixed_bfloat16] [--steps 3] [--rounds 3]
+        [--batch-size 8] [--jit-compile auto|true|false]
+
+For each model and precision, two copies of the model are compiled, one with
+``ScaleBalancedLoss`` and one with ``MultiBoxLoss``; after one warm-up ``fit``
+each (tracing/compilation), ``rounds`` timed ``fit`` calls of ``steps`` steps
+alternate between them. Reported: median images/second of each and the median
+of the per-round time ratios SCB / MultiBox. Inputs are random pixels with
+targets pre-encoded from random boxes by the library's matching code run on
+numpy, so no TensorFlow is needed under JAX and no input pipeline is timed.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+DEFAULT_MODELS = (
+    "ssd300,ssd512,fssd300,refinedet320,dssd321,mobilenetv2-ssdlite320"
+)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow")
+    )
+    parser.add_argument("--models", default=DEFAULT_MODELS)
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed fit")
+    parser.add_argument("--rounds", type=int, default=3, help="timed fits per loss")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-classes", type=int, default=20)
+    parser.add_argument(
+        "--jit-compile", default="auto", choices=("auto", "true", "false")
+    )
+    return parser.parse_args()
+
+
+def numpy_ops():
+    """The ops namespace of `keras_scb.matching.match_anchors`, in numpy."""
+    import types
+
+    import numpy as np
+
+    def take_per_image(x, index, axis):
+        # x (B, G, ...) gathered by index (B, A) along axis 1, like tf.gather(batch_dims=1).
+        return np.stack([np.take(x[b], index[b], axis=axis - 1) for b in range(len(x))])
+
+    return types.SimpleNamespace(
+        arange=np.arange,
+        cast=lambda x, dtype: np.asarray(x).astype(dtype),
+        concatenate=lambda xs, axis: np.concatenate(xs, axis=axis),
+        expand_dims=np.expand_dims,
+        log=np.log,
+        max=lambda x, axis: np.max(x, axis=axis),
+        maximum=np.maximum,
+        min=lambda x, axis: np.min(x, axis=axis),
+        minimum=np.minimum,
+        one_hot=lambda x, n: np.eye(n, dtype="float32")[x],
+        shape=np.shape,
+        stack=lambda xs, axis: np.stack(xs, axis=axis),
+        take_along_axis=take_per_image,
+        where=np.where,
+    )
+
+
+def synthetic_batch(model, num_images, seed):
+    """Random images ``(N, S, S, 3)`` with 1-10 random boxes each.
+
+    Returns:
+        ``(images, targets)``: for SSD-style models the ``(N, A, 6)`` encoded
+        targets; for RefineDet (which matches inside its loss) the ``(N, G, 5)``
+        ground truth ``[xmin, ymin, xmax, ymax, class]``.
+    """
+    import numpy as np
+
+    from keras_scb.matching import _corners, encode_matches, match_anchors
+
+    rng = np.random.default_rng(seed)
+    max_boxes = 10
+    sides = np.exp(rng.uniform(np.log(0.02), np.log(0.9), (num_images, max_boxes, 2)))
+    lo = rng.uniform(0, 1 - sides)
+    boxes = np.concatenate([lo, lo + sides], -1).astype("float32")
+    counts = rng.integers(1, max_boxes + 1, num_images)
+    classes = rng.integers(0, model.num_classes, (num_images, max_boxes))
+    classes = np.where(np.arange(max_boxes) < counts[:, None], classes, -1)
+    classes = classes.astype("int32")
+    size = model.image_size
+    images = rng.uniform(0, 255, (num_images, size, size, 3)).astype("float32")
+    if model.name.startswith("refinedet"):
+        return images, np.concatenate([boxes, classes[..., None]], -1)
+    ops = numpy_ops()
+    anchors = model.anchors
+    matched = match_anchors(boxes, classes, _corners(anchors, ops), 0.5, ops)
+    targets = encode_matches(boxes, classes, anchors, matched, (0.1, 0.2), ops)
+    return images, targets.astype("float32")
+
+
+def losses_for(model):
+    """(SCB loss, MultiBox loss) for a detector (RefineDet: SCB on the ARM or not)."""
+    if model.name.startswith("refinedet"):
+        from keras_scb.refinedet_loss import RefineDetLoss
+
+        spec = model.anchor_spec
+        return RefineDetLoss(spec), RefineDetLoss(spec, arm_weighting="uniform")
+    from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
+
+    return ScaleBalancedLoss(), MultiBoxLoss()
+
+
+def benchmark(name, precision, args):
+    import keras
+
+    from keras_scb.models import build_detector
+
+    keras.mixed_precision.set_global_policy(precision)
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    models = {}
+    for label in ("scb", "multibox"):
+        keras.utils.set_random_seed(0)
+        models[label] = build_detector(name, args.num_classes, backbone_weights=None)
+    for model, loss in zip(models.values(), losses_for(models["scb"])):
+        model.compile(
+            optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
+            loss=loss,
+            jit_compile=jit,
+        )
+    n = args.steps * args.batch_size
+    images, targets = synthetic_batch(models["scb"], n, seed=0)
+
+    def fit(model):
+        start = time.perf_counter()
+        model.fit(images, targets, batch_size=args.batch_size, epochs=1, verbose=0)
+        return time.perf_counter() - start
+
+    for model in models.values():
+        fit(model)  # trace / compile
+    seconds = {label: [] for label in models}
+    for _ in range(args.rounds):
+        for label, model in models.items():
+            seconds[label].append(fit(model))
+    ratio = statistics.median(
+        s / m for s, m in zip(seconds["scb"], seconds["multibox"])
+    )
+    speed = {label: n / statistics.median(t) for label, t in seconds.items()}
+    params = models["scb"].count_params() / 1e6
+    print(
+        f"{name:<24} {precision:<15} {params:>7.2f}M {speed['scb']:>9.2f} "
+        f"{speed['multibox']:>12.2f} {ratio:>10.3f}",
+        flush=True,
+    )
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def main():
+    args = parse_args()
+    os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from keras_scb.models import available_detectors
+
+    print(
+        f"backend={keras.backend.backend()} batch={args.batch_size} "
+        f"steps={args.steps} rounds={args.rounds} jit_compile={args.jit_compile} "
+        f"classes={args.num_classes}"
+    )
+    print(
+        f"{'model':<24} {'precision':<15} {'params':>8} {'scb img/s':>9} "
+        f"{'multibox img/s':>12} {'scb/mb time':>10}"
+    )
+    for name in args.models.split(","):
+        if name not in available_detectors():
+            print(f"{name:<24} not registered; skipped")
+            continue
+        for precision in args.precisions.split(","):
+            benchmark(name, precision, args)
+
+
+if __name__ == "__main__":
+    main()
