@@ -80,9 +80,11 @@ def evaluate_detector(detector, source, batch_size=8, **decoder_kwargs):
 
 def summary_scalars(results):
     """The headline numbers of a results dict, flat, for Keras logs and CSV files."""
-    coco = results["coco"]
-    scalars = {f"coco_{k}": float(v) for k, v in coco.items() if np.isscalar(v)}
-    scalars["voc07_mAP"] = float(results["voc07"]["mAP"])
+    def number(value):  # None: the metric is undefined (no objects of that kind)
+        return float("nan") if value is None else float(value)
+
+    scalars = {f"coco_{k}": number(v) for k, v in results["coco"].items()}
+    scalars["voc07_mAP"] = number(results["voc07"]["mAP"])
     return scalars
 
 

@@ -198,17 +198,20 @@ def train():
     def evaluate_val(model):
         return summary_scalars(evaluate_detector(model, val_data, FLAGS.eval_batch_size))
 
+    # The backup goes last: an epoch counts as done for a resumed run only once
+    # its checkpoints and log lines are on disk.
     callbacks = [
-        AtomicBackupAndRestore(os.path.join(FLAGS.model_dir, "backup")),
         PeriodicEvaluation(evaluate_val, FLAGS.eval_every, prefix="val_"),
         AtomicModelCheckpoint(
             FLAGS.model_dir, monitor="val_coco_AP50" if FLAGS.eval_every else None
         ),
         keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
+        AtomicBackupAndRestore(os.path.join(FLAGS.model_dir, "backup")),
     ]
     if keras.backend.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")))
+        tensorboard = keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs"))
+        callbacks.insert(0, tensorboard)
     history = detector.fit(
         train_ds,
         epochs=FLAGS.epochs,
