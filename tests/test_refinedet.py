@@ -14,6 +14,7 @@ from keras_scb.losses import WEIGHTINGS, multibox_loss
 from keras_scb.models import Detector, build_detector
 from keras_scb.refinedet_loss import (
     RefineDetLoss,
+    refine_anchors,
     refinedet_loss,
     refinedet_to_ssd_outputs,
 )
@@ -261,3 +262,11 @@ def test_refinedet320(tmp_path):
 def test_refinedet512(tmp_path):
     _check_network("refinedet512", tmp_path)
 
+
+
+def test_refined_anchor_sizes_are_bounded():
+    """A diverging ARM gives finite, non-zero anchors (sizes x/÷ 1000/16 at most)."""
+    anchors = np.array([[0.5, 0.5, 0.2, 0.1]], np.float32)
+    offsets = np.array([[[0, 0, 1e4, -1e4]]], np.float32)
+    refined = keras.ops.convert_to_numpy(refine_anchors(offsets, anchors))
+    np.testing.assert_allclose(refined[0, 0, 2:], [0.2 * 1000 / 16, 0.1 * 16 / 1000], rtol=1e-5)
