@@ -19,9 +19,10 @@ Sources: an in-memory `Dataset` (images read from their paths or bytes), a
 ``strategy.experimental_distribute_dataset``: TFRecord pipelines are sharded by
 file (write at least one shard per worker), in-memory ones by element.
 
-Randomness: each image gets a ``(2,)`` seed from ``tf.data.Dataset.random`` and all
-augmentation ops are stateless; with ``seed`` set, the shuffle, the seeds and the
-element order (``deterministic``) are fixed, so two runs give identical batches.
+Randomness: every image gets a stateless seed drawn from ``tf.data.Dataset.random``
+(new draws on every pass) and all augmentation ops are stateless; with ``seed``
+set, the shuffle, the seeds and the element order (``deterministic``) are fixed,
+so two runs give identical batches.
 """
 
 from typing import Callable, Optional, Union
@@ -111,37 +112,64 @@ def _memory_elements(dataset):
     })
 
 
-def _elements(source, shuffle, seed, shuffle_buffer):
-    """Returns ``(element dicts, images_are_paths, max_boxes, shard_policy)``."""
+def _random_salts(seed):
+    """An endless int64 stream, drawn anew on every pass over the dataset."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+
+def _elements(source, training, shuffle=False, seed=None, shuffle_buffer=0):
+    """The source as element dicts (see `tfrecord.parse_example`).
+
+    For training each element comes as ``(element, seed)`` with a ``(2,)`` int64
+    stateless seed that differs between passes; ``seed`` fixes the sequence.
+
+    Returns:
+        ``(elements, images_are_paths, max_boxes, shard_policy)``.
+    """
     if isinstance(source, str):
         source = tfrecord.read_tfrecords(source)
     if isinstance(source, records_lib.Dataset):
         elements = _memory_elements(source)
         if shuffle:
             elements = elements.shuffle(len(source), seed, reshuffle_each_iteration=True)
+        if training:
+            elements = tf.data.Dataset.zip(elements, _random_salts(seed).batch(2))
         return (
             elements, isinstance(source.records[0].image, str), source.max_boxes(),
             tf.data.experimental.AutoShardPolicy.DATA,
         )
-    if isinstance(source, tfrecord.TFRecordSource):
-        files = tf.data.Dataset.from_tensor_slices(list(source.files))
-        if shuffle:
-            # A fixed file-order seed keeps every worker's file order the same, so
-            # file sharding gives disjoint shards even without a seed.
-            files = files.shuffle(len(source.files), 0 if seed is None else seed)
-        records = files.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(source.files), 8) if shuffle else 1,
-            num_parallel_calls=AUTOTUNE if shuffle else None,
+    if not isinstance(source, tfrecord.TFRecordSource):
+        raise TypeError(
+            f"source must be a Dataset, a TFRecordSource or a metadata path; got {type(source)}."
         )
-        if shuffle:
-            records = records.shuffle(shuffle_buffer, seed, reshuffle_each_iteration=True)
-        return (
-            records.map(tfrecord.parse_example, num_parallel_calls=AUTOTUNE), False,
-            source.max_boxes, tf.data.experimental.AutoShardPolicy.FILE,
-        )
-    raise TypeError(
-        f"source must be a Dataset, a TFRecordSource or a metadata path; got {type(source)}."
+    files = tf.data.Dataset.from_tensor_slices(list(source.files))
+    if shuffle:
+        files = files.shuffle(len(source.files), seed, reshuffle_each_iteration=True)
+    if training:
+        # FILE auto-sharding walks up from the output to the reader and passes
+        # only through single-input ops, so the randomness joins above the reader:
+        # each file visit draws a salt and its k-th record gets the seed (salt, k).
+        files = tf.data.Dataset.zip(files, _random_salts(seed))
+
+        def read(path, salt):
+            return tf.data.TFRecordDataset(path).enumerate().map(
+                lambda k, record: (record, tf.stack([salt, k]))
+            )
+
+        def parse(record, record_seed):
+            return tfrecord.parse_example(record), record_seed
+    else:
+        read, parse = tf.data.TFRecordDataset, tfrecord.parse_example
+    records = files.interleave(
+        read,
+        cycle_length=min(len(source.files), 8) if shuffle else 1,
+        num_parallel_calls=AUTOTUNE if shuffle else None,
+    )
+    if shuffle:
+        records = records.shuffle(shuffle_buffer, seed, reshuffle_each_iteration=True)
+    return (
+        records.map(parse, num_parallel_calls=AUTOTUNE), False, source.max_boxes,
+        tf.data.experimental.AutoShardPolicy.FILE,
     )
 
 
@@ -213,7 +241,7 @@ def training_pipeline(
     encode = _encoder(targets, anchors)
     deterministic = seed is not None if deterministic is None else deterministic
     elements, are_paths, source_max, shard_policy = _elements(
-        source, shuffle, seed, shuffle_buffer
+        source, True, shuffle, seed, shuffle_buffer
     )
     max_boxes = max_boxes or source_max
 
@@ -232,10 +260,7 @@ def training_pipeline(
         image.set_shape([size, size, 3])
         return image, (_pad(boxes, max_boxes, 0.0), _pad(classes, max_boxes, -1))
 
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    data = tf.data.Dataset.zip((elements, seeds))
-    if repeat:
-        data = data.repeat()
+    data = elements.repeat() if repeat else elements
     data = data.map(prepare, num_parallel_calls=AUTOTUNE)
     data = data.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     data = data.map(
@@ -271,7 +296,7 @@ def validation_pipeline(
     """
     size = _image_size(anchors, image_size)
     encode = None if targets is None else _encoder(targets, anchors)
-    elements, are_paths, source_max, shard_policy = _elements(source, False, None, 0)
+    elements, are_paths, source_max, shard_policy = _elements(source, False)
     max_boxes = max_boxes or source_max
 
     def prepare(element):
