@@ -1,0 +1,13 @@
+"""Exporters of keras-scb detectors: SavedModel, TFLite, and inference-cost comparison.
+
+Command lines (absl flags; ``--help`` lists them):
+
+- ``python -m exporters.saved_model --checkpoint CKPT --output DIR``
+- ``python -m exporters.tflite --checkpoint CKPT --output FILE --precision fp32|fp16|int8``
+- ``python -m exporters.accuracy --checkpoint CKPT --dataset bccd --split test``
+- ``python -m exporters.compare_cost BASELINE_CKPT SCB_CKPT``
+
+A checkpoint is a ``.keras`` file of a `keras_scb.models.Detector`; it is loaded
+without its loss (``compile=False``), so no export depends on how it was trained.
+See `exporters.common` for the serving inputs and outputs shared by every format.
+"""

@@ -1,0 +1,209 @@
+"""How much an export changes the detections: agreement with Keras, and mAP drop.
+
+    python -m exporters.accuracy --checkpoint model_dir/best.keras \
+        --dataset bccd --split test --precisions fp32,fp16,int8
+
+exports the checkpoint to TFLite at each precision (int8 calibrated on
+``--representative_data``), runs every model and the Keras inference model on the
+same uint8 images, and prints VOC07 mAP, COCO AP / AP50 and their drop against
+Keras, plus the detection agreement of `detection_agreement`.
+"""
+
+import json
+
+import numpy as np
+from absl import app, flags
+
+from exporters import common
+
+
+def _iou(box, boxes):
+    """IoU of one ``[ymin, xmin, ymax, xmax]`` box with ``(N, 4)`` boxes."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def detection_agreement(reference, candidate, top_k=10, iou_threshold=0.5):
+    """How well ``candidate`` reproduces the ``top_k`` best detections of ``reference``.
+
+    Greedy, per image, best reference detection first: each is matched to the
+    unmatched ``candidate`` detection of the same class with the largest IoU, if
+    that IoU is at least ``iou_threshold``. Order-free, unlike an elementwise
+    comparison, which a tiny score change that swaps two detections would fail.
+
+    Args:
+        reference, candidate: dicts of `exporters.common.DETECTION_KEYS` arrays
+            for the same ``B`` images.
+
+    Returns:
+        dict: ``matched`` (fraction of reference detections matched),
+        ``mean_iou`` and ``min_iou`` of the matches, ``max_score_diff`` (largest
+        absolute score difference of a match), ``count`` (reference detections).
+    """
+    ious, score_diffs, count = [], [], 0
+    for b in range(len(reference["num_detections"])):
+        n_ref = min(int(reference["num_detections"][b]), top_k)
+        n_can = int(candidate["num_detections"][b])
+        boxes = candidate["detection_boxes"][b, :n_can]
+        classes = candidate["detection_classes"][b, :n_can]
+        scores = candidate["detection_scores"][b, :n_can]
+        free = np.ones(n_can, bool)
+        for i in range(n_ref):
+            count += 1
+            overlap = _iou(reference["detection_boxes"][b, i], boxes)
+            overlap[(classes != reference["detection_classes"][b, i]) | ~free] = -1.0
+            if n_can == 0 or overlap.max() < iou_threshold:
+                continue
+            j = int(np.argmax(overlap))
+            free[j] = False
+            ious.append(overlap[j])
+            score_diffs.append(abs(scores[j] - reference["detection_scores"][b, i]))
+    return {
+        "matched": len(ious) / count if count else 1.0,
+        "mean_iou": float(np.mean(ious)) if ious else None,
+        "min_iou": float(np.min(ious)) if ious else None,
+        "max_score_diff": float(np.max(score_diffs)) if score_diffs else None,
+        "count": count,
+    }
+
+
+def run_batched(runner, images, batch_size=8):
+    """``runner`` over uint8 ``(N, S, S, 3)`` in batches; concatenated outputs."""
+    parts = [runner(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {key: np.concatenate([p[key] for p in parts]) for key in common.DETECTION_KEYS}
+
+
+def evaluate_outputs(dataset, outputs):
+    """`keras_scb.evaluation.evaluate_detections` of one model's outputs on ``dataset``."""
+    from keras_scb import evaluation
+
+    ground_truths = [
+        evaluation.ImageGroundTruth(
+            r.image_id, r.height, r.width, r.boxes, r.classes, r.difficult
+        )
+        for r in dataset.records
+    ]
+    detections = evaluation.detections_from_decoder(
+        [r.image_id for r in dataset.records],
+        outputs["detection_boxes"], outputs["detection_scores"],
+        outputs["detection_classes"].astype(np.int64), outputs["num_detections"].astype(np.int64),
+    )
+    return evaluation.evaluate_detections(
+        ground_truths, detections, class_names=dataset.class_names,
+        category_ids=dataset.category_ids,
+    )
+
+
+def compare_precisions(
+    detector,
+    dataset,
+    precisions=("fp32", "fp16", "int8"),
+    representative_images=None,
+    max_images=None,
+    num_threads=None,
+    **decoder_kwargs,
+):
+    """mAP of the Keras model and of its TFLite exports on the same images.
+
+    Args:
+        detector: a `keras_scb.models.Detector`.
+        dataset: a `keras_scb.data.Dataset` with ground truth.
+        precisions: TFLite precisions to export and evaluate.
+        representative_images: int8 calibration images (see `exporters.tflite.convert`).
+        max_images: evaluate the first ``max_images`` only.
+        **decoder_kwargs: decoder options, the same for every model.
+
+    Returns:
+        ``{"keras": row, precision: row, ...}``, a row being ``{"voc07_mAP",
+        "coco_AP", "coco_AP50", "agreement"}``, and for exports the drops
+        ``voc07_mAP_drop``, ``coco_AP_drop`` (Keras minus export).
+    """
+    from exporters import runtime, tflite
+
+    if max_images is not None:
+        dataset = type(dataset)(dataset.records[:max_images], dataset.class_names, dataset.category_ids)
+    images = np.stack(list(tflite.dataset_images(dataset, detector.image_size)))
+    reference = run_batched(runtime.KerasDetector(detector, **decoder_kwargs), images)
+    outputs = {"keras": reference}
+    for precision in precisions:
+        model = tflite.convert(detector, precision, representative_images, **decoder_kwargs)
+        outputs[precision] = run_batched(runtime.TFLiteDetector(model, num_threads), images)
+    rows = {}
+    for name, output in outputs.items():
+        metrics = evaluate_outputs(dataset, output)
+        rows[name] = {
+            "voc07_mAP": metrics["voc07"]["mAP"],
+            "coco_AP": metrics["coco"]["AP"],
+            "coco_AP50": metrics["coco"]["AP50"],
+            "agreement": detection_agreement(reference, output),
+        }
+        if name != "keras":
+            for key in ("voc07_mAP", "coco_AP"):
+                rows[name][f"{key}_drop"] = rows["keras"][key] - rows[name][key]
+    return rows
+
+
+def markdown(rows):
+    header = "| model | VOC07 mAP | drop | COCO AP | drop | AP50 | top-10 matched | min IoU | max score diff |"
+    lines = [header, "|" + "---|" * 9]
+    for name, row in rows.items():
+        agreement = row["agreement"]
+        lines.append(
+            f"| {name} | {row['voc07_mAP']:.4f} | {row.get('voc07_mAP_drop', 0.0):+.4f} "
+            f"| {row['coco_AP']:.4f} | {row.get('coco_AP_drop', 0.0):+.4f} | {row['coco_AP50']:.4f} "
+            f"| {agreement['matched']:.3f} | {_fmt(agreement['min_iou'])} | {_fmt(agreement['max_score_diff'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _define_flags():
+    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
+    flags.DEFINE_string("dataset", "bccd", "'bccd' or 'coco_subset' (the vendored datasets).")
+    flags.DEFINE_string("split", "test", "Dataset split (BCCD: test/val/train; COCO subset: val2017).")
+    flags.DEFINE_list("precisions", ["fp32", "fp16", "int8"], "TFLite precisions.")
+    flags.DEFINE_string("representative_data", "bccd", "int8 calibration: 'bccd', 'synthetic' or a folder.")
+    flags.DEFINE_string("representative_split", "train", "Split for --representative_data=bccd.")
+    flags.DEFINE_integer("representative_count", 100, "int8 calibration images.")
+    flags.DEFINE_integer("max_images", None, "Evaluate the first N images only.")
+    flags.DEFINE_string("output_json", None, "Also write the rows as JSON here.")
+    common.define_decoder_flags()
+    flags.mark_flags_as_required(["checkpoint"])
+
+
+def main(argv):
+    del argv
+    from exporters import tflite
+    from keras_scb import data
+
+    values = flags.FLAGS
+    detector = common.load_detector(values.checkpoint)
+    loaders = {"bccd": data.load_bccd, "coco_subset": data.load_coco_subset}
+    dataset = loaders[values.dataset](values.split)
+    representative = None
+    if "int8" in values.precisions:
+        representative = tflite.representative_images(
+            values.representative_data, detector.image_size, values.representative_count,
+            split=values.representative_split,
+        )
+    rows = compare_precisions(
+        detector, dataset, values.precisions, representative, values.max_images,
+        **common.decoder_kwargs_from_flags(values),
+    )
+    print(markdown(rows))
+    if values.output_json:
+        common.write_json(rows, values.output_json)
+    else:
+        print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,126 @@
+"""Run an exported model (TFLite, SavedModel) or a checkpoint with one interface.
+
+Every runner takes uint8 images ``(B, S, S, 3)`` at the model's size ``S``
+(`resize_images` prepares any image) and returns numpy arrays under
+`exporters.common.DETECTION_KEYS`.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from exporters import common
+
+
+def resize_images(images, image_size):
+    """uint8 ``(B, H, W, 3)`` or one ``(H, W, 3)`` -> uint8 ``(B, S, S, 3)``.
+
+    Bilinear, aspect ratio not kept, as the training and validation pipelines
+    do; rounded back to uint8, the exported models' input type.
+    """
+    import tensorflow as tf
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.shape[1:3] == (image_size, image_size):
+        return images.astype(np.uint8)
+    resized = tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size))
+    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+
+
+class TFLiteDetector:
+    """A ``.tflite`` file written by `exporters.tflite` in the LiteRT interpreter.
+
+    Args:
+        model: path of the file, or its bytes.
+        num_threads: interpreter threads (``None``: the interpreter's default).
+    """
+
+    def __init__(self, model, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(model, (bytes, bytearray)):
+            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+        else:
+            self.interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        (self._input,) = self.interpreter.get_input_details()
+        self._outputs = [o["index"] for o in self.interpreter.get_output_details()]
+        if len(self._outputs) != len(common.DETECTION_KEYS):
+            raise ValueError(f"{len(self._outputs)} outputs; expected boxes, classes, scores, count.")
+        self.image_size = int(self._input["shape"][1])
+
+    def invoke(self, image):
+        """Runs one uint8 ``(1, S, S, 3)`` image; the outputs stay in the interpreter."""
+        self.interpreter.set_tensor(self._input["index"], image)
+        self.interpreter.invoke()
+
+    def __call__(self, images):
+        results = []
+        for image in np.asarray(images, np.uint8):
+            self.invoke(image[None])
+            results.append([self.interpreter.get_tensor(i) for i in self._outputs])
+        return {
+            key: np.concatenate([r[k] for r in results])
+            for k, key in enumerate(common.DETECTION_KEYS)
+        }
+
+
+class SavedModelDetector:
+    """The ``serving_default`` signature of a SavedModel written by `exporters.saved_model`."""
+
+    def __init__(self, folder):
+        import tensorflow as tf
+
+        self.folder = os.fspath(folder)
+        self._serve = tf.saved_model.load(self.folder).signatures["serving_default"]
+        with open(os.path.join(self.folder, common.METADATA_FILE)) as f:
+            self.metadata = json.load(f)
+        self.image_size = int(self.metadata["image_size"])
+
+    def __call__(self, images):
+        import tensorflow as tf
+
+        outputs = self._serve(images=tf.constant(images, tf.uint8))
+        return {key: outputs[key].numpy() for key in common.DETECTION_KEYS}
+
+
+class KerasDetector:
+    """A `keras_scb.models.Detector` (or a ``.keras`` checkpoint) with its decoder.
+
+    Args:
+        detector: a Detector or the path of a checkpoint.
+        **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
+    """
+
+    def __init__(self, detector, **decoder_kwargs):
+        import tensorflow as tf
+
+        if not hasattr(detector, "anchor_spec"):
+            detector = common.load_detector(detector)
+        self.detector = detector
+        self.image_size = detector.image_size
+        self._detect = tf.function(common.serving_function(detector, **decoder_kwargs))
+
+    def __call__(self, images):
+        import tensorflow as tf
+
+        outputs = self._detect(tf.constant(images, tf.uint8))
+        return {key: outputs[key].numpy() for key in common.DETECTION_KEYS}
+
+
+def load_runner(path, num_threads=None, **decoder_kwargs):
+    """A runner for ``path``: a ``.tflite`` file, a SavedModel folder or a ``.keras`` file.
+
+    ``decoder_kwargs`` apply to checkpoints only: an export carries its own.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return SavedModelDetector(path)
+    if path.endswith(".tflite"):
+        return TFLiteDetector(path, num_threads)
+    if path.endswith(".keras"):
+        return KerasDetector(path, **decoder_kwargs)
+    raise ValueError(f"{path}: expected a .tflite file, a SavedModel folder or a .keras checkpoint.")

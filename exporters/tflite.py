@@ -1,0 +1,236 @@
+"""Export a detector checkpoint as a TFLite model with the post-processing inside.
+
+    python -m exporters.tflite --checkpoint model_dir/best.keras --output export/model.tflite \
+        --precision int8 --representative_data bccd
+
+Layout (what mobile detection runtimes expect of an SSD): one input, uint8
+``(1, S, S, 3)`` RGB; four float32 outputs in this order: ``detection_boxes``
+``(1, K, 4)`` ``[ymin, xmin, ymax, xmax]``, ``detection_classes`` ``(1, K)``
+(0-based), ``detection_scores`` ``(1, K)``, ``num_detections`` ``(1,)``: the
+layout of ``TFLite_Detection_PostProcess``.
+
+The post-processing is that of `keras_scb.decoding.DetectionDecoder` (box
+decoding, softmax, per-class top-k and NMS from ``NonMaxSuppressionV4``, for one
+image: no ``WHILE`` loop), converted to TFLite builtin ops, so the file gives the Keras model's detections. The converter
+is restricted to builtin ops: an op that would need the Flex delegate
+(``SELECT_TF_OPS``) makes the export fail instead of producing a file that no
+standard interpreter runs. The ``TFLite_Detection_PostProcess`` custom op is not
+used: its fast mode is class-agnostic NMS (different detections than the Keras
+model) and its per-class mode was seen to never emit one of the classes.
+
+Precisions: ``fp32``; ``fp16`` (float16 weights, float32 compute); ``int8``
+(weights and activations int8, calibrated on representative images; ops without
+an int8 kernel, such as the NMS, stay float).
+"""
+
+import os
+
+from absl import app, flags
+
+from exporters import common
+
+PRECISIONS = ("fp32", "fp16", "int8")
+REPRESENTATIVE_SOURCES = ("bccd", "synthetic")
+
+
+def _serving_concrete_function(detector, **decoder_kwargs):
+    """``(concrete function, archive)``; the archive owns the variables it captures.
+
+    Exporting through `keras.export.ExportArchive` (not a hand-made
+    ``tf.Module``, which once produced a TFLite file with NaN outputs).
+    """
+    import keras
+    import tensorflow as tf
+
+    size = detector.image_size
+    archive = keras.export.ExportArchive()
+    archive.track(detector)
+    function = archive.add_endpoint(
+        "serving_default",
+        common.serving_function(detector, single_image=True, **decoder_kwargs),
+        input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8, name="images")],
+    )
+    # A concrete function keeps the outputs in `tf.nest` order (sorted keys =
+    # DETECTION_KEYS); from a SavedModel signature the converter orders them
+    # arbitrarily.
+    return function.get_concrete_function(), archive
+
+
+def convert(detector, precision="fp32", representative_images=None, **decoder_kwargs):
+    """The TFLite flatbuffer of ``detector`` with its post-processing.
+
+    Args:
+        detector: a `keras_scb.models.Detector`.
+        precision: one of `PRECISIONS`.
+        representative_images: for ``int8``, an iterable (or a function
+            returning one) of uint8 images ``(S, S, 3)`` or ``(1, S, S, 3)``;
+            a few hundred cover a dataset, tens suffice to test.
+        **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
+
+    Returns:
+        ``bytes``.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    if precision == "int8" and representative_images is None:
+        raise ValueError("int8 needs representative_images.")
+    function, archive = _serving_concrete_function(detector, **decoder_kwargs)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], archive)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = False
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def calibration_inputs():
+            images = representative_images() if callable(representative_images) else representative_images
+            for image in images:
+                image = np.asarray(image, np.uint8)
+                yield [image.reshape((1,) + image.shape[-3:])]
+
+        converter.representative_dataset = calibration_inputs
+    return converter.convert()
+
+
+def export_tflite(
+    detector,
+    path,
+    precision="fp32",
+    representative_images=None,
+    class_names=None,
+    overwrite=False,
+    **decoder_kwargs,
+):
+    """Converts ``detector`` (see `convert`) and writes ``path`` atomically.
+
+    Also writes ``labels.txt`` next to ``path`` when ``class_names`` are given
+    (the usual TFLite detection label file: one name per line, class id order).
+
+    Returns:
+        ``path``.
+    """
+    common.check_class_names(class_names, detector.num_classes)
+    model = convert(detector, precision, representative_images, **decoder_kwargs)
+    with common.atomic_output(path, overwrite) as temporary:
+        with open(temporary, "wb") as f:
+            f.write(model)
+    if class_names:
+        labels = os.path.join(os.path.dirname(os.path.abspath(path)), common.LABELS_FILE)
+        with common.atomic_output(labels, overwrite=True) as temporary:
+            common.write_labels(class_names, temporary)
+    return path
+
+
+def dataset_images(dataset, image_size, count=None):
+    """Yields uint8 ``(S, S, 3)`` images of a `keras_scb.data.Dataset`, in order.
+
+    Decoded and resized bilinearly as `keras_scb.data.validation_pipeline` does,
+    then rounded to uint8, the input type of the exported models.
+    """
+    import numpy as np
+
+    from keras_scb.data import validation_pipeline
+
+    batches = validation_pipeline(dataset, image_size=image_size, batch_size=8)
+    seen = 0
+    for images, _ in batches:
+        for image in np.asarray(images):
+            if count is not None and seen >= count:
+                return
+            yield to_uint8(image)
+            seen += 1
+
+
+def to_uint8(images):
+    """float ``[0, 255]`` -> uint8, rounded to nearest."""
+    import numpy as np
+
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def folder_images(folder, image_size, count=None):
+    """Yields uint8 ``(S, S, 3)`` images from the JPEG/PNG files of ``folder`` (sorted)."""
+    import tensorflow as tf
+
+    names = sorted(
+        name for name in os.listdir(folder)
+        if name.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+    for name in names[:count]:
+        image = tf.io.decode_image(tf.io.read_file(os.path.join(folder, name)), channels=3)
+        resized = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size))
+        yield to_uint8(resized.numpy())
+
+
+def representative_images(source, image_size, count=100, split="train"):
+    """Calibration images for int8, as a function returning a fresh iterator.
+
+    Args:
+        source: ``"bccd"`` (the vendored BCCD ``split``, through the data
+            pipeline's reader), ``"synthetic"`` (`keras_scb.data.make_synthetic`)
+            or a folder of images.
+        image_size: the model's ``S``.
+        count: how many images.
+    """
+    from keras_scb import data
+
+    if source == "bccd":
+        dataset = data.load_bccd(split)
+    elif source == "synthetic":
+        dataset = data.make_synthetic(count, image_size=(image_size, image_size))
+    elif os.path.isdir(source):
+        return lambda: folder_images(source, image_size, count)
+    else:
+        raise ValueError(
+            f"representative data must be one of {REPRESENTATIVE_SOURCES} or a folder; got {source!r}."
+        )
+    return lambda: dataset_images(dataset, image_size, count)
+
+
+def _define_flags():
+    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
+    flags.DEFINE_string("output", None, "The .tflite file to write.")
+    flags.DEFINE_enum("precision", "fp32", PRECISIONS, "Weights/activations precision.")
+    flags.DEFINE_string(
+        "representative_data", "bccd",
+        "int8 calibration images: 'bccd' (train split), 'synthetic' or a folder.",
+    )
+    flags.DEFINE_integer("representative_count", 100, "int8 calibration images.")
+    flags.DEFINE_string(
+        "class_names", None,
+        "Comma-separated class names (default: labels.txt next to the checkpoint).",
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+    common.define_decoder_flags()
+    flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+def main(argv):
+    del argv
+    values = flags.FLAGS
+    detector = common.load_detector(values.checkpoint)
+    class_names = common.read_class_names(values.checkpoint, values.class_names)
+    representative = None
+    if values.precision == "int8":
+        representative = representative_images(
+            values.representative_data, detector.image_size, values.representative_count
+        )
+    export_tflite(
+        detector, values.output, values.precision, representative, class_names,
+        values.overwrite, **common.decoder_kwargs_from_flags(values),
+    )
+    print(
+        f"TFLite ({values.precision}) written to {values.output}: uint8 input "
+        f"(1, {detector.image_size}, {detector.image_size}, 3); outputs boxes, classes, "
+        "scores, count; builtin ops only (no SELECT_TF_OPS / Flex delegate needed)."
+    )
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
