@@ -92,6 +92,9 @@ class DetectionDecoder(keras.layers.Layer):
         pre_nms_top_k=400,
         **kwargs,
     ):
+        # float32 whatever the global policy: a mixed policy would otherwise
+        # cast the offsets and logits to 16 bits before `call`.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
         self.variances = tuple(variances)

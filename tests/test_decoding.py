@@ -150,3 +150,12 @@ def test_inference_model_resizes_any_image_and_decodes(tmp_path):
     reloaded = loaded.predict(images, verbose=0)
     for key in out:
         np.testing.assert_array_equal(reloaded[key], out[key])
+
+
+def test_decoder_computes_in_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        decoder = DetectionDecoder("ssd300")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert decoder.compute_dtype == "float32"
