@@ -167,3 +167,21 @@ def test_photometric_distort_range_and_determinism():
         assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
     np.testing.assert_array_equal(outs[3], aug.photometric_distort(image, SEEDS[3]).numpy())
     assert sum(not np.allclose(out, image) for out in outs) >= 15
+
+
+def test_photometric_distortion_leaves_the_expand_fill_at_the_mean():
+    image = np.full((60, 80, 3), 40.0, np.float32)
+    config = aug.AugmentConfig(expand_prob=1.0, min_ious=(None,), flip_prob=0.0)
+    run = tf.function(lambda s: aug.augment(image, np.zeros((0, 4), np.float32),
+                                            np.zeros((0,), np.int32), s, 64, config))
+    recoloured = 0
+    for seed in SEEDS[:20]:
+        out = run(seed)[0].numpy().reshape(-1, 3)
+        colours, counts = np.unique(np.round(out, 2), axis=0, return_counts=True)
+        top = colours[np.argsort(counts)[-2:]]
+        # Two flat regions (fill and image) cover all but the blended border.
+        assert np.sort(counts)[-2:].sum() >= 0.9 * len(out)
+        assert any(np.allclose(c, aug.MEAN_RGB, atol=0.01) for c in top)
+        image_colour = [c for c in top if not np.allclose(c, aug.MEAN_RGB, atol=0.01)][0]
+        recoloured += not np.allclose(image_colour, 40.0, atol=0.5)
+    assert recoloured >= 10

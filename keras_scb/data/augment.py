@@ -2,7 +2,9 @@
 
 The chain of the SSD paper (Liu et al. 2016, sec. 2.2 and 3.6): photometric
 distortion, zoom out ("expand", 1..4x on a mean-colour canvas), a random crop
-under a minimum-IoU constraint, horizontal flip, resize. Every random draw is a
+under a minimum-IoU constraint, horizontal flip, resize. The photometric step is
+per pixel, so it runs on the resized output (often 3x fewer pixels than the
+input), leaving the expand fill at the mean colour as when it runs first. Every random draw is a
 stateless op keyed by a per-image seed, so a seeded pipeline is reproducible even
 with a parallel map.
 
@@ -253,6 +255,16 @@ def resize_window(image, window, size, fill=MEAN_RGB):
     return out[0] + mean
 
 
+def _inside_image(window, size):
+    """``(size, size, 1)`` bool: output pixel centres of `resize_window` on the image."""
+    centres = (tf.range(size, dtype=tf.float32) + 0.5) / size
+    x = window[0] + centres * (window[2] - window[0])
+    y = window[1] + centres * (window[3] - window[1])
+    inside_x = (x >= 0.0) & (x <= 1.0)
+    inside_y = (y >= 0.0) & (y <= 1.0)
+    return (inside_y[:, None] & inside_x[None, :])[..., None]
+
+
 def augment(image, boxes, classes, seed, size, config=AugmentConfig()):
     """The full SSD training augmentation of one image.
 
@@ -269,8 +281,6 @@ def augment(image, boxes, classes, seed, size, config=AugmentConfig()):
     """
     seeds = _split(seed, 4)
     image = tf.cast(image, tf.float32)
-    if config.photometric:
-        image = photometric_distort(image, seeds[0])
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     canvas = sample_expand(seeds[1], config.expand_prob, config.max_expand)
     boxes = to_window(boxes, canvas)
@@ -279,7 +289,15 @@ def augment(image, boxes, classes, seed, size, config=AugmentConfig()):
         config.min_crop_scale, config.max_crop_aspect,
     )
     boxes, classes = crop_boxes(boxes, classes, crop)
-    image = resize_window(image, compose(canvas, crop), size)
+    window = compose(canvas, crop)
+    image = resize_window(image, window, size)
+    if config.photometric:
+        # The colour maps are per pixel, so they go after the resize, on the
+        # output's pixels rather than the (larger) input's; the fill stays the mean.
+        image = tf.where(
+            _inside_image(window, size), photometric_distort(image, seeds[0]),
+            tf.constant(MEAN_RGB),
+        )
     return tf.cond(
         _uniform(seeds[3]) < config.flip_prob,
         lambda: (*flip_horizontal(image, boxes), classes),

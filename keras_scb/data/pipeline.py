@@ -11,7 +11,8 @@ internally). Targets are pluggable: ``targets="ssd"`` gives the
 ``targets="gt"`` the padded ground truth ``(B, G, 5)``
 ``[xmin, ymin, xmax, ymax, class]`` (class -1 on padding rows) for losses that
 match on the fly (RefineDet), and a callable ``f(boxes (B, G, 4), classes (B, G))``
-anything else.
+anything else. ``"ssd"`` targets are encoded per image on the unpadded boxes (the
+matching cost grows with the box rows); the others on the padded batch.
 
 Sources: an in-memory `Dataset` (images read from their paths or bytes), a
 `TFRecordSource`, or the path of a TFRecord metadata file. Both pipelines feed
@@ -77,15 +78,29 @@ def _image_size(anchors, image_size):
 
 
 def _encoder(targets, anchors):
+    """Returns ``(encode, per_image)``.
+
+    ``"ssd"`` targets are encoded image by image on the unpadded boxes, in the
+    parallel per-image map: matching cost grows with the number of box rows, and
+    the padded batch has several times more rows than boxes. The others may
+    depend on the padded shape, so they see the padded batch.
+    """
     if callable(targets):
-        return targets
+        return targets, False
     if targets == "gt":
-        return padded_gt_targets
+        return padded_gt_targets, False
     if targets == "ssd":
         if anchors is None:
             raise ValueError("targets='ssd' needs anchors.")
-        return ssd_targets(anchors)
+        return ssd_targets(anchors), True
     raise ValueError(f"targets must be 'ssd', 'gt' or a callable; got {targets!r}.")
+
+
+def _encode_image(encode, boxes, classes):
+    """Encodes one image's ``(N, 4)`` boxes; a padding row keeps ``N = 0`` valid."""
+    boxes = tf.concat([boxes, tf.zeros([1, 4])], axis=0)
+    classes = tf.concat([classes, tf.constant([-1], tf.int32)], axis=0)
+    return encode(boxes[None], classes[None])[0]
 
 
 def _memory_elements(dataset):
@@ -223,8 +238,9 @@ def training_pipeline(
         image_size: output side; needed only when ``anchors`` is an array or None.
         targets: ``"ssd"``, ``"gt"`` or a callable (see the module docstring).
         augment: `AugmentConfig`, or ``None`` to only resize.
-        max_boxes: boxes per image after padding (extra ones are cut); defaults
-            to the source's most boxes on one image.
+        max_boxes: boxes per image after padding, for ``"gt"`` and callable
+            targets (extra ones are cut); defaults to the source's most boxes on
+            one image.
         keep_difficult: train on ``difficult`` / crowd boxes too.
         seed: makes the pipeline reproducible.
         deterministic: keep element order under parallel maps; defaults to
@@ -238,7 +254,7 @@ def training_pipeline(
         ``tf.data.Dataset`` of ``(images (B, S, S, 3) float32, targets)``.
     """
     size = _image_size(anchors, image_size)
-    encode = _encoder(targets, anchors)
+    encode, per_image = _encoder(targets, anchors)
     deterministic = seed is not None if deterministic is None else deterministic
     elements, are_paths, source_max, shard_policy = _elements(
         source, True, shuffle, seed, shuffle_buffer
@@ -258,14 +274,17 @@ def training_pipeline(
                 image, boxes, classes, image_seed, size, augment
             )
         image.set_shape([size, size, 3])
+        if per_image:
+            return image, _encode_image(encode, boxes, classes)
         return image, (_pad(boxes, max_boxes, 0.0), _pad(classes, max_boxes, -1))
 
     data = elements.repeat() if repeat else elements
     data = data.map(prepare, num_parallel_calls=AUTOTUNE)
     data = data.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    data = data.map(
-        lambda images, gt: (images, encode(*gt)), num_parallel_calls=AUTOTUNE
-    )
+    if not per_image:
+        data = data.map(
+            lambda images, gt: (images, encode(*gt)), num_parallel_calls=AUTOTUNE
+        )
     return data.prefetch(AUTOTUNE).with_options(_options(deterministic, shard_policy))
 
 
@@ -295,7 +314,7 @@ def validation_pipeline(
         ``difficult`` bool ``(B, G)``.
     """
     size = _image_size(anchors, image_size)
-    encode = None if targets is None else _encoder(targets, anchors)
+    encode, per_image = (None, False) if targets is None else _encoder(targets, anchors)
     elements, are_paths, source_max, shard_policy = _elements(source, False)
     max_boxes = max_boxes or source_max
 
@@ -305,6 +324,9 @@ def validation_pipeline(
         info["boxes"] = _pad(element["boxes"], max_boxes, 0.0)
         info["classes"] = _pad(element["classes"], max_boxes, -1)
         info["difficult"] = _pad(element["difficult"], max_boxes, False)
+        if per_image:
+            classes = tf.where(element["difficult"], -1, element["classes"])
+            info["targets"] = _encode_image(encode, element["boxes"], classes)
         return image, info
 
     def add_targets(images, info):
@@ -313,6 +335,6 @@ def validation_pipeline(
 
     data = elements.map(prepare, num_parallel_calls=AUTOTUNE)
     data = data.batch(batch_size, num_parallel_calls=AUTOTUNE)
-    if encode is not None:
+    if encode is not None and not per_image:
         data = data.map(add_targets, num_parallel_calls=AUTOTUNE)
     return data.prefetch(AUTOTUNE).with_options(_options(True, shard_policy))
