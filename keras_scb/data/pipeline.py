@@ -1,9 +1,10 @@
 """``tf.data`` input pipelines for training and evaluation.
 
 Training: (shuffle) -> decode JPEG -> drop ``difficult`` boxes -> `augment` ->
-pad boxes to ``max_boxes`` -> batch -> encode targets -> prefetch; maps in
-parallel and autotuned. Evaluation: decode -> resize -> pad -> batch, keeping each
-image's id, original size and ground truth.
+encode the targets (``"ssd"``) or pad the boxes to ``max_boxes`` -> batch ->
+(encode the padded targets) -> prefetch; maps in parallel and autotuned.
+Evaluation: decode -> resize -> pad -> batch, keeping each image's id, original
+size and ground truth.
 
 Images come out float32 ``(B, S, S, 3)`` RGB in ``[0, 255]`` (the models normalise
 internally). Targets are pluggable: ``targets="ssd"`` gives the
