@@ -121,6 +121,25 @@ def _optimizer():
     return optimizer
 
 
+def _prepare_multi_worker_fit(model, strategy, batch):
+    """Works around Keras 3's ``fit`` under MultiWorkerMirroredStrategy.
+
+    Keras builds metrics and optimizer state from a cross-worker mean of the first
+    distributed batch, and reduces each step's scalar logs with a cross-worker
+    mean over axis 0; both fail under this strategy (keras-team/keras#20585).
+    Here the state is built from a local batch of the same shapes, and the logs
+    are reduced over this worker's replicas only. Gradients are all-reduced over
+    every worker as usual, so the weights stay identical on all workers; only the
+    printed metrics are this worker's.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+
+
 def _check_flags():
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
@@ -149,6 +168,8 @@ def train():
     from keras_scb.models import build_detector
 
     _check_flags()
+    # Multi-worker collectives must be set up before TensorFlow runs anything.
+    strategy = _strategy()
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -171,7 +192,6 @@ def train():
         json.dump({k: v.value for k, v in FLAGS.__flags.items() if not k.startswith("?")},
                   f, indent=2, default=str)
 
-    strategy = _strategy()
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         detector = build_detector(FLAGS.model, num_classes, **common_flags.model_kwargs())
@@ -189,8 +209,10 @@ def train():
         deterministic=FLAGS.deterministic,
         repeat=True,
     )
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        train_ds = strategy.experimental_distribute_dataset(train_ds)
+    # model.fit distributes the dataset over the strategy's replicas itself,
+    # sharding by the policy the pipeline sets (files for TFRecords).
+    if FLAGS.strategy == "multi_worker":
+        _prepare_multi_worker_fit(detector, strategy, next(iter(train_ds)))
     steps = FLAGS.steps_per_epoch or max(
         1, common_flags.num_images(train_data) // FLAGS.batch_size
     )
