@@ -18,6 +18,9 @@ from keras_scb.losses import ScaleBalancedLoss
 CLASS_NAMES = ("circle", "square", "triangle")
 
 
+# Keras 3.15 loading weights under numpy 2.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     """Through a checkpoint compiled with the SCB loss, as the trainer writes them."""
