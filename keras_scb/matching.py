@@ -37,9 +37,7 @@ def tf_ops():
         one_hot=lambda x, n: tf.one_hot(x, n),
         shape=tf.shape,
         stack=lambda xs, axis: tf.stack(xs, axis=axis),
-        take_along_axis=lambda x, idx, axis: tf.gather(
-            x, idx, axis=axis, batch_dims=axis
-        ),
+        take_along_axis=tf.experimental.numpy.take_along_axis,
         where=tf.where,
     )
 
@@ -163,7 +161,7 @@ def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
     """
     positive = matched >= 0
     index = ops.maximum(matched, 0)
-    boxes = ops.take_along_axis(gt_boxes, index, 1)
+    boxes = ops.take_along_axis(gt_boxes, ops.expand_dims(index, -1), 1)
     classes = ops.take_along_axis(gt_classes, index, 1)
     offsets = _encode(boxes, anchors, variances, ops)
     offsets = ops.where(ops.expand_dims(positive, -1), offsets, 0.0)

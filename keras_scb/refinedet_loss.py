@@ -20,7 +20,6 @@ SCB paper's RefineDet setting.
 ``keras.ops`` only: it runs under the TensorFlow and JAX backends.
 """
 
-import types
 
 import keras
 from keras import ops
@@ -34,24 +33,6 @@ ARM_DEPTH = 6  # 4 offsets + (background, object) logits
 # Bound on the decoded log size change, as torchvision's box decoding: a diverging
 # ARM must not make refined anchors of infinite or zero size (NaN targets).
 _MAX_LOG_SCALE = 4.135166556742356  # log(1000 / 16)
-
-
-def _take_per_image(x, index, axis):
-    """``x (B, G, ...)``, ``index (B, A)`` -> ``x[b, index[b, a], ...]``.
-
-    The batched gather `encode_matches` expects (``tf.gather`` with
-    ``batch_dims=1`` in `keras_scb.matching.tf_ops`); ``keras.ops.take_along_axis``
-    needs the index at the rank of ``x``, and broadcasts it over trailing axes.
-    """
-    while len(index.shape) < len(x.shape):
-        index = ops.expand_dims(index, -1)
-    return ops.take_along_axis(x, index, axis)
-
-
-_ENCODE_OPS = types.SimpleNamespace(
-    **{name: getattr(ops, name) for name in dir(ops) if not name.startswith("_")},
-)
-_ENCODE_OPS.take_along_axis = _take_per_image
 
 
 def split_refinedet_outputs(raw):
@@ -148,14 +129,14 @@ def refinedet_loss(
     objects = ops.where(classes >= 0, 0, -1)  # every class is "object" (target 1)
     matched = match_anchors(boxes, objects, _corners(anchors, ops), iou_threshold, ops)
     arm_true = encode_matches(
-        boxes, objects, anchors, matched, variances, _ENCODE_OPS
+        boxes, objects, anchors, matched, variances, ops
     )
     arm_loss = multibox_loss(arm_true, arm, weighting=arm_weighting, **shared)
 
     refined = ops.stop_gradient(refine_anchors(arm[..., :4], anchors, variances))
     matched = match_anchors(boxes, classes, _corners(refined, ops), iou_threshold, ops)
     odm_true = encode_matches(
-        boxes, classes, refined, matched, variances, _ENCODE_OPS
+        boxes, classes, refined, matched, variances, ops
     )
     kept = arm_background_probability(arm) <= negative_filter_threshold
     odm_loss = multibox_loss(
