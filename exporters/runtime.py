@@ -33,6 +33,9 @@ def resize_images(images, image_size):
 class TFLiteDetector:
     """A ``.tflite`` file written by `exporters.tflite` in the LiteRT interpreter.
 
+    Calling it needs the detection outputs; `invoke` (for timing) runs any model
+    with one uint8 input.
+
     Args:
         model: path of the file, or its bytes.
         num_threads: interpreter threads (``None``: the interpreter's default).
@@ -48,8 +51,6 @@ class TFLiteDetector:
         self.interpreter.allocate_tensors()
         (self._input,) = self.interpreter.get_input_details()
         self._outputs = [o["index"] for o in self.interpreter.get_output_details()]
-        if len(self._outputs) != len(common.DETECTION_KEYS):
-            raise ValueError(f"{len(self._outputs)} outputs; expected boxes, classes, scores, count.")
         self.image_size = int(self._input["shape"][1])
 
     def invoke(self, image):
@@ -58,6 +59,8 @@ class TFLiteDetector:
         self.interpreter.invoke()
 
     def __call__(self, images):
+        if len(self._outputs) != len(common.DETECTION_KEYS):
+            raise ValueError(f"{len(self._outputs)} outputs; expected boxes, classes, scores, count.")
         results = []
         for image in np.asarray(images, np.uint8):
             self.invoke(image[None])

@@ -33,7 +33,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 REPRESENTATIVE_SOURCES = ("bccd", "synthetic")
 
 
-def _serving_concrete_function(detector, **decoder_kwargs):
+def _serving_concrete_function(detector, postprocess=True, **decoder_kwargs):
     """``(concrete function, archive)``; the archive owns the variables it captures.
 
     Exporting through `keras.export.ExportArchive` (not a hand-made
@@ -45,9 +45,14 @@ def _serving_concrete_function(detector, **decoder_kwargs):
     size = detector.image_size
     archive = keras.export.ExportArchive()
     archive.track(detector)
+    if postprocess:
+        serve = common.serving_function(detector, single_image=True, **decoder_kwargs)
+    else:
+        def serve(images):
+            return {"raw_predictions": detector(tf.cast(images, tf.float32), training=False)}
     function = archive.add_endpoint(
         "serving_default",
-        common.serving_function(detector, single_image=True, **decoder_kwargs),
+        serve,
         input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8, name="images")],
     )
     # A concrete function keeps the outputs in `tf.nest` order (sorted keys =
@@ -56,7 +61,9 @@ def _serving_concrete_function(detector, **decoder_kwargs):
     return function.get_concrete_function(), archive
 
 
-def convert(detector, precision="fp32", representative_images=None, **decoder_kwargs):
+def convert(
+    detector, precision="fp32", representative_images=None, postprocess=True, **decoder_kwargs
+):
     """The TFLite flatbuffer of ``detector`` with its post-processing.
 
     Args:
@@ -65,6 +72,8 @@ def convert(detector, precision="fp32", representative_images=None, **decoder_kw
         representative_images: for ``int8``, an iterable (or a function
             returning one) of uint8 images ``(S, S, 3)`` or ``(1, S, S, 3)``;
             a few hundred cover a dataset, tens suffice to test.
+        postprocess: include the decoding and NMS; without, the one output is
+            the network's ``(1, A, 4 + C + 1)`` (anchor order as in training).
         **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
 
     Returns:
@@ -77,7 +86,7 @@ def convert(detector, precision="fp32", representative_images=None, **decoder_kw
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
     if precision == "int8" and representative_images is None:
         raise ValueError("int8 needs representative_images.")
-    function, archive = _serving_concrete_function(detector, **decoder_kwargs)
+    function, archive = _serving_concrete_function(detector, postprocess, **decoder_kwargs)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], archive)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.allow_custom_ops = False
@@ -104,6 +113,7 @@ def export_tflite(
     representative_images=None,
     class_names=None,
     overwrite=False,
+    postprocess=True,
     **decoder_kwargs,
 ):
     """Converts ``detector`` (see `convert`) and writes ``path`` atomically.
@@ -115,7 +125,7 @@ def export_tflite(
         ``path``.
     """
     common.check_class_names(class_names, detector.num_classes)
-    model = convert(detector, precision, representative_images, **decoder_kwargs)
+    model = convert(detector, precision, representative_images, postprocess, **decoder_kwargs)
     with common.atomic_output(path, overwrite) as temporary:
         with open(temporary, "wb") as f:
             f.write(model)
@@ -206,6 +216,10 @@ def _define_flags():
         "Comma-separated class names (default: labels.txt next to the checkpoint).",
     )
     flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+    flags.DEFINE_bool(
+        "postprocess", True,
+        "Include decoding + NMS; --nopostprocess exports the raw (1, A, 4 + C + 1) output.",
+    )
     common.define_decoder_flags()
     flags.mark_flags_as_required(["checkpoint", "output"])
 
@@ -222,12 +236,13 @@ def main(argv):
         )
     export_tflite(
         detector, values.output, values.precision, representative, class_names,
-        values.overwrite, **common.decoder_kwargs_from_flags(values),
+        values.overwrite, values.postprocess, **common.decoder_kwargs_from_flags(values),
     )
+    outputs = "boxes, classes, scores, count" if values.postprocess else "raw predictions"
     print(
         f"TFLite ({values.precision}) written to {values.output}: uint8 input "
-        f"(1, {detector.image_size}, {detector.image_size}, 3); outputs boxes, classes, "
-        "scores, count; builtin ops only (no SELECT_TF_OPS / Flex delegate needed)."
+        f"(1, {detector.image_size}, {detector.image_size}, 3); outputs {outputs}; "
+        "builtin ops only (no SELECT_TF_OPS / Flex delegate needed)."
     )
 
 

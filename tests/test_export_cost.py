@@ -106,11 +106,13 @@ def test_parameter_counts_agree(report, checkpoints):
 
 
 def test_latency_is_measured_interleaved(report):
-    for threads in (1, 2):
-        summary = report["latency"][threads]
-        assert summary["invokes"] == {"baseline": 4, "scb": 4}
-        medians = summary["median_ms"]
-        assert summary["ratio"] == pytest.approx(medians["scb"] / medians["baseline"])
+    for key in ("latency", "network_latency"):
+        for threads in (1, 2):
+            summary = report[key][threads]
+            assert summary["invokes"] == {"baseline": 4, "scb": 4}
+            medians = summary["median_ms"]
+            assert summary["ratio"] == pytest.approx(medians["scb"] / medians["baseline"])
+    assert report["same_network_ops"]
     assert "ratio" in compare_cost.markdown(report)
 
 
