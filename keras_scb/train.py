@@ -81,7 +81,7 @@ def _strategy():
     return tf.distribute.get_strategy()
 
 
-def _loss():
+def _loss(detector):
     from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
 
     if FLAGS.loss == "multibox":
@@ -91,10 +91,16 @@ def _loss():
             alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
             apply_to=FLAGS.apply_to, weighting=FLAGS.weighting,
         )
-    from keras_scb.models.refinedet import RefineDetLoss
+    from keras_scb.refinedet_loss import RefineDetLoss
 
-    return RefineDetLoss.for_scb_on(
-        FLAGS.scb_on, alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
+    def branch_weighting(branch):
+        return FLAGS.weighting if FLAGS.scb_on in (branch, "both") else "uniform"
+
+    return RefineDetLoss(
+        detector.anchor_spec,
+        arm_weighting=branch_weighting("arm"),
+        odm_weighting=branch_weighting("odm"),
+        alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
         apply_to=FLAGS.apply_to,
     )
 
@@ -195,7 +201,9 @@ def train():
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         detector = build_detector(FLAGS.model, num_classes, **common_flags.model_kwargs())
-        detector.compile(optimizer=_optimizer(), loss=_loss(), jit_compile=FLAGS.jit_compile)
+        detector.compile(
+            optimizer=_optimizer(), loss=_loss(detector), jit_compile=FLAGS.jit_compile
+        )
 
     train_ds = pipeline.training_pipeline(
         train_data,
