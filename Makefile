@@ -7,6 +7,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install test test-slow demo bench bench-peers clean
 
+DEMO_DIR ?= runs/quickstart
+DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -20,6 +23,29 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Trains configs/quickstart.cfg on the vendored BCCD, evaluates it on the test split
+# (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
+demo: $(STAMP)
+	$(PY) -m keras_scb.train --flagfile=configs/quickstart.cfg --model_dir=$(DEMO_DIR)
+	$(PY) -m keras_scb.predict --model=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
+		--output_dir=$(DEMO_DIR)/predictions --score_threshold=0.4
+	@echo "Metrics: $(DEMO_DIR)/eval/metrics.md  Example: $(DEMO_DIR)/predictions/"
+
+# Benchmarks (not tests): loss overhead, input pipeline, train step, inference cost.
+bench: $(STAMP)
+	$(PY) benchmarks/loss_overhead.py
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/latency.py
+
+# torchvision's ssd300_vgg16 train step, in its own venv, for a side-by-side ratio.
+PEERS_VENV ?= .venv-peers
+bench-peers: $(STAMP)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PEERS_VENV)/bin/python benchmarks/torchvision_peer.py
+	$(PY) benchmarks/train_step.py --models ssd300
 
 clean:
 	rm -rf $(VENV) build *.egg-info
