@@ -9,8 +9,9 @@ For each model and precision, two copies of the model are compiled, one with
 each (tracing/compilation), ``rounds`` timed ``fit`` calls of ``steps`` steps
 alternate between them. Reported: median images/second of each and the median
 of the per-round time ratios SCB / MultiBox. Inputs are random pixels with
-targets pre-encoded from random boxes by the library's matching code run on
-numpy, so no TensorFlow is needed under JAX and no input pipeline is timed.
+targets pre-encoded from random boxes by the library's matching code run with
+``keras.ops``, so no TensorFlow is needed under JAX and no input pipeline is
+timed.
 """
 
 import argparse
@@ -40,34 +41,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def numpy_ops():
-    """The ops namespace of `keras_scb.matching.match_anchors`, in numpy."""
-    import types
-
-    import numpy as np
-
-    def take_per_image(x, index, axis):
-        # x (B, G, ...) gathered by index (B, A) along axis 1, like tf.gather(batch_dims=1).
-        return np.stack([np.take(x[b], index[b], axis=axis - 1) for b in range(len(x))])
-
-    return types.SimpleNamespace(
-        arange=np.arange,
-        cast=lambda x, dtype: np.asarray(x).astype(dtype),
-        concatenate=lambda xs, axis: np.concatenate(xs, axis=axis),
-        expand_dims=np.expand_dims,
-        log=np.log,
-        max=lambda x, axis: np.max(x, axis=axis),
-        maximum=np.maximum,
-        min=lambda x, axis: np.min(x, axis=axis),
-        minimum=np.minimum,
-        one_hot=lambda x, n: np.eye(n, dtype="float32")[x],
-        shape=np.shape,
-        stack=lambda xs, axis: np.stack(xs, axis=axis),
-        take_along_axis=take_per_image,
-        where=np.where,
-    )
-
-
 def synthetic_batch(model, num_images, seed):
     """Random images ``(N, S, S, 3)`` with 1-10 random boxes each.
 
@@ -76,6 +49,7 @@ def synthetic_batch(model, num_images, seed):
         targets; for RefineDet (which matches inside its loss) the ``(N, G, 5)``
         ground truth ``[xmin, ymin, xmax, ymax, class]``.
     """
+    import keras
     import numpy as np
 
     from keras_scb.matching import _corners, encode_matches, match_anchors
@@ -93,11 +67,11 @@ def synthetic_batch(model, num_images, seed):
     images = rng.uniform(0, 255, (num_images, size, size, 3)).astype("float32")
     if model.name.startswith("refinedet"):
         return images, np.concatenate([boxes, classes[..., None]], -1)
-    ops = numpy_ops()
-    anchors = model.anchors
+    ops = keras.ops
+    anchors = ops.convert_to_tensor(model.anchors)
     matched = match_anchors(boxes, classes, _corners(anchors, ops), 0.5, ops)
     targets = encode_matches(boxes, classes, anchors, matched, (0.1, 0.2), ops)
-    return images, targets.astype("float32")
+    return images, ops.convert_to_numpy(targets)
 
 
 def losses_for(model):
