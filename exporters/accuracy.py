@@ -1,6 +1,6 @@
 """How much an export changes the detections: agreement with Keras, and mAP drop.
 
-    python -m exporters.accuracy --checkpoint model_dir/best.keras \
+    python -m exporters.accuracy --checkpoint model_dir/best.keras \\
         --dataset bccd --split test --precisions fp32,fp16,int8
 
 exports the checkpoint to TFLite at each precision (int8 calibrated on

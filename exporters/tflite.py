@@ -1,7 +1,7 @@
 """Export a detector checkpoint as a TFLite model with the post-processing inside.
 
-    python -m exporters.tflite --checkpoint model_dir/best.keras --output export/model.tflite \
-        --precision int8 --representative_data bccd
+    python -m exporters.tflite --checkpoint model_dir/best.keras \\
+        --output export/model.tflite --precision int8 --representative_data bccd
 
 Layout (what mobile detection runtimes expect of an SSD): one input, uint8
 ``(1, S, S, 3)`` RGB; four float32 outputs in this order: ``detection_boxes``
@@ -11,10 +11,10 @@ layout of ``TFLite_Detection_PostProcess``.
 
 The post-processing is that of `keras_scb.decoding.DetectionDecoder` (box
 decoding, softmax, per-class top-k and NMS from ``NonMaxSuppressionV4``, for one
-image: no ``WHILE`` loop), converted to TFLite builtin ops, so the file gives the Keras model's detections. The converter
-is restricted to builtin ops: an op that would need the Flex delegate
-(``SELECT_TF_OPS``) makes the export fail instead of producing a file that no
-standard interpreter runs. The ``TFLite_Detection_PostProcess`` custom op is not
+image: no ``WHILE`` loop), converted to TFLite builtin ops, so the file gives
+the Keras model's detections. The converter is restricted to builtin ops: an op
+that would need the Flex delegate (``SELECT_TF_OPS``) makes the export fail
+instead of producing a file that no standard interpreter runs. The ``TFLite_Detection_PostProcess`` custom op is not
 used: its fast mode is class-agnostic NMS (different detections than the Keras
 model) and its per-class mode was seen to never emit one of the classes.
 
