@@ -36,7 +36,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
 	$(PY) benchmarks/input_pipeline.py
-	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_step.py --models ssd300,mobilenetv2-ssdlite300
 	$(PY) benchmarks/latency.py
 
 # torchvision's ssd300_vgg16 train step, in its own venv, for a side-by-side ratio.

@@ -103,10 +103,14 @@ class DetectionDecoder(keras.layers.Layer):
         self.max_detections = max_detections
         self.pre_nms_top_k = pre_nms_top_k
 
-    def call(self, predictions):
+    def call(self, predictions, anchors=None):
+        """``anchors``: optional per-image ``(B, A, 4)`` ``[cx, cy, w, h]`` (RefineDet's
+        refined anchors) replacing the spec's."""
         predictions = tf.cast(predictions, tf.float32)
+        if anchors is None:
+            anchors = get_anchors(self.anchor_spec)
         corners = decode_boxes(
-            predictions[..., :4], get_anchors(self.anchor_spec), self.variances
+            predictions[..., :4], anchors, self.variances
         )  # (B, A, 4) [xmin, ymin, xmax, ymax]
         boxes = tf.clip_by_value(tf.gather(corners, [1, 0, 3, 2], axis=-1), 0.0, 1.0)
         probs = tf.nn.softmax(predictions[..., 4:], axis=-1)
@@ -131,7 +135,7 @@ class DetectionDecoder(keras.layers.Layer):
             "num_detections": count,
         }
 
-    def compute_output_spec(self, predictions):
+    def compute_output_spec(self, predictions, anchors=None):
         batch, k = predictions.shape[0], self.max_detections
         return {
             "boxes": keras.KerasTensor((batch, k, 4), "float32"),
@@ -172,7 +176,66 @@ def build_inference_model(detector, **decoder_kwargs):
     x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(
         images
     )
-    detections = DetectionDecoder(
-        detector.anchor_spec, name="decode", **decoder_kwargs
-    )(detector(x))
+    decoder = DetectionDecoder(detector.anchor_spec, name="decode", **decoder_kwargs)
+    raw = detector(x)
+    if is_refinedet(detector):
+        anchors, odm = RefineDetRefinement(detector.anchor_spec, name="refine")(raw)
+        detections = decoder(odm, anchors=anchors)
+    else:
+        detections = decoder(raw)
     return keras.Model(images, detections, name=f"{detector.name}_inference")
+
+
+def is_refinedet(detector):
+    """Whether ``detector`` outputs RefineDet's ``(B, A, 10 + C + 1)`` layout
+    (ARM and ODM) rather than SSD's ``(B, A, 4 + C + 1)``."""
+    return detector.outputs[0].shape[-1] == detector.num_classes + 11
+
+
+@keras.saving.register_keras_serializable(package="keras_scb")
+class RefineDetRefinement(keras.layers.Layer):
+    """RefineDet ``(B, A, 10 + C + 1)`` -> ``(refined anchors (B, A, 4), odm (B, A, 4 + C + 1))``.
+
+    The ARM offsets refine the spec's anchors; anchors the ARM calls background
+    (probability > 0.99) get zero foreground scores. See
+    `keras_scb.refinedet_loss.refinedet_to_ssd_outputs`.
+    """
+
+    def __init__(self, anchor_spec, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.anchor_spec = anchor_spec_from_config(anchor_spec)
+
+    def call(self, raw):
+        from keras_scb.refinedet_loss import refinedet_to_ssd_outputs
+
+        return refinedet_to_ssd_outputs(raw, get_anchors(self.anchor_spec))
+
+    def compute_output_spec(self, raw):
+        batch, num_anchors, depth = raw.shape
+        return (
+            keras.KerasTensor((batch, num_anchors, 4), "float32"),
+            keras.KerasTensor((batch, num_anchors, depth - 6), "float32"),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "anchor_spec": anchor_spec_to_config(self.anchor_spec)}
+
+
+def raw_output_decoder(detector, **decoder_kwargs):
+    """A ``tf.function`` raw network output ``(B, A, D)`` -> detections dict.
+
+    For decoding outputs computed elsewhere (``predict`` under any backend);
+    handles SSD-style and RefineDet outputs.
+    """
+    decoder = DetectionDecoder(detector.anchor_spec, **decoder_kwargs)
+    refine = RefineDetRefinement(detector.anchor_spec) if is_refinedet(detector) else None
+
+    @tf.function
+    def decode(raw):
+        if refine is None:
+            return decoder.call(raw)
+        anchors, odm = refine.call(raw)
+        return decoder.call(odm, anchors=anchors)
+
+    return decode

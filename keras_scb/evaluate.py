@@ -38,11 +38,10 @@ def predict_detections(detector, source, batch_size=8, **decoder_kwargs):
     import tensorflow as tf
 
     from keras_scb.data.pipeline import validation_pipeline
-    from keras_scb.decoding import DetectionDecoder
+    from keras_scb.decoding import raw_output_decoder
     from keras_scb.evaluation import ImageGroundTruth, detections_from_decoder
 
-    decoder = DetectionDecoder(detector.anchor_spec, **{**DECODER_DEFAULTS, **decoder_kwargs})
-    decode = tf.function(decoder.call)
+    decode = raw_output_decoder(detector, **{**DECODER_DEFAULTS, **decoder_kwargs})
     ground_truths, detections = [], []
     batches = validation_pipeline(
         source, batch_size=batch_size, image_size=detector.image_size

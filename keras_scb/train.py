@@ -49,7 +49,9 @@ flags.DEFINE_integer("seed", 0, "Seed of weights, augmentation and shuffling.")
 flags.DEFINE_bool("deterministic", False, "Deterministic input pipeline and TF ops (slower).")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy. mixed_bfloat16 is about 2x faster on CPUs with AVX512-BF16.")
-flags.DEFINE_bool("jit_compile", False, "XLA. Slower on CPU (especially depthwise convs); try on GPU.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "XLA. 'auto' is Keras's choice: off on CPU-only TensorFlow (slower there, "
+                  "especially with depthwise convolutions), on under JAX and on GPUs.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on --val_split every N epochs (0: only at the end).")
@@ -202,7 +204,9 @@ def train():
     with scope:
         detector = build_detector(FLAGS.model, num_classes, **common_flags.model_kwargs())
         detector.compile(
-            optimizer=_optimizer(), loss=_loss(detector), jit_compile=FLAGS.jit_compile
+            optimizer=_optimizer(),
+            loss=_loss(detector),
+            jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         )
 
     train_ds = pipeline.training_pipeline(

@@ -159,3 +159,39 @@ def test_decoder_computes_in_float32_under_mixed_precision():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert decoder.compute_dtype == "float32"
+
+
+def test_refinedet_outputs_decode_against_refined_anchors():
+    """RefineDet: ODM offsets decode against the ARM-refined anchors, and anchors
+    the ARM calls background (p > 0.99) yield no detections."""
+    from keras_scb.decoding import is_refinedet, raw_output_decoder
+    from keras_scb.models import Detector
+
+    spec = AnchorSpec(64, (4,), (16,), None, ((2,),))
+    anchors = get_anchors(spec).astype(np.float64)
+    num_classes = 2
+    inputs = keras.Input((len(anchors), 3))
+    fake = Detector(inputs, keras.layers.Dense(11 + num_classes)(inputs),
+                    anchor_spec=spec, num_classes=num_classes)
+    assert is_refinedet(fake)
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(0, 1, (2, len(anchors), 11 + num_classes)).astype(np.float32)
+    raw[..., 6 + 4:] *= 4  # confident ODM scores
+    raw[0, :10, 4], raw[0, :10, 5] = 8.0, -8.0  # ARM background p > 0.99 on 10 anchors
+    # Reference refinement in numpy (SSD decoding with variances 0.1, 0.2).
+    arm = raw[..., :4].astype(np.float64)
+    centre = anchors[:, :2] + arm[..., :2] * 0.1 * anchors[:, 2:]
+    size = anchors[:, 2:] * np.exp(arm[..., 2:] * 0.2)
+    refined = np.concatenate([centre, size], axis=-1).astype(np.float32)
+    odm = raw[..., 6:].copy()
+    odm[0, :10, 5:] = -1e9
+
+    want = DetectionDecoder(spec).call(tf.constant(odm), anchors=tf.constant(refined))
+    got = raw_output_decoder(fake)(tf.constant(raw))
+    for key in ("boxes", "scores", "classes", "num_detections"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5, err_msg=key)
+    assert int(got["num_detections"][0]) > 0
+    # No detection comes from a filtered anchor: its decoded box would be there.
+    plain = DetectionDecoder(spec).call(tf.constant(raw[..., 6:]), anchors=tf.constant(refined))
+    assert not np.array_equal(plain["scores"].numpy()[0], got["scores"].numpy()[0])
