@@ -102,11 +102,13 @@ def serving_function(detector, resize=False, single_image=False, **decoder_kwarg
         pixels = tf.cast(images, tf.float32)
         if resize:
             pixels = tf.image.resize(pixels, (size, size), method="bilinear")
-        predictions = detector(pixels, training=False)
+        predictions, anchors = ssd_predictions(detector, detector(pixels, training=False))
         if single_image:
-            decoded = decode_single_image(decoder, predictions)
-        else:
+            decoded = decode_single_image(decoder, predictions, anchors)
+        elif anchors is None:
             decoded = decoder(predictions)
+        else:
+            decoded = decoder(predictions, anchors=anchors)
         return {
             "detection_boxes": decoded["boxes"],
             "detection_classes": tf.cast(decoded["classes"], tf.float32),
@@ -117,7 +119,30 @@ def serving_function(detector, resize=False, single_image=False, **decoder_kwarg
     return detect
 
 
-def decode_single_image(decoder, predictions):
+def ssd_predictions(detector, raw):
+    """The network output in SSD form, with the anchors to decode it against.
+
+    Args:
+        detector: a `keras_scb.models.Detector`.
+        raw: its output, SSD's ``(B, A, 4 + C + 1)`` or RefineDet's
+            ``(B, A, 10 + C + 1)`` (see `keras_scb.decoding.is_refinedet`).
+
+    Returns:
+        ``(predictions (B, A, 4 + C + 1), anchors)``: ``anchors`` is ``None`` (the
+        spec's) for SSD, the ARM-refined ``(B, A, 4)`` ``[cx, cy, w, h]`` for
+        RefineDet, whose ODM scores of ARM-filtered anchors are zeroed (as
+        `keras_scb.decoding.build_inference_model` does).
+    """
+    from keras_scb.decoding import is_refinedet
+    from keras_scb.refinedet_loss import refinedet_to_ssd_outputs
+
+    if not is_refinedet(detector):
+        return raw, None
+    anchors, predictions = refinedet_to_ssd_outputs(raw, detector.anchors)
+    return predictions, anchors
+
+
+def decode_single_image(decoder, predictions, anchors=None):
     """``decoder(predictions)`` for a batch of one, without ``tf.map_fn``.
 
     The ``WHILE`` op that ``tf.map_fn`` becomes in TFLite crashes TF 2.21's int8
@@ -127,6 +152,7 @@ def decode_single_image(decoder, predictions):
     Args:
         decoder: a `keras_scb.decoding.DetectionDecoder` (its settings are used).
         predictions: ``(1, A, 4 + C + 1)``.
+        anchors: ``(1, A, 4)`` ``[cx, cy, w, h]``, or ``None`` for the decoder's.
 
     Returns:
         The decoder's output dict, batch 1.
@@ -137,9 +163,9 @@ def decode_single_image(decoder, predictions):
     from keras_scb.anchors import get_anchors
     from keras_scb.matching import decode_boxes
 
-    corners = decode_boxes(
-        predictions[0, :, :4], get_anchors(decoder.anchor_spec), decoder.variances
-    )  # (A, 4) [xmin, ymin, xmax, ymax]
+    anchors = get_anchors(decoder.anchor_spec) if anchors is None else anchors[0]
+    corners = decode_boxes(predictions[0, :, :4], anchors, decoder.variances)
+    # (A, 4) [xmin, ymin, xmax, ymax]
     boxes = tf.clip_by_value(tf.gather(corners, [1, 0, 3, 2], axis=-1), 0.0, 1.0)
     probs = tf.nn.softmax(predictions[0, :, 4:], axis=-1)
     outputs = decoding._nms_one_image(

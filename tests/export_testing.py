@@ -57,3 +57,18 @@ def save_checkpoint(detector, path, loss=None):
     detector.save(path)
     return path
 
+
+
+def keras_detections(detector, images, **decoder_kwargs):
+    """The Keras inference model's (`build_inference_model`) detections under
+    the export output names (`exporters.common.DETECTION_KEYS`)."""
+    from keras_scb.decoding import build_inference_model
+
+    model = build_inference_model(detector, **{**DECODER, **decoder_kwargs})
+    out = model.predict(np.asarray(images, np.float32), verbose=0)
+    return {
+        "detection_boxes": out["boxes"],
+        "detection_classes": out["classes"].astype(np.float32),
+        "detection_scores": out["scores"],
+        "num_detections": out["num_detections"].astype(np.float32),
+    }

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 import export_testing
 from exporters import common, saved_model
-from keras_scb.decoding import build_inference_model
 from keras_scb.losses import ScaleBalancedLoss
 
 CLASS_NAMES = ("circle", "square", "triangle")
@@ -42,18 +41,6 @@ def reloaded(export_dir):
     return tf.saved_model.load(os.fspath(export_dir))
 
 
-def _keras_detections(detector, images):
-    out = build_inference_model(detector, **export_testing.DECODER).predict(
-        images.astype(np.float32), verbose=0
-    )
-    return {
-        "detection_boxes": out["boxes"],
-        "detection_classes": out["classes"].astype(np.float32),
-        "detection_scores": out["scores"],
-        "num_detections": out["num_detections"].astype(np.float32),
-    }
-
-
 def _assert_same_detections(actual, expected):
     assert sorted(actual) == sorted(common.DETECTION_KEYS)
     assert expected["num_detections"].min() >= 10  # not comparing empty outputs
@@ -65,7 +52,7 @@ def _assert_same_detections(actual, expected):
 def test_serving_default_matches_keras(detector, reloaded):
     images = export_testing.images(3, seed=11)
     outputs = reloaded.signatures["serving_default"](images=tf.constant(images))
-    _assert_same_detections(outputs, _keras_detections(detector, images))
+    _assert_same_detections(outputs, export_testing.keras_detections(detector, images))
 
 
 def test_any_size_matches_keras(detector, reloaded):
@@ -73,7 +60,7 @@ def test_any_size_matches_keras(detector, reloaded):
     images = export_testing.images(2, seed=12, size=300)
     images = tf.image.resize(images, (240, 416)).numpy().round().astype(np.uint8)
     outputs = reloaded.signatures["serving_any_size"](images=tf.constant(images))
-    _assert_same_detections(outputs, _keras_detections(detector, images))
+    _assert_same_detections(outputs, export_testing.keras_detections(detector, images))
 
 
 def test_raw_signature(detector, reloaded):

@@ -5,12 +5,12 @@ Budget: ~60 s on 2 cores (three conversions of a 0.7 M-parameter detector).
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from exporters import accuracy, common, flatbuffer, runtime, tflite
-from keras_scb.decoding import build_inference_model
 import export_testing
 
 IMAGES = 6
@@ -28,15 +28,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def keras_outputs(detector, images):
-    """The Keras inference model (the lead's `build_inference_model`), renamed."""
-    model = build_inference_model(detector, **export_testing.DECODER)
-    out = model.predict(images.astype(np.float32), verbose=0)
-    return {
-        "detection_boxes": out["boxes"],
-        "detection_classes": out["classes"].astype(np.float32),
-        "detection_scores": out["scores"],
-        "num_detections": out["num_detections"].astype(np.float32),
-    }
+    return export_testing.keras_detections(detector, images)
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +177,20 @@ def test_export_writes_file_and_labels(detector, fp32_model, tmp_path, monkeypat
     with pytest.raises(ValueError, match="class names"):
         tflite.export_tflite(detector, tmp_path / "n.tflite", class_names=("a",))
     assert _leftovers(tmp_path) == ["labels.txt", "m.tflite"]
+
+
+@pytest.mark.slow
+def test_refinedet_fp32_matches_keras():
+    """RefineDet decodes against ARM-refined anchors; 34 M parameters, ~30 s."""
+    from keras_scb.models import build_detector
+
+    keras.utils.set_random_seed(0)
+    detector = build_detector("refinedet320", export_testing.NUM_CLASSES)
+    images = export_testing.images(2, seed=3, size=320)
+    expected = export_testing.keras_detections(detector, images)
+    assert expected["num_detections"].min() >= 10
+    model = tflite.convert(detector, "fp32", **export_testing.DECODER)
+    agreement = accuracy.detection_agreement(
+        expected, runtime.TFLiteDetector(model)(images), top_k=50, iou_threshold=0.99
+    )
+    assert agreement["matched"] == 1.0 and agreement["max_score_diff"] < 1e-4
