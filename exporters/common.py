@@ -168,7 +168,7 @@ def decode_single_image(decoder, predictions, anchors=None):
     # (A, 4) [xmin, ymin, xmax, ymax]
     boxes = tf.clip_by_value(tf.gather(corners, [1, 0, 3, 2], axis=-1), 0.0, 1.0)
     probs = tf.nn.softmax(predictions[0, :, 4:], axis=-1)
-    outputs = decoding._nms_one_image(
+    outputs = decoding.nms_one_image(
         probs, boxes, decoder.iou_threshold, decoder.score_threshold,
         decoder.max_detections, decoder.pre_nms_top_k,
     )

@@ -23,7 +23,7 @@ from keras_scb.matching import decode_boxes
 from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
 
-def _nms_one_image(
+def nms_one_image(
     probs, boxes, iou_threshold, score_threshold, max_detections, pre_nms_top_k
 ):
     """Per-class NMS of one image.
@@ -116,7 +116,7 @@ class DetectionDecoder(keras.layers.Layer):
         probs = tf.nn.softmax(predictions[..., 4:], axis=-1)
         k = self.max_detections
         boxes, scores, classes, count = tf.map_fn(
-            lambda args: _nms_one_image(
+            lambda args: nms_one_image(
                 args[0], args[1], self.iou_threshold, self.score_threshold,
                 k, self.pre_nms_top_k,
             ),
@@ -177,7 +177,9 @@ def build_inference_model(detector, **decoder_kwargs):
         images
     )
     decoder = DetectionDecoder(detector.anchor_spec, name="decode", **decoder_kwargs)
-    raw = detector(x)
+    # training=False: called on a tensor, a nested model would otherwise run
+    # BatchNorm in training mode and overwrite its moving statistics.
+    raw = detector(x, training=False)
     if is_refinedet(detector):
         anchors, odm = RefineDetRefinement(detector.anchor_spec, name="refine")(raw)
         detections = decoder(odm, anchors=anchors)

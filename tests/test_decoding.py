@@ -195,3 +195,18 @@ def test_refinedet_outputs_decode_against_refined_anchors():
     # No detection comes from a filtered anchor: its decoded box would be there.
     plain = DetectionDecoder(spec).call(tf.constant(raw[..., 6:]), anchors=tf.constant(refined))
     assert not np.array_equal(plain["scores"].numpy()[0], got["scores"].numpy()[0])
+
+
+def test_inference_model_called_on_a_tensor_keeps_batchnorm_statistics():
+    detector = build_detector(
+        "mobilenetv2-ssdlite300", 3, alpha=0.35, backbone_weights=None
+    )
+    inference = build_inference_model(detector)
+    before = [np.array(v) for v in detector.non_trainable_variables]
+    images = np.random.default_rng(0).uniform(0, 255, (2, 200, 260, 3)).astype("float32")
+    direct = inference(images)
+    after = [np.array(v) for v in detector.non_trainable_variables]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    predicted = inference.predict_on_batch(images)
+    np.testing.assert_allclose(np.asarray(direct["scores"]), predicted["scores"], atol=1e-5)
