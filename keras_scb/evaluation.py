@@ -102,15 +102,6 @@ class ImageDetections:
             )
 
 
-def ground_truths_from_records(records) -> List[ImageGroundTruth]:
-    """`ImageGroundTruth` of each `keras_scb.data.records.Record` (or any object
-    with its ``image_id, height, width, boxes, classes, difficult`` attributes)."""
-    return [
-        ImageGroundTruth(r.image_id, r.height, r.width, r.boxes, r.classes, r.difficult)
-        for r in records
-    ]
-
-
 def detections_from_decoder(image_ids, boxes, scores, classes, num_detections):
     """`ImageDetections` from a batch of `keras_scb.decoding` outputs.
 

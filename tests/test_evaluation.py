@@ -377,17 +377,3 @@ def test_detections_from_decoder_swaps_to_xy_and_drops_padding():
     np.testing.assert_array_equal(dets[1].boxes, [[0.6, 0.5, 0.8, 0.7], [0.1, 0.0, 0.3, 0.2]])
     np.testing.assert_array_equal(dets[1].scores, [0.8, 0.7])
     np.testing.assert_array_equal(dets[1].classes, [1, 0])
-
-
-def test_ground_truths_from_records_keeps_every_field():
-    import types
-
-    record = types.SimpleNamespace(
-        image_id=3, height=480, width=640, boxes=np.array([[0.1, 0.2, 0.3, 0.4]]),
-        classes=np.array([2]), difficult=np.array([True]),
-    )
-    (gt,) = ev.ground_truths_from_records([record])
-    assert (gt.image_id, gt.height, gt.width) == (3, 480, 640)
-    np.testing.assert_array_equal(gt.boxes, record.boxes)
-    np.testing.assert_array_equal(gt.classes, [2])
-    np.testing.assert_array_equal(gt.difficult, [True])
