@@ -39,7 +39,38 @@ def load_detector(checkpoint):
 
     import keras_scb.models  # noqa: F401  (registers the detector classes)
 
-    return keras.saving.load_model(os.fspath(checkpoint), compile=False)
+    return float32_detector(keras.saving.load_model(os.fspath(checkpoint), compile=False))
+
+
+def _float32_policies(config):
+    """``config`` with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(config, list):
+        return [_float32_policies(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy":
+        name = config.get("config", {}).get("name", "")
+        if name.startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+    return {k: _float32_policies(v) for k, v in config.items()}
+
+
+def float32_detector(detector):
+    """``detector`` computing in float32 (itself if it already does).
+
+    A model trained under a mixed policy keeps that policy in every layer's
+    config, and TFLite has no builtin kernels for bfloat16 convolutions; the
+    weights themselves are float32, so a float32 rebuild is the same network.
+    """
+    import keras
+
+    config = keras.saving.serialize_keras_object(detector)
+    float32_config = _float32_policies(config)
+    if float32_config == config:
+        return detector
+    rebuilt = keras.saving.deserialize_keras_object(float32_config)
+    rebuilt.set_weights(detector.get_weights())
+    return rebuilt
 
 
 def read_class_names(checkpoint=None, class_names=None):
