@@ -71,3 +71,14 @@ def vgg16(image_size, weights):
     return _application(
         keras.applications.VGG16, weights, input_shape=(image_size, image_size, 3)
     )
+
+
+def resnet101(image_size, weights):
+    """``keras.applications.ResNet101`` without top (DSSD's encoder).
+
+    Returns:
+        The application model; its stages end in layers ``convS_blockN_out``.
+    """
+    return _application(
+        keras.applications.ResNet101, weights, input_shape=(image_size, image_size, 3)
+    )

@@ -146,9 +146,7 @@ def resnet101_backbone(image_size, weights=None):
         Functional model ``(B, S, S, 3)`` Caffe-normalised BGR -> ``[conv3 (512
         channels), conv4 (1024), conv5 (2048)]``.
     """
-    base = backbones._application(
-        keras.applications.ResNet101, weights, input_shape=(image_size, image_size, 3)
-    )
+    base = backbones.resnet101(image_size, weights)
     return keras.Model(
         base.inputs,
         [base.get_layer(stage).output for stage in _RESNET101_STAGES],
