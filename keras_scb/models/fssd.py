@@ -10,15 +10,8 @@ fused map feeds the SSD heads, with the same maps as SSD (presets
 
 import keras
 
-from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
-from keras_scb.models.heads import ssd_head
-from keras_scb.models.ssd import (
-    extra_block,
-    load_vgg16_weights,
-    padded_conv,
-    vgg16_trunk,
-)
+from keras_scb.models.ssd import extra_block, padded_conv, vgg16_detector, vgg16_trunk
 
 _FUSED_CHANNELS = 256
 _FUSION_SOURCE_EXTRA = (256, 512, 2, "same", 3)
@@ -99,16 +92,9 @@ def fssd_vgg16(
         )(x)
         x = keras.layers.ReLU(name=f"pyramid_{i}_relu")(x)
         features.append(x)
-    outputs = ssd_head(features, anchors, num_classes)
-    model = Detector(
-        images,
-        outputs,
-        anchor_spec=anchors,
-        num_classes=num_classes,
-        name=f"fssd{image_size}",
+    return vgg16_detector(
+        images, features, anchors, num_classes, f"fssd{image_size}", backbone_weights
     )
-    load_vgg16_weights(model, image_size, backbone_weights)
-    return model
 
 
 @register_detector("fssd300")

@@ -128,15 +128,23 @@ def ssd_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
     for i, block in enumerate(extras, start=6):
         x = extra_block(x, *block, name=f"conv{i}")
         features.append(x)
+    return vgg16_detector(
+        images, features, anchors, num_classes, f"ssd{image_size}", backbone_weights
+    )
+
+
+def vgg16_detector(images, features, anchors, num_classes, name, backbone_weights):
+    """SSD heads on ``features`` -> a `Detector`, with VGG16 weights loaded.
+
+    Args:
+        images: the ``(B, S, S, 3)`` Keras input.
+        features: ``(B, H_i, W_i, C_i)`` maps matching ``anchors``.
+    """
     outputs = ssd_head(features, anchors, num_classes)
     model = Detector(
-        images,
-        outputs,
-        anchor_spec=anchors,
-        num_classes=num_classes,
-        name=f"ssd{image_size}",
+        images, outputs, anchor_spec=anchors, num_classes=num_classes, name=name
     )
-    load_vgg16_weights(model, image_size, backbone_weights)
+    load_vgg16_weights(model, images.shape[1], backbone_weights)
     return model
 
 
