@@ -197,8 +197,7 @@ def train():
     with open(os.path.join(FLAGS.model_dir, "labels.txt"), "w") as f:
         f.write("\n".join(train_data.class_names) + "\n")
     with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
-        json.dump({k: v.value for k, v in FLAGS.__flags.items() if not k.startswith("?")},
-                  f, indent=2, default=str)
+        json.dump(FLAGS.flag_values_dict(), f, indent=2, default=str)
 
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
@@ -244,8 +243,9 @@ def train():
         AtomicBackupAndRestore(os.path.join(FLAGS.model_dir, "backup")),
     ]
     if keras.backend.backend() == "tensorflow":
+        # After PeriodicEvaluation, so that the validation metrics are logged too.
         tensorboard = keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs"))
-        callbacks.insert(0, tensorboard)
+        callbacks.insert(1, tensorboard)
     history = detector.fit(
         train_ds,
         epochs=FLAGS.epochs,
