@@ -29,6 +29,17 @@ WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb")
 APPLY_TO = ("classification", "both")
 
 
+def check_options(weightings=(), apply_to="classification"):
+    """Raises ValueError for an unknown weighting or ``apply_to``, naming the value."""
+    for weighting in weightings:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}."
+            )
+    if apply_to not in APPLY_TO:
+        raise ValueError(f"Unknown apply_to {apply_to!r}; expected one of {APPLY_TO}.")
+
+
 def scale_balanced_weights(num_matches, alpha=1.0, beta=3.0, weighting="scb"):
     """Per-object weights from matched-anchor counts (the paper's Table 1 forms).
 
@@ -118,8 +129,7 @@ def multibox_loss(
     Returns:
         Scalar float32 loss.
     """
-    if apply_to not in APPLY_TO:
-        raise ValueError(f"Unknown apply_to {apply_to!r}; expected one of {APPLY_TO}.")
+    check_options(apply_to=apply_to)
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
     class_target = ops.cast(y_true[..., 4], "int32")
@@ -192,14 +202,7 @@ class ScaleBalancedLoss(keras.losses.Loss):
         name="scale_balanced_loss",
         **kwargs,
     ):
-        if weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}."
-            )
-        if apply_to not in APPLY_TO:
-            raise ValueError(
-                f"Unknown apply_to {apply_to!r}; expected one of {APPLY_TO}."
-            )
+        check_options((weighting,), apply_to)
         if neg_pos_ratio < 0:
             raise ValueError(f"neg_pos_ratio must be >= 0; got {neg_pos_ratio}.")
         super().__init__(name=name, **kwargs)

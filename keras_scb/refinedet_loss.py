@@ -25,7 +25,7 @@ import keras
 from keras import ops
 
 from keras_scb.anchors import get_anchors
-from keras_scb.losses import APPLY_TO, WEIGHTINGS, multibox_loss
+from keras_scb.losses import check_options, multibox_loss
 from keras_scb.matching import _corners, encode_matches, match_anchors
 from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
@@ -172,15 +172,7 @@ class RefineDetLoss(keras.losses.Loss):
         name="refinedet_loss",
         **kwargs,
     ):
-        for weighting in (arm_weighting, odm_weighting):
-            if weighting not in WEIGHTINGS:
-                raise ValueError(
-                    f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}."
-                )
-        if apply_to not in APPLY_TO:
-            raise ValueError(
-                f"Unknown apply_to {apply_to!r}; expected one of {APPLY_TO}."
-            )
+        check_options((arm_weighting, odm_weighting), apply_to)
         super().__init__(name=name, **kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
         self.anchors = get_anchors(self.anchor_spec)
