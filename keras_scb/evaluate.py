@@ -92,6 +92,9 @@ def summary_scalars(results):
 
     scalars = {f"coco_{k}": number(v) for k, v in results["coco"].items()}
     scalars["voc07_mAP"] = number(results["voc07"]["mAP"])
+    # Per-class AP: a rare class that fails to train is invisible in the mean.
+    for name, ap in results["voc07"].get("per_class", {}).items():
+        scalars["voc07_AP_" + name.replace(" ", "_")] = number(ap)
     return scalars
 
 
