@@ -377,3 +377,21 @@ def test_detections_from_decoder_swaps_to_xy_and_drops_padding():
     np.testing.assert_array_equal(dets[1].boxes, [[0.6, 0.5, 0.8, 0.7], [0.1, 0.0, 0.3, 0.2]])
     np.testing.assert_array_equal(dets[1].scores, [0.8, 0.7])
     np.testing.assert_array_equal(dets[1].classes, [1, 0])
+
+
+def test_summary_scalars_name_every_class_and_keep_undefined_as_nan():
+    from keras_scb.evaluate import summary_scalars
+
+    gts = [_gt("a", SIZED_BOXES[:2], [0, 1])]
+    dets = [_det("a", SIZED_BOXES[:1], [0.9], [0])]
+    results = {
+        "coco": ev.coco_metrics(gts, dets, num_classes=3),
+        "voc07": ev.voc07_metrics(
+            gts, dets, num_classes=3, class_names=["red cell", "WBC", "Platelets"]
+        ),
+    }
+    scalars = summary_scalars(results)
+    assert scalars["voc07_AP_red_cell"] == pytest.approx(1.0)
+    assert scalars["voc07_AP_WBC"] == 0.0
+    assert np.isnan(scalars["voc07_AP_Platelets"])  # no object of that class
+    assert scalars["voc07_mAP"] == pytest.approx(0.5)
