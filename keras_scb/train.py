@@ -30,6 +30,9 @@ flags.DEFINE_float("learning_rate", 1e-3, "Learning rate after warm-up.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (not applied to biases and BatchNorm).")
 flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from learning_rate / 3.")
+flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine"],
+                  "After warm-up: 'step' multiplies the rate by lr_decay at lr_decay_steps "
+                  "(SSD's schedule); 'cosine' anneals it to 0 at the last step.")
 flags.DEFINE_list("lr_decay_steps", [], "Global steps at which the rate is multiplied by lr_decay.")
 flags.DEFINE_float("lr_decay", 0.1, "Step-decay factor.")
 flags.DEFINE_float("clipnorm", None, "Optional gradient-norm clipping.")
@@ -107,17 +110,33 @@ def _loss(detector):
     )
 
 
-def _optimizer():
+def learning_rate_schedule(total_steps):
+    """The flags' schedule: linear warm-up from a third of the rate, then step or cosine decay."""
     import keras
 
     from keras_scb.callbacks import WarmupStepDecay
 
-    schedule = WarmupStepDecay(
-        FLAGS.learning_rate,
-        boundaries=[int(s) for s in FLAGS.lr_decay_steps],
-        decay_factor=FLAGS.lr_decay,
+    if FLAGS.lr_schedule == "step":
+        return WarmupStepDecay(
+            FLAGS.learning_rate,
+            boundaries=[int(s) for s in FLAGS.lr_decay_steps],
+            decay_factor=FLAGS.lr_decay,
+            warmup_steps=FLAGS.warmup_steps,
+        )
+    warmup_factor = 1.0 / 3 if FLAGS.warmup_steps else 1.0  # as WarmupStepDecay's
+    return keras.optimizers.schedules.CosineDecay(
+        FLAGS.learning_rate * warmup_factor,
+        decay_steps=max(1, total_steps - FLAGS.warmup_steps),
+        alpha=0.0,
+        warmup_target=FLAGS.learning_rate if FLAGS.warmup_steps else None,
         warmup_steps=FLAGS.warmup_steps,
     )
+
+
+def _optimizer(total_steps):
+    import keras
+
+    schedule = learning_rate_schedule(total_steps)
     common = dict(learning_rate=schedule, weight_decay=FLAGS.weight_decay or None,
                   clipnorm=FLAGS.clipnorm)
     if FLAGS.optimizer == "sgd":
@@ -156,6 +175,8 @@ def _check_flags():
         raise app.UsageError(f"--loss=refinedet needs a RefineDet --model; got {FLAGS.model!r}.")
     if FLAGS.model.startswith("refinedet") and FLAGS.loss != "refinedet":
         raise app.UsageError(f"--model={FLAGS.model} trains with --loss=refinedet.")
+    if FLAGS.lr_schedule == "cosine" and FLAGS.lr_decay_steps:
+        raise app.UsageError("--lr_decay_steps belongs to --lr_schedule=step, not cosine.")
     for name in ("batch_size", "epochs"):
         if getattr(FLAGS, name) <= 0:
             raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
@@ -199,11 +220,14 @@ def train():
     with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
         json.dump(FLAGS.flag_values_dict(), f, indent=2, default=str)
 
+    steps = FLAGS.steps_per_epoch or max(
+        1, common_flags.num_images(train_data) // FLAGS.batch_size
+    )
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         detector = build_detector(FLAGS.model, num_classes, **common_flags.model_kwargs())
         detector.compile(
-            optimizer=_optimizer(),
+            optimizer=_optimizer(total_steps=steps * FLAGS.epochs),
             loss=_loss(detector),
             jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         )
@@ -224,9 +248,6 @@ def train():
     # sharding by the policy the pipeline sets (files for TFRecords).
     if FLAGS.strategy == "multi_worker":
         _prepare_multi_worker_fit(detector, strategy, next(iter(train_ds)))
-    steps = FLAGS.steps_per_epoch or max(
-        1, common_flags.num_images(train_data) // FLAGS.batch_size
-    )
 
     def evaluate_val(model):
         return summary_scalars(evaluate_detector(model, val_data, FLAGS.eval_batch_size))

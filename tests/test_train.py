@@ -41,12 +41,38 @@ def assert_ok(result):
         ("--model=ssd301", "--model='ssd301' is not a detector"),
         ("--num_classes=7", "--num_classes=7 but --dataset=synthetic has"),
         ("--dataset=voc", "--data_dir is required with --dataset=voc"),
+        ("--lr_schedule=cosine --lr_decay_steps=5", "--lr_decay_steps belongs to --lr_schedule=step"),
     ],
 )
 def test_bad_flags_give_clear_errors(tmp_path, flag, message):
-    result = run(train_command(tmp_path, flag))
+    result = run(train_command(tmp_path, *flag.split()))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_learning_rate_schedules_warm_up_then_decay(schedule):
+    from absl import flags
+
+    from keras_scb import train
+
+    flags.FLAGS([
+        "train", "--learning_rate=0.3", "--warmup_steps=10", f"--lr_schedule={schedule}",
+        *(["--lr_decay_steps=60,90", "--lr_decay=0.1"] if schedule == "step" else []),
+    ])
+    try:
+        rate = train.learning_rate_schedule(total_steps=110)
+        values = {s: float(rate(s)) for s in (0, 5, 10, 60, 95, 110)}
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert values[0] == pytest.approx(0.1)
+    assert values[5] == pytest.approx(0.2)
+    assert values[10] == pytest.approx(0.3)
+    if schedule == "step":
+        assert values[60] == pytest.approx(0.03) and values[95] == pytest.approx(0.003)
+    else:  # half-way through the 100 decay steps: half the rate; at the end: 0
+        assert values[60] == pytest.approx(0.15, rel=1e-5)
+        assert values[110] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_missing_data_dir_is_named(tmp_path):
