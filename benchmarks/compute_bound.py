@@ -83,6 +83,8 @@ def step_rate(model, batch_size, steps, rounds):
     """Median images/second of ``model.fit`` on random images and all-background targets."""
     import numpy as np
 
+    from train_step import fit_input
+
     n = steps * batch_size
     size = model.image_size
     rng = np.random.default_rng(0)
@@ -90,11 +92,12 @@ def step_rate(model, batch_size, steps, rounds):
     targets = np.zeros((n,) + tuple(model.output_shape[1:2]) + (6,), "float32")
     # One positive anchor per image so the loss has a normaliser.
     targets[:, 0, 4] = 1.0
-    model.fit(images, targets, batch_size=batch_size, epochs=1, verbose=0)
+    data = fit_input(images, targets, batch_size)
+    model.fit(**data, epochs=1, verbose=0)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        model.fit(images, targets, batch_size=batch_size, epochs=1, verbose=0)
+        model.fit(**data, epochs=1, verbose=0)
         times.append(time.perf_counter() - start)
     return n / statistics.median(times)
 

@@ -48,6 +48,16 @@ def test_training_batches_have_the_documented_shapes(bccd_val):
     assert set(np.unique(classes)) <= {0, 1, 2, 3} and (classes > 0).any()
 
 
+def test_pipelines_turn_the_tf_data_autotuner_off(bccd_val):
+    # The autotuner intermittently cost SSD300 steps their intra-op parallelism.
+    source = _subset(bccd_val, 4)
+    for dataset in (
+        data.training_pipeline(source, "ssd300", batch_size=2, seed=0),
+        data.validation_pipeline(source, batch_size=2),
+    ):
+        assert dataset.options().autotune.enabled is False
+
+
 def test_ssd_targets_decode_back_to_the_augmented_ground_truth(bccd_val):
     """decode_boxes of every positive anchor's offsets gives its matched GT box."""
     priors = anchors_lib.get_anchors("ssd300")
