@@ -32,11 +32,12 @@ demo: $(STAMP)
 		--output_dir=$(DEMO_DIR)/predictions --score_threshold=0.4
 	@echo "Metrics: $(DEMO_DIR)/eval/metrics.md  Example: $(DEMO_DIR)/predictions/"
 
-# Benchmarks (not tests): loss overhead, input pipeline, train step, inference cost.
+# Benchmarks (not tests): loss overhead, input pipeline, train step, compute bound, latency.
 bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/train_step.py --models ssd300,mobilenetv2-ssdlite300
+	$(PY) benchmarks/compute_bound.py --models ssd300
 	$(PY) benchmarks/latency.py
 
 # torchvision's ssd300_vgg16 train step, in its own venv, for a side-by-side ratio.

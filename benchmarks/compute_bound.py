@@ -13,8 +13,9 @@ random data, and prints:
 - GFLOP per training image,
 - the achieved rate (GFLOP/s) and its fraction of the matrix-product rate,
 - the images/second a step would reach at the matrix-product rate: an upper
-  bound for any framework running the same network in that precision, since
-  convolutions do not run faster than a large matrix product on a CPU.
+  bound for any framework that performs the same operations in that precision
+  (no Winograd or FFT convolutions), since no layer runs faster per FLOP than a
+  large matrix product on a CPU.
 
 This is the check behind a speed target such as "N x another framework":
 if the bound is below the target, no implementation of the same network can

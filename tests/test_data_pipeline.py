@@ -53,7 +53,7 @@ def test_pipelines_turn_the_tf_data_autotuner_off(bccd_val):
     source = _subset(bccd_val, 4)
     for dataset in (
         data.training_pipeline(source, "ssd300", batch_size=2, seed=0),
-        data.validation_pipeline(source, batch_size=2),
+        data.validation_pipeline(source, batch_size=2, image_size=300),
     ):
         assert dataset.options().autotune.enabled is False
 
