@@ -46,7 +46,6 @@ def training_flops(model, loss, batch_size):
     import tensorflow as tf
 
     size = model.image_size
-    y_shape = (batch_size,) + tuple(model.output_shape[1:])
 
     @tf.function
     def step(images, targets):
@@ -56,7 +55,7 @@ def training_flops(model, loss, batch_size):
 
     graph = step.get_concrete_function(
         tf.TensorSpec((batch_size, size, size, 3), tf.float32),
-        tf.TensorSpec(y_shape[:2] + (6,), tf.float32),
+        tf.TensorSpec((batch_size, model.output_shape[1], 6), tf.float32),
     ).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
@@ -81,18 +80,10 @@ def matmul_rate(precision, n, repeats=7):
 
 
 def step_rate(model, batch_size, steps, rounds):
-    """Median images/second of ``model.fit`` on random images and all-background targets."""
-    import numpy as np
+    """Median images/second of ``model.fit`` on `train_step.synthetic_batch` data."""
+    from train_step import fit_input, synthetic_batch
 
-    from train_step import fit_input
-
-    n = steps * batch_size
-    size = model.image_size
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
-    targets = np.zeros((n,) + tuple(model.output_shape[1:2]) + (6,), "float32")
-    # One positive anchor per image so the loss has a normaliser.
-    targets[:, 0, 4] = 1.0
+    images, targets = synthetic_batch(model, steps * batch_size, seed=0)
     data = fit_input(images, targets, batch_size)
     model.fit(**data, epochs=1, verbose=0)
     times = []
@@ -100,7 +91,7 @@ def step_rate(model, batch_size, steps, rounds):
         start = time.perf_counter()
         model.fit(**data, epochs=1, verbose=0)
         times.append(time.perf_counter() - start)
-    return n / statistics.median(times)
+    return steps * batch_size / statistics.median(times)
 
 
 def main():

@@ -41,6 +41,10 @@ def _write_json(data, path):
     atomic_write(path, write)
 
 
+# Warm-up starts at this fraction of the rate (the step and cosine schedules alike).
+WARMUP_FACTOR = 1.0 / 3
+
+
 @keras.saving.register_keras_serializable(package="keras_scb")
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from ``warmup_factor * lr`` then step decay (SSD's schedule).
@@ -57,7 +61,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         boundaries=(),
         decay_factor=0.1,
         warmup_steps=0,
-        warmup_factor=1.0 / 3,
+        warmup_factor=WARMUP_FACTOR,
     ):
         self.learning_rate = float(learning_rate)
         self.boundaries = tuple(int(b) for b in boundaries)

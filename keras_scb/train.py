@@ -114,7 +114,7 @@ def learning_rate_schedule(total_steps):
     """The flags' schedule: linear warm-up from a third of the rate, then step or cosine decay."""
     import keras
 
-    from keras_scb.callbacks import WarmupStepDecay
+    from keras_scb.callbacks import WARMUP_FACTOR, WarmupStepDecay
 
     if FLAGS.lr_schedule == "step":
         return WarmupStepDecay(
@@ -123,7 +123,7 @@ def learning_rate_schedule(total_steps):
             decay_factor=FLAGS.lr_decay,
             warmup_steps=FLAGS.warmup_steps,
         )
-    warmup_factor = 1.0 / 3 if FLAGS.warmup_steps else 1.0  # as WarmupStepDecay's
+    warmup_factor = WARMUP_FACTOR if FLAGS.warmup_steps else 1.0
     return keras.optimizers.schedules.CosineDecay(
         FLAGS.learning_rate * warmup_factor,
         decay_steps=max(1, total_steps - FLAGS.warmup_steps),
