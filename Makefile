@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow demo bench bench-peers clean
+.PHONY: install test test-slow demo bench bench-peers gpu-wheels clean
 
 DEMO_DIR ?= runs/quickstart
 DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
@@ -47,6 +47,16 @@ bench-peers: $(STAMP)
 	$(PEERS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PEERS_VENV)/bin/python benchmarks/torchvision_peer.py
 	$(PY) benchmarks/train_step.py --models ssd300
+
+# Wheels for benchmarks/gpu_check.py on a GPU machine that has JAX and PyTorch but no
+# TensorFlow and no package registry (Python 3.12, x86-64): fill .whl/ here, carry it
+# there, then `pip install --no-index --find-links .whl keras` (README, "GPU check").
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.20.0 h5py==3.14.0 rich==15.0.0 \
+	markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0 absl-py==2.5.1
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --only-binary=:all: --no-deps --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
