@@ -55,8 +55,11 @@ flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "m
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "XLA. 'auto' is Keras's choice: off on CPU-only TensorFlow (slower there, "
                   "especially with depthwise convolutions), on under JAX and on GPUs.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "data_parallel"],
+                  "mirrored / multi_worker: tf.distribute (TensorFlow backend; multi_worker "
+                  "reads TF_CONFIG). data_parallel: keras.distribution.DataParallel over all "
+                  "devices JAX sees (KERAS_BACKEND=jax; multi-host after "
+                  "jax.distributed.initialize, see the README).")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on --val_split every N epochs (0: only at the end).")
 flags.DEFINE_integer("eval_batch_size", 8, "Batch size of evaluation.")
 flags.DEFINE_bool("final_eval", True, "Evaluate the best checkpoint at the end.")
@@ -68,6 +71,9 @@ FLAGS = flags.FLAGS
 def _strategy():
     import keras
 
+    if FLAGS.strategy == "data_parallel":
+        _set_data_parallel()
+        return None
     if keras.backend.backend() != "tensorflow":
         if FLAGS.strategy != "default":
             raise app.UsageError(
@@ -84,6 +90,37 @@ def _strategy():
             raise app.UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable.")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _set_data_parallel():
+    """``keras.distribution.DataParallel`` over every device JAX sees (all hosts').
+
+    The weights are replicated and each global batch is split along its first
+    axis; the step is one jitted global computation, so the loss normaliser ``N``
+    and BatchNorm statistics are over the global batch by construction.
+
+    Multi-host: with ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` (comma-separated
+    ``host:port``, the first is the coordinator), ``KERAS_DISTRIBUTION_NUM_PROCESSES``
+    and ``KERAS_DISTRIBUTION_PROCESS_ID`` set on every host,
+    ``keras.distribution.initialize`` (``jax.distributed.initialize``) runs first,
+    and the devices are every host's.
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise app.UsageError(
+            f"--strategy=data_parallel needs KERAS_BACKEND=jax; it is {keras.backend.backend()} "
+            "(use --strategy=mirrored under TensorFlow)."
+        )
+    if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+        keras.distribution.initialize()
+    devices = keras.distribution.list_devices()
+    if FLAGS.batch_size % len(devices):
+        raise app.UsageError(
+            f"--batch_size={FLAGS.batch_size} does not split over the {len(devices)} devices "
+            f"of --strategy=data_parallel."
+        )
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
 
 
 def _loss(detector):
