@@ -83,7 +83,7 @@ def evaluate_outputs(dataset, outputs):
 
     ground_truths = [
         evaluation.ImageGroundTruth(
-            r.image_id, r.height, r.width, r.boxes, r.classes, r.difficult
+            r.image_id, r.height, r.width, r.boxes, r.classes, r.difficult, r.areas
         )
         for r in dataset.records
     ]

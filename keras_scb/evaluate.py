@@ -59,6 +59,7 @@ def predict_detections(detector, source, batch_size=8, **decoder_kwargs):
             ground_truths.append(ImageGroundTruth(
                 image_id, int(info["height"][b]), int(info["width"][b]),
                 info["boxes"][b][real], info["classes"][b][real], info["difficult"][b][real],
+                info["areas"][b][real],
             ))
     return ground_truths, detections
 
@@ -80,7 +81,10 @@ def evaluate_detector(detector, source, batch_size=8, **decoder_kwargs):
     # network input, which for BCCD (640x480 -> 300x300) moves most platelets
     # from medium to small. Both are reported.
     size = detector.image_size
-    at_input = [dataclasses.replace(gt, height=size, width=size) for gt in ground_truths]
+    # areas=None: the boxes' areas at the input, what the anchors see.
+    at_input = [
+        dataclasses.replace(gt, height=size, width=size, areas=None) for gt in ground_truths
+    ]
     results["recall_by_scale_at_input"] = recall_by_scale(at_input, detections)
     return results
 

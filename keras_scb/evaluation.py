@@ -8,7 +8,9 @@ Inputs, one record per image:
 - `ImageGroundTruth`: boxes are relative ``[xmin, ymin, xmax, ymax]`` (the data
   convention) and are scaled to pixels with the ORIGINAL image ``height`` and
   ``width``, so COCO's area ranges and the scale buckets refer to the image as
-  annotated, not to the network input.
+  annotated, not to the network input. ``areas`` are the objects' pixel areas
+  there: COCO's annotation ``area`` (the segmentation's) where the source has
+  one, else the box's (see `pixel_box_areas`, exact for annotated corners).
 - `ImageDetections`: boxes are relative ``[xmin, ymin, xmax, ymax]`` too (what
   `keras_scb.matching.decode_boxes` gives; `detections_from_decoder` converts the
   ``[ymin, xmin, ymax, xmax]`` output of `keras_scb.decoding`). Scores are
@@ -17,6 +19,22 @@ Inputs, one record per image:
 
 Difficult (VOC) or ignored objects neither count as objects to find nor penalise
 the detections that hit them, in every metric.
+
+Size bins, on ``areas``:
+
+- The paper's recall by scale (`recall_by_scale`, `scale_of_area`): small
+  ``area < 32^2``, medium ``32^2 <= area < 96^2``, large ``area >= 96^2``; an
+  object of exactly 32x32 pixels is medium and one of 96x96 is large.
+- COCO AP_S/M/L, AR_S/M/L (`coco_metrics`) are pycocotools' own: its ranges
+  ``[0, 32^2]``, ``[32^2, 96^2]``, ``[96^2, 1e10]`` are closed (an object is
+  ignored if ``area < lo or area > hi``), so an area of exactly 32^2 counts as
+  both small and medium there, and 96^2 as both medium and large. With the
+  annotation areas and original ids, `coco_metrics` equals pycocotools run on the
+  original annotation file with the `coco_results` of the same detections.
+
+A detection hits an object when their IoU is strictly greater than the
+threshold, in VOC07 and in recall by scale alike (`_hits`: py-faster-rcnn's
+``voc_eval``, ``ovmax > ovthresh``); COCO AP keeps pycocotools' ``>=``.
 """
 
 import contextlib
@@ -52,6 +70,8 @@ class ImageGroundTruth:
         boxes: float ``(N, 4)`` relative ``[xmin, ymin, xmax, ymax]``.
         classes: int ``(N,)`` contiguous ids ``0..C-1``.
         difficult: bool ``(N,)`` VOC difficult / ignore flags (default all False).
+        areas: float ``(N,)`` object areas in original-image pixels, for the size
+            bins (default: `pixel_box_areas` of the boxes).
     """
 
     image_id: Hashable
@@ -60,6 +80,7 @@ class ImageGroundTruth:
     boxes: np.ndarray
     classes: np.ndarray
     difficult: Optional[np.ndarray] = None
+    areas: Optional[np.ndarray] = None
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
@@ -68,10 +89,13 @@ class ImageGroundTruth:
         if self.difficult is None:
             self.difficult = np.zeros(n, bool)
         self.difficult = np.asarray(self.difficult, bool).reshape(-1)
-        if len(self.classes) != n or len(self.difficult) != n:
+        if self.areas is None:
+            self.areas = pixel_box_areas(self.boxes, self.height, self.width)
+        self.areas = np.asarray(self.areas, np.float64).reshape(-1)
+        if len(self.classes) != n or len(self.difficult) != n or len(self.areas) != n:
             raise ValueError(
-                f"Image {self.image_id!r}: {n} boxes but {len(self.classes)} classes "
-                f"and {len(self.difficult)} difficult flags."
+                f"Image {self.image_id!r}: {n} boxes but {len(self.classes)} classes, "
+                f"{len(self.difficult)} difficult flags and {len(self.areas)} areas."
             )
 
 
@@ -129,6 +153,27 @@ def _pixel_boxes(boxes, height, width):
     return boxes * np.array([width, height, width, height], np.float64)
 
 
+# Annotated corners lie on a grid of 0.001 px or coarser (VOC: whole pixels; COCO
+# JSON: at most 3 decimals). Relative float32 corners times the image size miss
+# it by up to ``size * 2**-25`` px, so rounding back to it recovers the annotated
+# pixels exactly for images up to 8000 px.
+_PIXEL_DECIMALS = 3
+
+
+def pixel_box_areas(boxes, height, width):
+    """Annotated relative corners ``(N, 4)`` -> ``(N,)`` exact pixel areas.
+
+    Sides are rounded to the annotation grid before multiplying, so a VOC box
+    of 32x32 pixels has area exactly ``32**2`` whatever the image size (the
+    plain product of relative floats and sizes lands either side of it).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    pixels = _annotated_pixel_boxes(boxes, height, width)
+    # Rounded again: the difference of two grid values is off the grid by an ulp.
+    sides = np.round(np.maximum(pixels[:, 2:] - pixels[:, :2], 0.0), _PIXEL_DECIMALS)
+    return np.round(sides[:, 0] * sides[:, 1], 2 * _PIXEL_DECIMALS)
+
+
 def box_areas(boxes):
     """``(N, 4)`` corners -> ``(N,)`` areas (0 for degenerate boxes)."""
     wh = np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
@@ -146,8 +191,17 @@ def pairwise_iou(boxes_a, boxes_b):
 
 
 def scale_of_area(areas):
-    """Pixel areas ``(N,)`` -> ``(N,)`` indices into `SCALES` (COCO limits)."""
+    """Pixel areas ``(N,)`` -> ``(N,)`` indices into `SCALES`: the paper's rule,
+    ``32**2`` itself medium and ``96**2`` large (pycocotools counts each limit in
+    both neighbouring ranges; see the module docstring)."""
     return np.searchsorted([SMALL_AREA, MEDIUM_AREA], np.asarray(areas), side="right")
+
+
+def _hits(overlaps, iou_threshold):
+    """Whether each IoU counts as a hit: strictly above the threshold, as
+    py-faster-rcnn's ``voc_eval`` (``ovmax > ovthresh``); one rule for VOC07 and
+    recall by scale."""
+    return overlaps > iou_threshold
 
 
 def _pair_up(ground_truths, detections):
@@ -178,11 +232,104 @@ def _num_classes(ground_truths, detections):
     return max(top) + 1
 
 
-def _coco_boxes(boxes, height, width):
-    """Relative corners -> pixel ``[x, y, w, h]`` lists (COCO's bbox format)."""
-    pixels = _pixel_boxes(boxes, height, width)
+def _annotated_pixel_boxes(boxes, height, width):
+    """Ground-truth relative corners -> pixel corners back on the annotation grid."""
+    return np.round(_pixel_boxes(boxes, height, width), _PIXEL_DECIMALS)
+
+
+def _coco_boxes(pixels):
+    """Pixel corners ``(N, 4)`` -> pixel ``[x, y, w, h]`` lists (COCO's bbox format)."""
     xywh = np.concatenate([pixels[:, :2], pixels[:, 2:] - pixels[:, :2]], axis=1)
     return xywh.tolist()
+
+
+def _category_ids(category_ids, num_classes):
+    """COCO category id of each class ``0..C-1``; default ``k + 1``."""
+    if category_ids is None:
+        return list(range(1, num_classes + 1))
+    if len(category_ids) != num_classes:
+        raise ValueError(f"{len(category_ids)} category_ids for {num_classes} classes.")
+    return [int(c) for c in category_ids]
+
+
+def _coco_image_ids(ground_truths):
+    """COCO image id of each record: its own when all are integers (so results
+    files name the original images and pycocotools sorts them as on the original
+    file), else ``1, 2, ...`` in order (callers' ids need not be integers)."""
+    ids = [gt.image_id for gt in ground_truths]
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        return [int(i) for i in ids]
+    return list(range(1, len(ids) + 1))
+
+
+def coco_results(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    category_ids: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> List[Dict[str, object]]:
+    """Detections in COCO's results format, for test-dev and pycocotools' ``loadRes``.
+
+    Args:
+        ground_truths: the evaluated images (for their ids and original sizes).
+        detections: `ImageDetections` of those images.
+        category_ids, num_classes: as in `coco_metrics`.
+
+    Returns:
+        One ``{"image_id", "category_id", "bbox", "score"}`` per detection, in
+        image order then the given order: the image's id (see `_coco_image_ids`),
+        the class's COCO category id, ``bbox`` pixel ``[x, y, w, h]`` in the
+        original image.
+    """
+    ground_truths, detections = list(ground_truths), list(detections)
+    if num_classes is None:
+        num_classes = _num_classes(ground_truths, detections)
+    category_ids = _category_ids(category_ids, num_classes)
+    results = []
+    pairs = zip(_coco_image_ids(ground_truths), _pair_up(ground_truths, detections))
+    for coco_id, (gt, det) in pairs:
+        boxes = _coco_boxes(_pixel_boxes(det.boxes, gt.height, gt.width))
+        for box, cls, score in zip(boxes, det.classes, det.scores):
+            results.append({
+                "image_id": coco_id, "category_id": category_ids[cls],
+                "bbox": box, "score": float(score),
+            })
+    return results
+
+
+def detections_from_coco_results(
+    results: Sequence[Dict[str, object]],
+    ground_truths: Sequence[ImageGroundTruth],
+    category_ids: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> List[ImageDetections]:
+    """The inverse of `coco_results`: `ImageDetections` of ``ground_truths``' images.
+
+    Raises:
+        ValueError: naming the first result whose image or category is unknown.
+    """
+    ground_truths = list(ground_truths)
+    if num_classes is None:
+        num_classes = _num_classes(ground_truths, [])
+    class_of = {c: k for k, c in enumerate(_category_ids(category_ids, num_classes))}
+    image_of = dict(zip(_coco_image_ids(ground_truths), ground_truths))
+    rows = {coco_id: [] for coco_id in image_of}
+    for index, result in enumerate(results):
+        image_id, category = result.get("image_id"), result.get("category_id")
+        if image_id not in image_of:
+            raise ValueError(f"Result {index}: image_id {image_id!r} is not in the dataset.")
+        if category not in class_of:
+            raise ValueError(f"Result {index}: category_id {category!r} is not in the dataset.")
+        rows[image_id].append((result["bbox"], class_of[category], result["score"]))
+    detections = []
+    for coco_id, gt in image_of.items():
+        xywh = np.array([r[0] for r in rows[coco_id]], np.float64).reshape(-1, 4)
+        corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        detections.append(ImageDetections(
+            gt.image_id, corners / np.array([gt.width, gt.height] * 2, np.float64),
+            [r[2] for r in rows[coco_id]], [r[1] for r in rows[coco_id]],
+        ))
+    return detections
 
 
 def _in_memory_coco(dataset):
@@ -204,9 +351,10 @@ def coco_metrics(
     """COCO box AP / AR, computed by pycocotools on in-memory COCO objects.
 
     Difficult objects become ``iscrowd`` regions: pycocotools then ignores them and
-    every detection that lands on them. Object areas are box areas in original
-    image pixels (official COCO uses mask areas for the S/M/L ranges, so AP_S etc.
-    differ slightly from the official numbers on COCO itself).
+    every detection that lands on them (COCO's own crowd boxes arrive as
+    difficult). The S/M/L ranges use `ImageGroundTruth.areas`, which for COCO
+    sources are the annotation areas, so on a COCO split this equals pycocotools
+    on the original annotation file with the `coco_results` of ``detections``.
 
     Args:
         ground_truths: one `ImageGroundTruth` per evaluated image.
@@ -221,36 +369,28 @@ def coco_metrics(
     """
     from pycocotools.cocoeval import COCOeval
 
+    ground_truths, detections = list(ground_truths), list(detections)
     if num_classes is None:
         num_classes = _num_classes(ground_truths, detections)
-    if category_ids is None:
-        category_ids = list(range(1, num_classes + 1))
-    if len(category_ids) != num_classes:
-        raise ValueError(
-            f"{len(category_ids)} category_ids for {num_classes} classes."
-        )
-    category_ids = [int(c) for c in category_ids]
-    images, gt_anns, dt_anns = [], [], []
-    # pycocotools marks "unmatched" with annotation id 0, so ids start at 1; image
-    # ids are renumbered because callers' ids need not be integers.
-    for index, (gt, det) in enumerate(_pair_up(ground_truths, detections), 1):
-        images.append({"id": index, "height": gt.height, "width": gt.width})
-        for box, cls, hard in zip(
-            _coco_boxes(gt.boxes, gt.height, gt.width), gt.classes, gt.difficult
-        ):
+    category_ids = _category_ids(category_ids, num_classes)
+    images, gt_anns = [], []
+    # pycocotools marks "unmatched" with annotation id 0, so ids start at 1.
+    for coco_id, gt in zip(_coco_image_ids(ground_truths), ground_truths):
+        images.append({"id": coco_id, "height": gt.height, "width": gt.width})
+        boxes = _coco_boxes(_annotated_pixel_boxes(gt.boxes, gt.height, gt.width))
+        for box, cls, hard, area in zip(boxes, gt.classes, gt.difficult, gt.areas):
             gt_anns.append({
-                "id": len(gt_anns) + 1, "image_id": index,
+                "id": len(gt_anns) + 1, "image_id": coco_id,
                 "category_id": category_ids[cls], "bbox": box,
-                "area": box[2] * box[3], "iscrowd": int(hard),
+                "area": float(area), "iscrowd": int(hard),
             })
-        for box, cls, score in zip(
-            _coco_boxes(det.boxes, gt.height, gt.width), det.classes, det.scores
-        ):
-            dt_anns.append({
-                "id": len(dt_anns) + 1, "image_id": index,
-                "category_id": category_ids[cls], "bbox": box,
-                "area": box[2] * box[3], "iscrowd": 0, "score": float(score),
-            })
+    # As pycocotools' loadRes makes them from a results file.
+    dt_anns = [
+        {**r, "id": k, "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+        for k, r in enumerate(
+            coco_results(ground_truths, detections, category_ids, num_classes), 1
+        )
+    ]
     categories = [{"id": c, "name": str(c)} for c in category_ids]
     coco_gt = _in_memory_coco(
         {"images": images, "annotations": gt_anns, "categories": categories}
@@ -302,7 +442,7 @@ def _voc_labels(gt_boxes, gt_difficult, det_boxes, det_scores, iou_threshold):
     taken = np.zeros(len(gt_boxes), bool)
     for k in np.argsort(-det_scores, kind="stable"):
         j = best[k]
-        if overlaps[k, j] <= iou_threshold:  # VOC requires a strictly greater IoU
+        if not _hits(overlaps[k, j], iou_threshold):
             continue
         if gt_difficult[j]:
             labels[k] = -1
@@ -341,7 +481,7 @@ def voc07_metrics(
     labels = [[] for _ in range(num_classes)]
     positives = np.zeros(num_classes, np.int64)
     for gt, det in _pair_up(ground_truths, detections):
-        gt_pixels = _pixel_boxes(gt.boxes, gt.height, gt.width)
+        gt_pixels = _annotated_pixel_boxes(gt.boxes, gt.height, gt.width)
         det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
         for k in range(num_classes):
             is_gt, is_det = gt.classes == k, det.classes == k
@@ -387,9 +527,10 @@ def recall_by_scale(
 
     At each score threshold ``t``, an object is recalled if some detection with
     score >= ``t`` (and, when ``class_aware``, of the object's class) has
-    IoU >= ``iou_threshold`` with it. Detections are used as given (the decoder's
-    per-class NMS and top-k already applied). Scales are COCO's limits on the box
-    area in original-image pixels; difficult objects are left out.
+    IoU > ``iou_threshold`` with it (VOC07's rule). Detections are used as given
+    (the decoder's per-class NMS and top-k already applied). Scales are
+    `scale_of_area` of `ImageGroundTruth.areas` (32x32 px is medium, 96x96
+    large); difficult objects are left out.
 
     Returns:
         ``{"iou_threshold", "class_aware", "thresholds": {str(t): {scale:
@@ -398,15 +539,15 @@ def recall_by_scale(
     best_scores, scales = [], []
     for gt, det in _pair_up(ground_truths, detections):
         keep = ~gt.difficult
-        gt_pixels = _pixel_boxes(gt.boxes[keep], gt.height, gt.width)
+        gt_pixels = _annotated_pixel_boxes(gt.boxes[keep], gt.height, gt.width)
         det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
-        hits = pairwise_iou(det_pixels, gt_pixels) >= iou_threshold  # (K, N)
+        hits = _hits(pairwise_iou(det_pixels, gt_pixels), iou_threshold)  # (K, N)
         if class_aware:
             hits &= det.classes[:, None] == gt.classes[keep][None, :]
         # An object is recalled at t iff its best-scoring hit has score >= t.
         hit_scores = np.where(hits, det.scores[:, None], -np.inf)
         best_scores.append(hit_scores.max(axis=0, initial=-np.inf))
-        scales.append(scale_of_area(box_areas(gt_pixels)))
+        scales.append(scale_of_area(gt.areas[keep]))
     best_scores = np.concatenate(best_scores) if best_scores else np.zeros(0)
     scales = np.concatenate(scales) if scales else np.zeros(0, int)
     thresholds = {}
@@ -549,7 +690,7 @@ def markdown_table(results: Dict[str, object]) -> str:
         ]
         scales = list(next(iter(recall["thresholds"].values()), {}))
         sections.append(
-            f"**Recall by scale** (IoU >= {recall['iou_threshold']}, {kind})\n\n"
+            f"**Recall by scale** (IoU > {recall['iou_threshold']}, {kind})\n\n"
             + _table(["threshold"] + scales, body)
         )
     return "\n\n".join(sections) + "\n"

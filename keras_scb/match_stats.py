@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from keras_scb.evaluation import SCALES, scale_of_area
+from keras_scb.evaluation import SCALES, pixel_box_areas, scale_of_area
 
 
 def anchor_counts(boxes, classes, anchors, iou_threshold=0.5):
@@ -105,10 +105,8 @@ def match_statistics(counts, scales):
 
 def object_scales(boxes, height, width):
     """Scale index (into `SCALES`) of relative boxes ``(N, 4)`` in a ``height x
-    width`` pixel image, by COCO's area limits."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    wh = np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0) * [width, height]
-    return scale_of_area(wh[:, 0] * wh[:, 1])
+    width`` pixel image, by the evaluation's rule (32x32 px medium, 96x96 large)."""
+    return scale_of_area(pixel_box_areas(boxes, height, width))
 
 
 def _histogram_axes(ax, counts_by_stage, title):

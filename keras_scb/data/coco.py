@@ -5,7 +5,8 @@ Category ids (sparse: 1..90 for COCO's 80 classes) map to contiguous class ids
 writing results. ``iscrowd`` boxes are either kept flagged ``difficult`` (the
 default, ``crowd="ignore"``: left out of training targets and, as ignore regions,
 out of evaluation) or dropped (``crowd="drop"``); dropping is a choice, not an
-issue, so it is not counted in `Dataset.issues`.
+issue, so it is not counted in `Dataset.issues`. Each object keeps its annotation
+``area`` (`Record.areas`): COCO's AP_S/M/L bin by it, not by the box.
 """
 
 import contextlib
@@ -43,7 +44,10 @@ def _load(annotation_file):
 
 
 def _object(annotation, category_index, crowd, path, issues):
-    """Returns ``(class_id, is_crowd, pixel corners)``, or ``None`` to drop it."""
+    """Returns ``(class_id, is_crowd, pixel corners, area)``, or ``None`` to drop it.
+
+    ``area`` is the annotation's (pycocotools bins AP_S/M/L by it), else the box's.
+    """
     is_crowd = bool(annotation.get("iscrowd", 0))
     if is_crowd and crowd == "drop":
         return None
@@ -57,7 +61,13 @@ def _object(annotation, category_index, crowd, path, issues):
     except (TypeError, ValueError):
         issues.bad_object(path, "malformed box", f"annotation {annotation.get('id')}: {bbox!r}")
         return None
-    return category_index[category], is_crowd, [x, y, x + w, y + h]
+    area = annotation.get("area", w * h)
+    try:
+        area = float(area)
+    except (TypeError, ValueError):
+        issues.bad_object(path, "malformed area", f"annotation {annotation.get('id')}: {area!r}")
+        return None
+    return category_index[category], is_crowd, [x, y, x + w, y + h], area
 
 
 def read_coco(
@@ -120,6 +130,7 @@ def read_coco(
             records_lib.make_record(
                 os.path.join(image_dir, file_name), image_id, file_name, height,
                 width, boxes, [o[0] for o in kept], [o[1] for o in kept],
+                [o[3] for o in kept],
             )
         )
     if verify_images:
@@ -141,7 +152,8 @@ def to_coco_json(dataset: records_lib.Dataset) -> dict:
 
     Category ids are `Dataset.category_ids` or, when there are none, ``k + 1``.
     ``difficult`` boxes are written with ``iscrowd=1`` so that COCO evaluation
-    ignores them. Pixel boxes are ``[x, y, w, h]`` from the relative corners.
+    ignores them. Pixel boxes are ``[x, y, w, h]`` from the relative corners;
+    ``area`` is `Record.areas`.
     """
     category_ids = dataset.category_ids or tuple(
         range(1, len(dataset.class_names) + 1)
@@ -153,12 +165,13 @@ def to_coco_json(dataset: records_lib.Dataset) -> dict:
             "height": record.height, "width": record.width,
         })
         scale = np.array([record.width, record.height] * 2, np.float64)
-        for box, cls, difficult in zip(record.boxes, record.classes, record.difficult):
+        objects = zip(record.boxes, record.classes, record.difficult, record.areas)
+        for box, cls, difficult, area in objects:
             x1, y1, x2, y2 = (box.astype(np.float64) * scale).tolist()
             annotations.append({
                 "id": len(annotations) + 1, "image_id": record.image_id,
                 "category_id": int(category_ids[cls]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area),
                 "iscrowd": int(difficult),
             })
     categories = [

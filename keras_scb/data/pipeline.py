@@ -125,6 +125,7 @@ def _memory_elements(dataset):
         "boxes": ragged([r.boxes for r in records], np.float32, (4,)),
         "classes": ragged([r.classes for r in records], np.int32),
         "difficult": ragged([r.difficult for r in records], bool),
+        "areas": ragged([r.areas for r in records], np.float64),
     })
 
 
@@ -316,7 +317,7 @@ def validation_pipeline(
         dict: ``image_id`` int64 ``(B,)``; ``height``, ``width`` int32 ``(B,)``, the
         original size; ``boxes`` float32 ``(B, G, 4)`` relative corners of the
         original image, ``classes`` int32 ``(B, G)`` (-1 on padding),
-        ``difficult`` bool ``(B, G)``.
+        ``difficult`` bool ``(B, G)``, ``areas`` float64 ``(B, G)`` (`Record.areas`).
     """
     size = _image_size(anchors, image_size)
     encode, per_image = (None, False) if targets is None else _encoder(targets, anchors)
@@ -329,6 +330,7 @@ def validation_pipeline(
         info["boxes"] = _pad(element["boxes"], max_boxes, 0.0)
         info["classes"] = _pad(element["classes"], max_boxes, -1)
         info["difficult"] = _pad(element["difficult"], max_boxes, False)
+        info["areas"] = _pad(element["areas"], max_boxes, 0.0)
         if per_image:
             classes = tf.where(element["difficult"], -1, element["classes"])
             info["targets"] = _encode_image(encode, element["boxes"], classes)

@@ -47,6 +47,10 @@ class Record:
         difficult: bool ``(N,)``: VOC ``difficult`` or COCO ``iscrowd``. Such boxes
             are left out of training targets and out of evaluation denominators
             (a detection on one is neither a true nor a false positive).
+        areas: float64 ``(N,)`` object areas in original-image pixels, for the
+            evaluation's size bins: COCO's annotation ``area`` (the
+            segmentation's) where the source has one, else the box's pixel area
+            (`keras_scb.evaluation.pixel_box_areas`; VOC: the devkit's count).
     """
 
     image: Union[str, bytes]
@@ -57,6 +61,7 @@ class Record:
     boxes: np.ndarray
     classes: np.ndarray
     difficult: np.ndarray
+    areas: np.ndarray
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,17 +98,26 @@ class Dataset:
         return {name: counts[k] for k, name in enumerate(self.class_names)}
 
 
-def make_record(image, image_id, name, height, width, boxes, classes, difficult):
-    """Builds a `Record`, converting the arrays to their documented dtypes and shapes."""
+def make_record(
+    image, image_id, name, height, width, boxes, classes, difficult, areas=None
+):
+    """Builds a `Record`, converting the arrays to their documented dtypes and
+    shapes; ``areas`` default to the boxes' pixel areas."""
+    from keras_scb.evaluation import pixel_box_areas
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if areas is None:
+        areas = pixel_box_areas(boxes, height, width)
     return Record(
         image=image,
         image_id=int(image_id),
         name=str(name),
         height=int(height),
         width=int(width),
-        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        boxes=boxes,
         classes=np.asarray(classes, np.int32).reshape(-1),
         difficult=np.asarray(difficult, bool).reshape(-1),
+        areas=np.asarray(areas, np.float64).reshape(-1),
     )
 
 

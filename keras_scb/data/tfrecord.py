@@ -12,6 +12,8 @@ image:
     image/object/bbox       float list, N*4 relative [xmin, ymin, xmax, ymax]
     image/object/class      int64 list, N class ids
     image/object/difficult  int64 list, N flags
+    image/object/area       bytes    N little-endian float64 `Record.areas` (a
+                            float list would round COCO's areas to float32)
 """
 
 import dataclasses
@@ -35,6 +37,8 @@ _FEATURES = {
     "image/object/bbox": tf.io.VarLenFeature(tf.float32),
     "image/object/class": tf.io.VarLenFeature(tf.int64),
     "image/object/difficult": tf.io.VarLenFeature(tf.int64),
+    # Absent from shards written before areas were stored: parse_example says so.
+    "image/object/area": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 
 
@@ -74,6 +78,7 @@ def _example(record, encoded):
         ),
         "image/object/class": ints(record.classes.tolist()),
         "image/object/difficult": ints(record.difficult.astype(int).tolist()),
+        "image/object/area": strings(record.areas.astype("<f8").tobytes()),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
@@ -167,15 +172,25 @@ def parse_example(serialized):
     Returns:
         dict: ``image`` (encoded JPEG string), ``image_id`` int64, ``height``,
         ``width`` int32, ``boxes`` float32 ``(N, 4)``, ``classes`` int32 ``(N,)``,
-        ``difficult`` bool ``(N,)``.
+        ``difficult`` bool ``(N,)``, ``areas`` float64 ``(N,)``.
     """
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    classes = tf.cast(tf.sparse.to_dense(parsed["image/object/class"]), tf.int32)
+    areas = tf.io.decode_raw(parsed["image/object/area"], tf.float64, little_endian=True)
+    check = tf.debugging.assert_equal(
+        tf.size(areas), tf.size(classes),
+        message="TFRecord example without object areas (written by an older "
+        "version); rewrite it with python -m keras_scb.data.convert",
+    )
+    with tf.control_dependencies([check]):
+        areas = tf.identity(areas)
     return {
         "image": parsed["image/encoded"],
         "image_id": parsed["image/id"],
         "height": tf.cast(parsed["image/height"], tf.int32),
         "width": tf.cast(parsed["image/width"], tf.int32),
         "boxes": tf.reshape(tf.sparse.to_dense(parsed["image/object/bbox"]), [-1, 4]),
-        "classes": tf.cast(tf.sparse.to_dense(parsed["image/object/class"]), tf.int32),
+        "classes": classes,
         "difficult": tf.sparse.to_dense(parsed["image/object/difficult"]) > 0,
+        "areas": areas,
     }
