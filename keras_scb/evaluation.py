@@ -610,6 +610,33 @@ def write_json(results: Dict[str, object], path: str) -> None:
         f.write("\n")
 
 
+def write_coco_results(results: Sequence[Dict[str, object]], path: str) -> None:
+    """Writes `coco_results` as the JSON list COCO's servers and ``loadRes`` take;
+    through a temporary file, so an interrupted write leaves no partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(list(results), f)
+    os.replace(partial, path)
+
+
+def read_coco_results(path: str) -> List[Dict[str, object]]:
+    """A COCO results JSON: a list of ``{"image_id", "category_id", "bbox", "score"}``."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: malformed JSON: {error}") from None
+    keys = {"image_id", "category_id", "bbox", "score"}
+    if not isinstance(results, list):
+        raise ValueError(f"{path}: not a COCO results file (a JSON list of detections).")
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or not keys <= set(result):
+            raise ValueError(f"{path}: result {index} lacks one of {sorted(keys)}: {result!r}")
+    return results
+
+
 def load_results(run: Union[str, Dict[str, object]]) -> Dict[str, object]:
     """A results dict, or the JSON file (or a directory holding ``metrics.json``)."""
     if isinstance(run, dict):
