@@ -242,6 +242,9 @@ def _score_results_json(path):
     FLAGS = flags.FLAGS
     if not os.path.isfile(path):
         raise app.UsageError(f"--score_results_json={path!r}: no such file.")
+    if FLAGS.results_json:
+        raise app.UsageError("--results_json writes a --checkpoint's detections; "
+                             "--score_results_json already has them.")
     output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(os.path.abspath(path)), "eval")
     _check_outputs(output_dir, [path])
     dataset = common_flags.load_split(FLAGS.val_split)

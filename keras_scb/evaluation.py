@@ -160,6 +160,11 @@ def _pixel_boxes(boxes, height, width):
 _PIXEL_DECIMALS = 3
 
 
+def _annotated_pixel_boxes(boxes, height, width):
+    """Ground-truth relative corners -> pixel corners back on the annotation grid."""
+    return np.round(_pixel_boxes(boxes, height, width), _PIXEL_DECIMALS)
+
+
 def pixel_box_areas(boxes, height, width):
     """Annotated relative corners ``(N, 4)`` -> ``(N,)`` exact pixel areas.
 
@@ -230,11 +235,6 @@ def _num_classes(ground_truths, detections):
     top += [int(gt.classes.max()) for gt in ground_truths if len(gt.classes)]
     top += [int(d.classes.max()) for d in detections if len(d.classes)]
     return max(top) + 1
-
-
-def _annotated_pixel_boxes(boxes, height, width):
-    """Ground-truth relative corners -> pixel corners back on the annotation grid."""
-    return np.round(_pixel_boxes(boxes, height, width), _PIXEL_DECIMALS)
 
 
 def _coco_boxes(pixels):
