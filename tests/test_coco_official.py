@@ -7,6 +7,8 @@ import dataclasses
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,15 +107,23 @@ def test_coco_metrics_equal_pycocotools_on_the_original_file(
     )
 
 
-def test_scoring_a_results_file_without_a_model(subset, subset_ground_truths, tmp_path):
-    from keras_scb.evaluate import score_coco_results
-
+def test_cli_scores_a_results_file_without_a_model(subset, subset_ground_truths, tmp_path):
+    """``python -m keras_scb.evaluate --score_results_json`` on the COCO split."""
     detections = _jittered_detections(subset_ground_truths, len(subset.class_names), 2)
     path = str(tmp_path / "detections.json")
     ev.write_coco_results(
         ev.coco_results(subset_ground_truths, detections, subset.category_ids), path
     )
-    results = score_coco_results(subset, path)
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(
+        [sys.executable, "-m", "keras_scb.evaluate", "--score_results_json", path,
+         "--dataset", "coco", "--data_dir", vendored.coco_subset_root(),
+         "--val_split", SPLIT, "--output_dir", str(tmp_path / "eval")],
+        cwd=repository, check=True, capture_output=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    with open(tmp_path / "eval" / "metrics.json") as f:
+        results = json.load(f)
     _assert_equal_stats(results["coco"], _pycocotools_stats(path))
 
 
