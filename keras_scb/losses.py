@@ -27,6 +27,7 @@ from keras import ops
 
 WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb")
 APPLY_TO = ("classification", "both")
+NORMALIZATIONS = ("per_image", "valid")
 
 
 def check_options(weightings=(), apply_to="classification"):
@@ -115,7 +116,8 @@ def multibox_loss(
     beta=3.0,
     neg_pos_ratio=3,
     apply_to="classification",
-    anchor_mask=None,
+    negative_mask=None,
+    normalization="per_image",
 ):
     """SSD multibox loss with per-object weights; see the module docstring.
 
@@ -123,22 +125,32 @@ def multibox_loss(
         y_true: ``(B, A, 6)`` ``[dcx, dcy, dw, dh, class_target, matched_gt]`` from
             `keras_scb.matching.encode_targets` (class_target 0 is background).
         y_pred: ``(B, A, 4 + C + 1)``: offsets, then logits with background first.
-        anchor_mask: optional ``(B, A)`` bool; anchors where it is False are neither
-            positives nor candidate negatives (RefineDet's negative anchor filtering).
+        negative_mask: optional ``(B, A)`` bool; background anchors where it is
+            False are not candidate negatives for hard negative mining. Positives
+            are not affected (RefineDet's negative anchor filtering: the authors'
+            Caffe ``MineHardExamples`` tests the ARM score only for unmatched
+            anchors, after counting every positive for the negative quota).
+        normalization: ``"per_image"``, ``N = sum_b max(P_b, 1)`` (the module
+            docstring), or ``"valid"``, ``N = max(1, sum_b P_b)`` (Caffe's
+            ``LossLayer::GetNormalizer`` in VALID mode, used by the RefineDet
+            configs).
 
     Returns:
         Scalar float32 loss.
     """
     check_options(apply_to=apply_to)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}."
+        )
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
     class_target = ops.cast(y_true[..., 4], "int32")
     matched = ops.cast(y_true[..., 5], "int32")
     positive = class_target > 0
     candidates = ops.logical_not(positive)
-    if anchor_mask is not None:
-        positive = ops.logical_and(positive, anchor_mask)
-        candidates = ops.logical_and(candidates, anchor_mask)
+    if negative_mask is not None:
+        candidates = ops.logical_and(candidates, negative_mask)
     positive_f = ops.cast(positive, "float32")
     num_pos = ops.sum(positive_f, axis=1)  # (B,)
 
@@ -173,7 +185,11 @@ def multibox_loss(
     box_weights = weights if apply_to == "both" else positive_f
     localization_loss = ops.sum(box_weights * box_loss)
 
-    normalizer = ops.stop_gradient(_global_sum(ops.sum(ops.maximum(num_pos, 1.0))))
+    if normalization == "per_image":
+        normalizer = _global_sum(ops.sum(ops.maximum(num_pos, 1.0)))
+    else:
+        normalizer = ops.maximum(_global_sum(ops.sum(num_pos)), 1.0)
+    normalizer = ops.stop_gradient(normalizer)
     return (positive_loss + negative_loss + localization_loss) / normalizer
 
 

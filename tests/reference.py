@@ -62,7 +62,7 @@ def weight(m, weighting, alpha=1.0, beta=3.0):
 
 
 def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
-                  neg_pos_ratio=3, apply_to="classification", anchor_mask=None):
+                  neg_pos_ratio=3, apply_to="classification", negative_mask=None):
     """Loops over images and anchors; float64."""
     y_true = np.asarray(y_true, np.float64)
     y_pred = np.asarray(y_pred, np.float64)
@@ -70,8 +70,8 @@ def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
     for b in range(len(y_true)):
         labels = y_true[b, :, 4].astype(int)
         matched = y_true[b, :, 5].astype(int)
-        allowed = np.ones(len(labels), bool) if anchor_mask is None else anchor_mask[b]
-        positives = [a for a in range(len(labels)) if labels[a] > 0 and allowed[a]]
+        allowed = np.ones(len(labels), bool) if negative_mask is None else negative_mask[b]
+        positives = [a for a in range(len(labels)) if labels[a] > 0]
         counts = {}
         for a in positives:
             counts[matched[a]] = counts.get(matched[a], 0) + 1

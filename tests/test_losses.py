@@ -67,11 +67,12 @@ def test_multibox_is_uniform_and_scb_differs(batch):
     assert abs(float(ScaleBalancedLoss()(y_true, y_pred)) - mb) > 1e-3
 
 
-def test_anchor_mask_excludes_anchors(batch):
+def test_negative_mask_excludes_negative_candidates_only(batch):
     y_true, y_pred = batch
     mask = np.random.default_rng(1).random(y_true.shape[:2]) > 0.3
-    got = multibox_loss(y_true, y_pred, anchor_mask=mask)
-    want = reference.multibox_loss(y_true, y_pred, anchor_mask=mask)
+    assert (~mask & (y_true[..., 4] > 0)).any(), "a masked positive must still count"
+    got = multibox_loss(y_true, y_pred, negative_mask=mask)
+    want = reference.multibox_loss(y_true, y_pred, negative_mask=mask)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
