@@ -3,33 +3,56 @@
 RefineDet (Zhang et al. 2018) outputs ``(B, A, 4 + 2 + 4 + C + 1)`` per anchor:
 ARM offsets and (background, object) logits, then ODM offsets and ``C + 1``
 logits (see `keras_scb.models.refinedet`). The loss is the sum of two SSD
-multibox losses (`keras_scb.losses.multibox_loss`), each normalised by its own
-number of positives:
+multibox losses (`keras_scb.losses.multibox_loss`), as the authors' Caffe code
+(sfzhang15/RefineDet, ``examples/refinedet/VGG16_VOC2007_320.py``: the layers
+``arm_loss`` and ``odm_loss``, both ``MultiBoxLossLayer`` with the same
+``multibox_loss_param``):
 
-* ARM: the ground truth matched to the fixed anchors, every class as "object".
+* Matching (`caffe_match_anchors`, Caffe's ``MatchBBox`` with
+  ``match_type: PER_PREDICTION``, ``overlap_threshold: 0.5``): greedy bipartite
+  matching first, then every other anchor takes its best box at IoU >= 0.5.
+* ARM: the ground truth matched to the fixed anchors, every class as "object"
+  (``GetGroundTruth`` maps labels >= 2 to 1 when ``num_classes == 2``).
 * ODM: the ARM offsets decoded into refined anchors (no gradient through them),
-  the ground truth matched to the refined anchors by the same rule (per image,
-  IoU 0.5, forced best anchors), offsets encoded against them. Negative anchor
-  filtering: anchors whose ARM background probability exceeds 0.99 are neither
-  ODM positives nor ODM negatives, as in the authors' Caffe code.
+  the ground truth matched to the refined anchors by the same rule, offsets
+  encoded against them (``CasRegFindMatches``, ``CasRegEncodeLocPrediction``).
+* Negative anchor filtering (``MineHardExamples`` with ``objectness_score:
+  0.01``): an unmatched anchor whose ARM object probability is below
+  ``1 - negative_filter_threshold`` is not a candidate negative of the ODM.
+  Positives are never filtered, and the negative quota is 3 x all positives.
+* Each step is normalised by ``max(1, sum over the batch of its positives)``
+  (``normalization: VALID``, ``LossLayer::GetNormalizer``); ``loc_weight`` is
+  ``(neg_pos_ratio + 1) / 4 = 1``.
 
 Each step has its own object weighting (``arm_weighting``, ``odm_weighting``, any
-of `keras_scb.losses.WEIGHTINGS`); the defaults, SCB on the ARM only, are the
-SCB paper's RefineDet setting.
+of `keras_scb.losses.WEIGHTINGS`, applied as `keras_scb.losses.multibox_loss`
+applies them); the defaults, SCB on the ARM only, are the SCB paper's RefineDet
+setting. ``tests/caffe_refinedet_reference.py`` is a loop transcription of the
+Caffe layer that the tests compare this loss with.
+
+Departures from the Caffe code:
+
+* Refined anchor sizes: Caffe's ``DecodeBBox`` does not bound ``exp``; here the
+  log size change is clipped to +-ln(1000/16) (torchvision's bound), so that a
+  diverging ARM cannot make infinite or zero-size anchors (NaN targets).
+* Normaliser under ``tf.distribute``: the count of positives is summed over the
+  replicas (Caffe normalises per GPU), so the loss does not depend on the
+  number of replicas.
 
 ``keras.ops`` only: it runs under the TensorFlow and JAX backends.
 """
-
 
 import keras
 from keras import ops
 
 from keras_scb.anchors import get_anchors
 from keras_scb.losses import check_options, multibox_loss
-from keras_scb.matching import _corners, encode_matches, match_anchors
+from keras_scb.matching import _argmax_first, _corners, _iou, encode_matches
 from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
 ARM_DEPTH = 6  # 4 offsets + (background, object) logits
+# Caffe's MatchBBox keeps only overlaps above this as candidate pairs.
+_MIN_OVERLAP = 1e-6
 # Bound on the decoded log size change, as torchvision's box decoding: a diverging
 # ARM must not make refined anchors of infinite or zero size (NaN targets).
 _MAX_LOG_SCALE = 4.135166556742356  # log(1000 / 16)
@@ -88,6 +111,77 @@ def refinedet_to_ssd_outputs(
     return refined, ops.concatenate([odm[..., :5], foreground], axis=-1)
 
 
+def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold=0.5):
+    """Assigns each anchor a ground-truth box by the RefineDet authors' rule.
+
+    Caffe's ``MatchBBox`` (``src/caffe/util/bbox_util.cpp``) with
+    ``PER_PREDICTION``: (1) greedy bipartite matching: repeatedly the pair
+    (box, anchor) of highest IoU among unmatched boxes and unmatched anchors
+    is matched, ties to the lowest anchor then the lowest box index, pairs of
+    IoU <= 1e-6 never; (2) every still unmatched anchor takes its best box
+    (lowest index on ties) if their IoU is >= ``iou_threshold``. Unlike the
+    ssd.pytorch rule (`keras_scb.matching.match_anchors`), two boxes that share
+    a best anchor both get one: the second takes its next best anchor.
+
+    The greedy matching is computed in rounds that each match every locally
+    dominant pair (best anchor of its box and best box of its anchor among the
+    unmatched ones); with the tie order above this gives exactly the greedy
+    result (Preis 1999), in a few rounds rather than one per box.
+
+    Args:
+        gt_boxes: ``(B, G, 4)`` float32 corners.
+        gt_classes: ``(B, G)`` int32, ``-1`` for padding rows (never matched).
+        anchor_corners: ``(A, 4)`` or ``(B, A, 4)`` float32 corners.
+        iou_threshold: Python float.
+
+    Returns:
+        ``(B, A)`` int32 index of the matched box, ``-1`` for background.
+    """
+    valid = gt_classes >= 0
+    overlaps = _iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
+    num_gt, num_anchors = ops.shape(overlaps)[1], ops.shape(overlaps)[2]
+    pairs = ops.logical_and(ops.expand_dims(valid, -1), overlaps > _MIN_OVERLAP)
+    overlaps = ops.where(pairs, overlaps, -1.0)
+    box_ids = ops.reshape(ops.arange(num_gt, dtype="int32"), (1, -1))
+
+    def unfinished(matched, box_done, progress):
+        return progress
+
+    def match_dominant_pairs(matched, box_done, progress):
+        free = ops.logical_and(
+            ops.expand_dims(ops.logical_not(box_done), -1),
+            ops.expand_dims(matched < 0, 1),
+        )
+        free_overlaps = ops.where(free, overlaps, -1.0)
+        best_anchor, best_overlap = _argmax_first(free_overlaps, 2, ops)  # (B, G)
+        best_box, _ = _argmax_first(free_overlaps, 1, ops)  # (B, A)
+        dominant = ops.logical_and(
+            best_overlap > 0.0,
+            ops.take_along_axis(best_box, best_anchor, 1) == box_ids,
+        )  # (B, G): box g and its best anchor are matched this round
+        one_hot = ops.one_hot(best_anchor, num_anchors) * ops.expand_dims(
+            ops.cast(dominant, "float32"), -1
+        )  # (B, G, A), at most one 1 per anchor
+        new_box = ops.sum(one_hot * ops.cast(ops.expand_dims(box_ids, -1), "float32"), 1)
+        newly = ops.sum(one_hot, 1) > 0
+        matched = ops.where(newly, ops.cast(new_box, "int32"), matched)
+        return matched, ops.logical_or(box_done, dominant), ops.any(dominant)
+
+    batch = ops.shape(overlaps)[0]
+    matched, _, _ = ops.while_loop(
+        unfinished,
+        match_dominant_pairs,
+        (
+            ops.full((batch, num_anchors), -1, "int32"),
+            ops.logical_not(valid),
+            ops.convert_to_tensor(True),
+        ),
+    )
+    best_box, best_overlap = _argmax_first(overlaps, 1, ops)
+    by_threshold = ops.where(best_overlap >= iou_threshold, best_box, -1)
+    return ops.where(matched >= 0, matched, by_threshold)
+
+
 def refinedet_loss(
     y_true,
     y_pred,
@@ -114,7 +208,9 @@ def refinedet_loss(
         alpha, beta, neg_pos_ratio, apply_to: as `keras_scb.losses.multibox_loss`
             (shared by both steps).
         negative_filter_threshold: ARM background probability above which an
-            anchor is left out of the ODM loss.
+            unmatched anchor is not a candidate negative of the ODM (Caffe's
+            ``objectness_score`` is ``1 -`` this: the anchor is a candidate if
+            its object probability is >= 0.01).
 
     Returns:
         Scalar float32.
@@ -124,23 +220,28 @@ def refinedet_loss(
     classes = ops.cast(y_true[..., 4], "int32")
     anchors = ops.convert_to_tensor(anchors, "float32")
     arm, odm = split_refinedet_outputs(ops.cast(y_pred, "float32"))
-    shared = dict(alpha=alpha, beta=beta, neg_pos_ratio=neg_pos_ratio, apply_to=apply_to)
+    shared = dict(
+        alpha=alpha,
+        beta=beta,
+        neg_pos_ratio=neg_pos_ratio,
+        apply_to=apply_to,
+        normalization="valid",
+    )
 
     objects = ops.where(classes >= 0, 0, -1)  # every class is "object" (target 1)
-    matched = match_anchors(boxes, objects, _corners(anchors, ops), iou_threshold, ops)
-    arm_true = encode_matches(
-        boxes, objects, anchors, matched, variances, ops
-    )
+    matched = caffe_match_anchors(boxes, objects, _corners(anchors, ops), iou_threshold)
+    arm_true = encode_matches(boxes, objects, anchors, matched, variances, ops)
     arm_loss = multibox_loss(arm_true, arm, weighting=arm_weighting, **shared)
 
     refined = ops.stop_gradient(refine_anchors(arm[..., :4], anchors, variances))
-    matched = match_anchors(boxes, classes, _corners(refined, ops), iou_threshold, ops)
-    odm_true = encode_matches(
-        boxes, classes, refined, matched, variances, ops
-    )
-    kept = arm_background_probability(arm) <= negative_filter_threshold
+    matched = caffe_match_anchors(boxes, classes, _corners(refined, ops), iou_threshold)
+    odm_true = encode_matches(boxes, classes, refined, matched, variances, ops)
+    # MineHardExamples: `arm_conf_data[... 2 * m + 1] >= objectness_score`, the
+    # softmax object probability, tested for unmatched anchors only.
+    object_probability = ops.softmax(ops.cast(arm[..., 4:], "float32"), axis=-1)[..., 1]
+    candidates = object_probability >= 1.0 - negative_filter_threshold
     odm_loss = multibox_loss(
-        odm_true, odm, weighting=odm_weighting, anchor_mask=kept, **shared
+        odm_true, odm, weighting=odm_weighting, negative_mask=candidates, **shared
     )
     return arm_loss + odm_loss
 

@@ -1,4 +1,5 @@
-"""RefineDet: network shape, training, saving, and its loss against a numpy loop reference."""
+"""RefineDet: network shape, training, saving, and its loss against a loop
+transcription of the authors' Caffe layer (tests/caffe_refinedet_reference.py)."""
 
 import json
 import math
@@ -8,12 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import reference
+import caffe_refinedet_reference as caffe
 from keras_scb.anchors import AnchorSpec, get_anchor_spec, get_anchors
 from keras_scb.losses import WEIGHTINGS, multibox_loss
+from keras_scb.matching import _corners, encode_matches
 from keras_scb.models import Detector, build_detector
 from keras_scb.refinedet_loss import (
     RefineDetLoss,
+    caffe_match_anchors,
     refine_anchors,
     refinedet_loss,
     refinedet_to_ssd_outputs,
@@ -22,9 +25,6 @@ from keras_scb.refinedet_loss import (
 NUM_CLASSES = 3
 DEPTH = 4 + 2 + 4 + NUM_CLASSES + 1
 VARIANCES = (0.1, 0.2)
-
-
-# ---------------------------------------------------------------- reference
 
 
 def refine(offsets, anchors):
@@ -36,47 +36,15 @@ def refine(offsets, anchors):
     return out
 
 
-def ssd_targets(boxes, classes, anchors):
-    """(A, 6) [offsets, class_target, matched] by the authors' loop."""
-    matched, _ = reference.match(boxes, classes, anchors)
-    targets = np.zeros((len(anchors), 6))
-    targets[:, 5] = matched
-    for a, g in enumerate(matched):
-        if g >= 0:
-            targets[a, :4] = reference.encode(boxes[g], anchors[a], VARIANCES)
-            targets[a, 4] = classes[g] + 1
-    return targets
-
-
 def background_probability(logits):
     logits = np.asarray(logits, np.float64)
     return 1.0 / (1.0 + math.exp(logits[1] - logits[0]))
 
 
-def reference_loss(y_true, y_pred, anchors, arm_weighting="scb", odm_weighting="uniform",
-                   apply_to="classification", threshold=0.99):
-    """Returns (loss, number of ODM positives removed by negative anchor filtering)."""
-    anchors = np.asarray(anchors, np.float64)
-    arm_true, odm_true, keep = [], [], []
-    for b in range(len(y_true)):
-        boxes, classes = y_true[b, :, :4], y_true[b, :, 4].astype(int)
-        objects = np.where(classes >= 0, 0, -1)
-        arm_true.append(ssd_targets(boxes, objects, anchors))
-        refined = refine(y_pred[b, :, :4], anchors)
-        odm_true.append(ssd_targets(boxes, classes, refined))
-        keep.append([background_probability(y_pred[b, a, 4:6]) <= threshold
-                     for a in range(len(anchors))])
-    arm_true, odm_true, keep = map(np.array, (arm_true, odm_true, keep))
-    arm = reference.multibox_loss(arm_true, y_pred[..., :6], arm_weighting, apply_to=apply_to)
-    odm = reference.multibox_loss(odm_true, y_pred[..., 6:], odm_weighting, apply_to=apply_to,
-                                  anchor_mask=keep)
-    filtered_positives = int(np.sum((odm_true[..., 4] > 0) & ~keep))
-    return arm + odm, filtered_positives
-
-
 def tiny_problem(seed=0, num_anchors=40):
-    """Two images, random anchors, 3 and 2 boxes (+ padding); a third of the
-    anchors (and the best anchor of each box) confidently background in the ARM."""
+    """Two images, random anchors, 3 and 2 boxes (+ padding); the second box of
+    image 0 is a shifted copy of the first, so they often share a best anchor; a
+    third of the anchors are confidently background in the ARM (P > 0.99)."""
     rng = np.random.default_rng(seed)
     anchors = np.concatenate(
         [rng.uniform(0.15, 0.85, (num_anchors, 2)), rng.uniform(0.05, 0.5, (num_anchors, 2))], 1
@@ -88,6 +56,7 @@ def tiny_problem(seed=0, num_anchors=40):
             lo = rng.uniform(0.0, 0.6, 2)
             y_true[b, g, :4] = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, 2)])
             y_true[b, g, 4] = rng.integers(0, NUM_CLASSES)
+    y_true[0, 1, :4] = y_true[0, 0, :4] + rng.uniform(-0.02, 0.02, 4)
     y_pred = rng.normal(size=(2, num_anchors, DEPTH)).astype(np.float32)
     y_pred[..., :4] *= 0.5  # refined anchors stay near the anchors
     filtered = rng.random((2, num_anchors)) < 1 / 3
@@ -100,29 +69,73 @@ def loss_value(y_true, y_pred, anchors, **kwargs):
     return float(keras.ops.convert_to_numpy(refinedet_loss(y_true, y_pred, anchors, **kwargs)))
 
 
+def odm_matches(y_true, y_pred, anchors, b):
+    """The Caffe reference's ODM matching of image ``b``: (match_indices, priors)."""
+    gt = caffe.get_ground_truth(y_true, 2)[b]
+    anchors = np.asarray(anchors, np.float64)
+    corners = np.concatenate([anchors[:, :2] - anchors[:, 2:] / 2,
+                              anchors[:, :2] + anchors[:, 2:] / 2], axis=1)
+    refined = [caffe.decode_bbox(p, l) for p, l in zip(corners, y_pred[b, :, :4])]
+    return caffe.match_bbox([box for box, _ in gt], refined)[0]
+
+
 # ---------------------------------------------------------------- loss
 
 
 @pytest.mark.parametrize(
     "arm_weighting, odm_weighting, apply_to",
-    [("scb", "uniform", "classification"), ("uniform", "scb", "both"),
+    [("uniform", "uniform", "classification"),  # plain RefineDet
+     ("scb", "uniform", "classification"),  # SCB on the ARM (the paper's setting)
+     ("scb", "scb", "classification"),  # SCB on both steps
+     ("scb", "scb", "both"),
      ("inverse_sqrt", "inverse_log", "classification")],
 )
-@pytest.mark.parametrize("seed", [0, 1])
-def test_loss_matches_loop_reference(arm_weighting, odm_weighting, apply_to, seed):
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_loss_matches_caffe_reference(arm_weighting, odm_weighting, apply_to, seed):
     y_true, y_pred, anchors = tiny_problem(seed)
-    want, filtered_positives = reference_loss(y_true, y_pred, anchors, arm_weighting,
-                                              odm_weighting, apply_to)
+    want = caffe.refinedet_loss(y_true, y_pred, anchors, arm_weighting, odm_weighting, apply_to)
     got = loss_value(y_true, y_pred, anchors, arm_weighting=arm_weighting,
                      odm_weighting=odm_weighting, apply_to=apply_to)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert filtered_positives > 0, "the problem must exercise the filtering of positives"
 
 
-def test_negative_anchor_filtering_changes_the_loss_as_the_reference():
+def test_problems_exercise_filtered_positives_and_shared_best_anchors():
+    """The seeds above cover what the Caffe layer does differently from SSD."""
+    filtered_positives = shared = 0
+    for seed in range(4):
+        y_true, y_pred, anchors = tiny_problem(seed)
+        for b in range(2):
+            matches = np.array(odm_matches(y_true, y_pred, anchors, b))
+            filtered = np.array([background_probability(l) > 0.99 for l in y_pred[b, :, 4:6]])
+            filtered_positives += int(np.sum((matches >= 0) & filtered))
+        boxes = y_true[0, :2, :4]
+        refined = refine(y_pred[0, :, :4], anchors)
+        corners = np.concatenate([refined[:, :2] - refined[:, 2:] / 2,
+                                  refined[:, :2] + refined[:, 2:] / 2], axis=1)
+        best = [np.argmax([caffe.jaccard_overlap(c, box) for c in corners]) for box in boxes]
+        shared += int(best[0] == best[1])
+    assert filtered_positives > 0 and shared > 0
+
+
+def test_filtered_positive_still_contributes_to_the_odm_loss():
+    """Caffe's MineHardExamples filters candidate negatives only: a positive whose
+    ARM background probability is above 0.99 keeps its ODM loss."""
+    y_true, y_pred, anchors = tiny_problem(0)
+    matches = np.array(odm_matches(y_true, y_pred, anchors, 0))
+    anchor = int(np.flatnonzero(matches >= 0)[0])
+    y_pred[0, anchor, 4:6] = [8.0, -8.0]  # background probability 1 - 1e-7
+    changed = y_pred.copy()
+    changed[0, anchor, 6:] += 1.5  # its ODM offsets and logits
+    for pred in (y_pred, changed):
+        np.testing.assert_allclose(loss_value(y_true, pred, anchors),
+                                   caffe.refinedet_loss(y_true, pred, anchors), rtol=1e-5)
+    assert abs(loss_value(y_true, changed, anchors) - loss_value(y_true, y_pred, anchors)) > 1e-3
+
+
+def test_negative_anchor_filtering_threshold():
     y_true, y_pred, anchors = tiny_problem(2)
-    filtered, _ = reference_loss(y_true, y_pred, anchors)
-    unfiltered, _ = reference_loss(y_true, y_pred, anchors, threshold=1.0)
+    filtered = caffe.refinedet_loss(y_true, y_pred, anchors)
+    unfiltered = caffe.refinedet_loss(y_true, y_pred, anchors, objectness_score=0.0)
     assert abs(filtered - unfiltered) > 1e-3 * abs(unfiltered)
     np.testing.assert_allclose(loss_value(y_true, y_pred, anchors), filtered, rtol=1e-5)
     np.testing.assert_allclose(
@@ -130,29 +143,58 @@ def test_negative_anchor_filtering_changes_the_loss_as_the_reference():
     )
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_matching_is_caffes_greedy_bipartite_then_per_prediction(seed):
+    """Crowded boxes (many share a best anchor) on a coarse anchor set."""
+    rng = np.random.default_rng(seed)
+    anchors = np.concatenate([rng.uniform(0.2, 0.8, (30, 2)), rng.uniform(0.1, 0.6, (30, 2))], 1)
+    centre = rng.uniform(0.3, 0.7, 2)
+    y_true = np.full((3, 8, 5), -1.0, np.float32)
+    for b, n in enumerate((8, 5, 0)):
+        for g in range(n):
+            c = centre + rng.normal(0, 0.05, 2)
+            size = rng.uniform(0.1, 0.4, 2)
+            y_true[b, g] = [*(c - size / 2), *(c + size / 2), rng.integers(0, NUM_CLASSES)]
+    y_true[0, 3, 4] = -1  # padding between real rows never matches
+    got = keras.ops.convert_to_numpy(caffe_match_anchors(
+        y_true[..., :4], y_true[..., 4].astype(np.int32), _corners(anchors.astype(np.float32), np)
+    ))
+    corners = _corners(anchors, np)
+    for b in range(3):
+        rows = [g for g in range(8) if y_true[b, g, 4] >= 0]
+        want, _ = caffe.match_bbox([y_true[b, g, :4].astype(np.float64) for g in rows], corners)
+        np.testing.assert_array_equal(got[b], [rows[m] if m >= 0 else -1 for m in want])
+    assert len(set(got[0][got[0] >= 0])) == 7, "every box has an anchor"
+
+
+def test_normaliser_is_the_positives_of_the_batch():
+    """Caffe's VALID normalisation: max(1, matches over the batch); an image
+    without boxes adds nothing to it (nor negatives: its quota is 0)."""
+    y_true, y_pred, anchors = tiny_problem(4)
+    y_true[1, :, 4] = -1
+    want = caffe.refinedet_loss(y_true, y_pred, anchors)
+    np.testing.assert_allclose(loss_value(y_true, y_pred, anchors), want, rtol=1e-5)
+    y_true[0, :, 4] = -1
+    assert loss_value(y_true, y_pred, anchors) == 0.0
+
+
 def test_arm_outputs_get_gradients_from_the_arm_loss_only():
     """Refined anchors and the filtering probability are constants for the ODM loss."""
     y_true, y_pred, anchors = tiny_problem(3)
-    arm_true = np.stack([
-        ssd_targets(y_true[b, :, :4], np.where(y_true[b, :, 4] >= 0, 0, -1), anchors)
-        for b in range(len(y_true))
-    ]).astype(np.float32)
+    boxes, classes = y_true[..., :4], y_true[..., 4].astype(np.int32)
+    objects = np.where(classes >= 0, 0, -1).astype(np.int32)
+    matched = caffe_match_anchors(boxes, objects, _corners(anchors, np))
+    arm_true = encode_matches(boxes, objects, anchors, matched, VARIANCES, keras.ops)
     y_pred = tf.constant(y_pred)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(y_pred)
         total = refinedet_loss(y_true, y_pred, anchors)
-        arm_only = multibox_loss(arm_true, y_pred[..., :6], weighting="scb")
+        arm_only = multibox_loss(arm_true, y_pred[..., :6], weighting="scb",
+                                 normalization="valid")
     total_grad = tape.gradient(total, y_pred).numpy()
     arm_grad = tape.gradient(arm_only, y_pred).numpy()
     np.testing.assert_allclose(total_grad[..., :6], arm_grad[..., :6], rtol=1e-5, atol=1e-7)
     assert np.abs(total_grad[..., 6:]).max() > 0
-
-
-def test_images_without_boxes_give_finite_loss():
-    y_true, y_pred, anchors = tiny_problem(4)
-    y_true[1, :, 4] = -1
-    want, _ = reference_loss(y_true, y_pred, anchors)
-    np.testing.assert_allclose(loss_value(y_true, y_pred, anchors), want, rtol=1e-5)
 
 
 def test_loss_config_round_trip():
@@ -173,12 +215,16 @@ def test_loss_config_round_trip():
 
 
 _JAX_SCRIPT = """
-import json, numpy as np, keras
+import json, jax, numpy as np, keras
 from keras_scb.refinedet_loss import refinedet_loss
 assert keras.backend.backend() == "jax"
 data = np.load({path!r})
 values = {{w: float(refinedet_loss(data["y_true"], data["y_pred"], data["anchors"],
                                    arm_weighting=w, odm_weighting=w)) for w in {weightings!r}}}
+# The matching's while loop must not block reverse-mode differentiation.
+grad = jax.jit(jax.grad(lambda p: refinedet_loss(data["y_true"], p, data["anchors"])))(
+    data["y_pred"])
+values["grad"] = np.asarray(grad).ravel().tolist()
 print(json.dumps(values))
 """
 
@@ -190,11 +236,18 @@ def test_jax_backend_matches_tensorflow(tmp_path, python_subprocess):
     out = python_subprocess(_JAX_SCRIPT.format(path=path, weightings=WEIGHTINGS),
                             env={"KERAS_BACKEND": "jax"})
     jax_values = json.loads(out.strip().splitlines()[-1])
+    jax_grad = np.reshape(jax_values.pop("grad"), y_pred.shape)
     assert sorted(jax_values) == sorted(WEIGHTINGS)
     for weighting, value in jax_values.items():
         tf_value = loss_value(y_true, y_pred, anchors, arm_weighting=weighting,
                               odm_weighting=weighting)
         np.testing.assert_allclose(value, tf_value, rtol=1e-5)
+    y_pred = tf.constant(y_pred)
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        total = refinedet_loss(y_true, y_pred, anchors)
+    np.testing.assert_allclose(jax_grad, tape.gradient(total, y_pred).numpy(),
+                               rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------- decoding helper
