@@ -167,6 +167,20 @@ def test_matching_is_caffes_greedy_bipartite_then_per_prediction(seed):
     assert len(set(got[0][got[0] >= 0])) == 7, "every box has an anchor"
 
 
+def test_matching_ties_follow_caffes_scan_order():
+    """Equal overlaps: Caffe's scan takes the lowest anchor, then the lowest box;
+    a box whose best anchor is taken gets its next best (ssd.pytorch: none)."""
+    anchors = np.array([[0.3, 0.3, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2], [0.32, 0.3, 0.2, 0.2],
+                        [0.7, 0.7, 0.2, 0.2]], np.float32)
+    box = [0.2, 0.2, 0.4, 0.4]
+    y_true = np.array([[[*box, 0], [*box, 1], [*box, 2]]], np.float32)
+    got = keras.ops.convert_to_numpy(caffe_match_anchors(
+        y_true[..., :4], y_true[..., 4].astype(np.int32), _corners(anchors, np)))
+    want, _ = caffe.match_bbox([np.float64(box)] * 3, _corners(np.float64(anchors), np))
+    np.testing.assert_array_equal(got[0], want)
+    np.testing.assert_array_equal(want, [0, 1, 2, -1])
+
+
 def test_normaliser_is_the_positives_of_the_batch():
     """Caffe's VALID normalisation: max(1, matches over the batch); an image
     without boxes adds nothing to it (nor negatives: its quota is 0)."""
