@@ -14,10 +14,14 @@ Default semantics follow the authors' code, not the paper's Eq. 2:
 * Both terms are divided by ``N = sum_b max(P_b, 1)``, the *unweighted* number of
   positive anchors. Under ``tf.distribute``, ``N`` is summed over replicas, so the
   loss and its gradients do not depend on the number of replicas (the authors'
-  code normalises per GPU).
+  code normalises per GPU). ``normalization="valid"`` divides by
+  ``max(1, sum_b P_b)`` instead, as the Caffe ``MultiBoxLossLayer`` of the
+  RefineDet authors (`keras_scb.refinedet_loss`).
 
 Hard negative mining keeps, per image, the ``min(neg_pos_ratio * P_b, #negatives)``
-negatives with the largest cross-entropy; negatives have weight 1.
+negatives with the largest cross-entropy; negatives have weight 1. An optional
+``negative_mask`` removes anchors from the candidate negatives (RefineDet's
+negative anchor filtering), never from the positives.
 
 Written with ``keras.ops`` only: it imports and runs without TensorFlow.
 """

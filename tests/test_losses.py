@@ -76,6 +76,21 @@ def test_negative_mask_excludes_negative_candidates_only(batch):
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
+def test_valid_normalization_counts_positives_over_the_batch(batch):
+    """Caffe's VALID mode: max(1, sum_b P_b); an image without positives adds 0."""
+    y_true, y_pred = batch
+    y_true = y_true.copy()
+    y_true[0, :, 4:] = [0, -1]  # image 0: every anchor background
+    positives = (y_true[..., 4] > 0).sum(axis=1)
+    assert positives.sum() > 0
+    per_image = reference.multibox_loss(y_true, y_pred)  # / sum_b max(P_b, 1)
+    got = multibox_loss(y_true, y_pred, normalization="valid")
+    want = per_image * np.maximum(positives, 1).sum() / positives.sum()
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalization"):
+        multibox_loss(y_true, y_pred, normalization="batch")
+
+
 def test_matched_anchor_counts_brute_force(batch):
     y_true, _ = batch
     matched = y_true[..., 5].astype(np.int32)
