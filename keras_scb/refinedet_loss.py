@@ -35,6 +35,9 @@ Departures from the Caffe code:
 * Refined anchor sizes: Caffe's ``DecodeBBox`` does not bound ``exp``; here the
   log size change is clipped to +-ln(1000/16) (torchvision's bound), so that a
   diverging ARM cannot make infinite or zero-size anchors (NaN targets).
+* ``neg_overlap`` is not a separate parameter: an unmatched anchor (best IoU
+  below ``iou_threshold``) is eligible as a negative, which is Caffe's rule
+  when ``neg_overlap == overlap_threshold`` (0.5 in every RefineDet config).
 * Normaliser under ``tf.distribute``: the count of positives is summed over the
   replicas (Caffe normalises per GPU), so the loss does not depend on the
   number of replicas.
@@ -111,7 +114,7 @@ def refinedet_to_ssd_outputs(
     return refined, ops.concatenate([odm[..., :5], foreground], axis=-1)
 
 
-def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold=0.5):
+def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: float = 0.5):
     """Assigns each anchor a ground-truth box by the RefineDet authors' rule.
 
     Caffe's ``MatchBBox`` (``src/caffe/util/bbox_util.cpp``) with
