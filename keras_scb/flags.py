@@ -34,9 +34,16 @@ def define_model_flags():
     flags.DEFINE_integer("num_classes", 0,
                          "Foreground classes. 0 takes the dataset's; any other value must equal it.")
     flags.DEFINE_string("backbone_weights", None,
-                        "None uses the model's default (vendored ImageNet weights for "
-                        "MobileNetV2 1.0, random otherwise); 'imagenet' downloads Keras's "
-                        "(needs internet); 'none' forces random; or a .weights.h5 path.")
+                        "Unset: the model's default (vendored ImageNet weights for "
+                        "MobileNetV2 1.0, random otherwise). 'imagenet': Keras's ImageNet "
+                        "file from its cache ~/.keras/models/ ($KERAS_HOME/models/), "
+                        "downloaded there when online; offline without it the run stops "
+                        "before reading data, naming the file. VGG16 detectors (SSD, FSSD, "
+                        "RefineDet) load conv1_1..conv5_3 and fc6/fc7 subsampled from fc1/fc2 "
+                        "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, the with-top file); "
+                        "DSSD loads ResNet-101 (resnet101_weights_tf_dim_ordering_tf_kernels"
+                        "_notop.h5). A path: that file (the same Keras file, or a .weights.h5 "
+                        "of the keras.applications model). 'none': random.")
     flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width (alpha) of SSDLite models.")
     flags.DEFINE_float("bn_momentum", None, "BatchNorm momentum of models that take it.")
     flags.DEFINE_string("anchors", None, "Anchor preset overriding the model's default "
@@ -60,6 +67,14 @@ def model_kwargs():
     if FLAGS.anchors is not None:
         kwargs["anchors"] = FLAGS.anchors
     return kwargs
+
+
+def check_backbone_weights():
+    """Fails before any data is read if --backbone_weights cannot be loaded
+    (a missing file; 'imagenet' offline without Keras's cached file)."""
+    from keras_scb.models.backbones import check_backbone_weights as check
+
+    check(FLAGS.model, model_kwargs().get("backbone_weights"))
 
 
 def check_model_name():

@@ -208,6 +208,10 @@ def _check_flags():
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
     common_flags.check_model_name()
+    try:  # 'imagenet' offline must stop the run here, before any data is read
+        common_flags.check_backbone_weights()
+    except (ValueError, RuntimeError) as error:
+        raise app.UsageError(str(error)) from None
     if FLAGS.loss == "refinedet" and not FLAGS.model.startswith("refinedet"):
         raise app.UsageError(f"--loss=refinedet needs a RefineDet --model; got {FLAGS.model!r}.")
     if FLAGS.model.startswith("refinedet") and FLAGS.loss != "refinedet":

@@ -139,8 +139,8 @@ def resnet101_backbone(image_size, weights=None):
     """keras's ResNet-101 cut at its stride-8, 16 and 32 stage outputs.
 
     Args:
-        weights: ``None``, ``"imagenet"`` (download; clear error without internet)
-            or a path to ``include_top=False`` ResNet-101 weights.
+        weights: ``None``, ``"imagenet"`` or a path to ``include_top=False``
+            ResNet-101 weights; see `backbones.resnet101`.
 
     Returns:
         Functional model ``(B, S, S, 3)`` Caffe-normalised BGR -> ``[conv3 (512

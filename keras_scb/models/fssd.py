@@ -70,7 +70,8 @@ def fssd_vgg16(
         num_classes: foreground classes ``C``.
         image_size: 300 or 512.
         anchors: preset name or `AnchorSpec`; default ``f"ssd{image_size}"``.
-        backbone_weights: ``None``, ``"imagenet"`` or a VGG16 no-top weights file.
+        backbone_weights: ``None``, ``"imagenet"`` or a with-top VGG16 weights
+            file; see `ssd.load_vgg16_weights`.
         bn_momentum: momentum of the fusion and pyramid BatchNorms.
 
     Returns:

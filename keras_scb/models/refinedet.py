@@ -98,8 +98,8 @@ def refinedet_vgg16(num_classes, image_size, anchors=None, backbone_weights=None
         num_classes: foreground classes ``C``.
         image_size: 320 or 512 (any multiple of 64 whose maps fit ``anchors``).
         anchors: preset name or `AnchorSpec`; default ``f"refinedet{image_size}"``.
-        backbone_weights: ``None``, ``"imagenet"`` or a VGG16 no-top weights file
-            (conv layers only, as for SSD).
+        backbone_weights: ``None``, ``"imagenet"`` or a with-top VGG16 weights
+            file; see `ssd.load_vgg16_weights`.
 
     Returns:
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` ->
@@ -128,7 +128,7 @@ def refinedet_vgg16(num_classes, image_size, anchors=None, backbone_weights=None
         num_classes=num_classes,
         name=f"refinedet{image_size}",
     )
-    load_vgg16_weights(model, image_size, backbone_weights)
+    load_vgg16_weights(model, backbone_weights)
     return model
 
 

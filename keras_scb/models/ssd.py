@@ -71,20 +71,31 @@ def vgg16_trunk(images):
     return conv4_3, fc7
 
 
-def load_vgg16_weights(model, image_size, weights):
-    """Copies keras's VGG16 conv weights into the ``blockB_convN`` layers of ``model``.
+def load_vgg16_weights(model: keras.Model, weights: str | None) -> None:
+    """Initialises ``model``'s VGG16 trunk from ImageNet VGG16, as SSD's authors did.
+
+    conv1_1..conv5_3 (layers ``blockB_convN``) are copied; ``fc6``/``fc7`` get
+    VGG16's fc1/fc2 subsampled (`backbones.reduced_fc6_fc7`), the reduced VGG16
+    that SSD, FSSD and RefineDet start from. The other layers keep their
+    initialisers.
 
     Args:
-        weights: ``None`` (nothing to do), ``"imagenet"`` or a weights file of
-            ``keras.applications.VGG16(include_top=False)``. fc6/fc7 stay random:
-            keras's no-top VGG16 has no fully connected weights to subsample.
+        model: has the ``blockB_convN`` layers and a 3x3x512x1024 ``fc6`` and a
+            1x1x1024x1024 ``fc7`` conv.
+        weights: ``None`` (nothing to do), ``"imagenet"`` or a with-top VGG16
+            weights file; see `backbones.vgg16_with_top`.
     """
     if weights is None:
         return
-    source = backbones.vgg16(image_size, weights)
+    source = backbones.vgg16_with_top(weights)
     for layer in source.layers:
         if layer.weights and "_conv" in layer.name:
             model.get_layer(layer.name).set_weights(layer.get_weights())
+    fc6, fc7 = backbones.reduced_fc6_fc7(
+        source.get_layer("fc1").get_weights(), source.get_layer("fc2").get_weights()
+    )
+    model.get_layer("fc6").set_weights(fc6)
+    model.get_layer("fc7").set_weights(fc7)
 
 
 def padded_conv(x, filters, stride, padding, kernel, name, **conv_kwargs):
@@ -113,7 +124,8 @@ def ssd_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
         image_size: 300 or 512.
         anchors: preset name or `AnchorSpec`; default ``f"ssd{image_size}"``
             (pass ``"ssd300_coco"`` / ``"ssd512_coco"`` for the COCO scales).
-        backbone_weights: ``None``, ``"imagenet"`` or a VGG16 no-top weights file.
+        backbone_weights: ``None``, ``"imagenet"`` or a with-top VGG16 weights
+            file; see `load_vgg16_weights`.
 
     Returns:
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
@@ -144,7 +156,7 @@ def vgg16_detector(images, features, anchors, num_classes, name, backbone_weight
     model = Detector(
         images, outputs, anchor_spec=anchors, num_classes=num_classes, name=name
     )
-    load_vgg16_weights(model, images.shape[1], backbone_weights)
+    load_vgg16_weights(model, backbone_weights)
     return model
 
 
