@@ -146,12 +146,3 @@ def test_backbone_weights_from_a_file(tmp_path):
             np.testing.assert_array_equal(want, got)
     with pytest.raises(ValueError, match="backbone_weights"):
         resnet101_backbone(64, str(tmp_path / "missing.weights.h5"))
-
-
-def test_imagenet_download_failure_is_explained(monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
-    with pytest.raises(RuntimeError, match="needs internet"):
-        build_detector("dssd321", NUM_CLASSES, backbone_weights="imagenet")

@@ -166,23 +166,12 @@ def test_mobilenet_v2_default_weights_are_the_vendored_ones():
         build_detector("mobilenetv2-ssdlite300", NUM_CLASSES, alpha=0.5, backbone_weights="vendored")
 
 
-def test_vgg_weights_from_a_file(tmp_path):
-    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(300, 300, 3))
-    path = str(tmp_path / "vgg16.weights.h5")
-    source.save_weights(path)
-    model = build_detector("fssd300", NUM_CLASSES, backbone_weights=path)
-    for name in ("block1_conv1", "block4_conv3", "block5_conv3"):
-        for w, g in zip(source.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
-            np.testing.assert_array_equal(w, g)
-
-
 def test_imagenet_download_failure_is_explained(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
 
     monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
-    with pytest.raises(RuntimeError, match="needs internet"):
-        build_detector("ssd300", NUM_CLASSES, backbone_weights="imagenet")
+    # The VGG16 and ResNet-101 files: tests/test_pretrained.py.
     with pytest.raises(RuntimeError, match="needs internet"):
         build_detector("mobilenetv2-ssdlite300", NUM_CLASSES, backbone_weights="imagenet")
 
