@@ -233,3 +233,10 @@ def test_l2_norm_and_new_layer_initialisers_follow_the_references():
         # (not Caffe's "xavier" sqrt(3 / fan_in), nor He's); float32 rounding aside.
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         assert 0.99 * limit <= np.abs(kernel).max() <= limit * (1 + 1e-6), layer.name
+
+
+def test_every_detector_with_an_imagenet_backbone_file_is_checked_at_start_up():
+    from keras_scb.models import available_detectors
+
+    unchecked = set(available_detectors()) - set(backbones._IMAGENET_FILES)
+    assert unchecked and all(name.startswith("mobilenetv2") for name in unchecked), unchecked

@@ -10,6 +10,7 @@ application model (see each builder for which one), or ``"vendored"``
 
 import dataclasses
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -48,10 +49,25 @@ RESNET101_NO_TOP = KerasImageNetFile(
 def keras_cache_dir() -> str:
     """Where ``keras.utils.get_file`` keeps application weights (``cache_subdir="models"``)."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    if not os.access(home, os.W_OK):  # Keras's own fallback for an unwritable home
+        home = os.path.join(tempfile.gettempdir(), ".keras")
     return os.path.join(home, "models")
 
 
-def weights_path(weights: str, imagenet_file: KerasImageNetFile) -> str:
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _existing_file(weights: str) -> str:
+    if not os.path.isfile(weights):
+        raise ValueError(
+            f"backbone_weights must be None, 'imagenet' or an existing weights "
+            f"file; got {weights!r}."
+        )
+    return weights
+
+
+def weights_path(weights: str, imagenet_file: KerasImageNetFile | None) -> str:
     """A local file for ``weights``: itself if a path, Keras's cached file for ``"imagenet"``.
 
     ``"imagenet"`` takes ``imagenet_file`` from Keras's cache (md5-checked), or
@@ -63,13 +79,8 @@ def weights_path(weights: str, imagenet_file: KerasImageNetFile) -> str:
         RuntimeError: ``"imagenet"`` with no cached file and no internet; the
             one-line message names the file, the cache folder and the alternative.
     """
-    if weights != "imagenet":
-        if not os.path.isfile(weights):
-            raise ValueError(
-                f"backbone_weights must be None, 'imagenet' or an existing weights "
-                f"file; got {weights!r}."
-            )
-        return weights
+    if weights != "imagenet" or imagenet_file is None:
+        return _existing_file(weights)
     cache = keras_cache_dir()
     try:
         return keras.utils.get_file(
@@ -80,22 +91,18 @@ def weights_path(weights: str, imagenet_file: KerasImageNetFile) -> str:
             file_hash=imagenet_file.md5,
         )
     except Exception as error:
-        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RuntimeError(
             f"backbone_weights='imagenet' needs {imagenet_file.file_name} in Keras's "
-            f"cache {cache}/ and downloading it needs internet ({cause}): copy the "
-            f"file from {imagenet_file.origin} there, or pass its path as "
+            f"cache {cache}/ and downloading it needs internet ({_first_line(error)}): "
+            f"copy the file from {imagenet_file.origin} there, or pass its path as "
             f"--backbone_weights=PATH."
         ) from error
 
 
 def _application(constructor, weights, **kwargs):
     """``constructor(include_top=False, weights=weights, **kwargs)`` with clear errors."""
-    if weights not in (None, "imagenet") and not os.path.exists(weights):
-        raise ValueError(
-            f"backbone_weights must be None, 'imagenet' or an existing weights "
-            f"file; got {weights!r}."
-        )
+    if weights not in (None, "imagenet"):
+        _existing_file(weights)
     try:
         return constructor(include_top=False, weights=weights, **kwargs)
     except Exception as error:
@@ -152,12 +159,11 @@ def vgg16_with_top(weights: str) -> keras.Model:
     try:
         model.load_weights(path)
     except Exception as error:
-        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
             f"backbone_weights={path!r} is not a with-top VGG16 weights file "
             f"({VGG16_WITH_TOP.file_name}, or the .weights.h5 of "
             f"keras.applications.VGG16(include_top=True)); SSD's fc6/fc7 are "
-            f"subsampled from its fc1/fc2 ({cause})."
+            f"subsampled from its fc1/fc2 ({_first_line(error)})."
         ) from error
     return model
 
