@@ -240,3 +240,11 @@ def test_every_detector_with_an_imagenet_backbone_file_is_checked_at_start_up():
 
     unchecked = set(available_detectors()) - set(backbones._IMAGENET_FILES)
     assert unchecked and all(name.startswith("mobilenetv2") for name in unchecked), unchecked
+
+
+@pytest.mark.parametrize("weights", ["/nonexistent/vgg16.h5", "vendored"])
+def test_a_bad_backbone_weights_value_is_named_at_start_up(weights):
+    with pytest.raises(ValueError, match=f"got {weights!r}"):
+        backbones.check_backbone_weights("ssd300", weights)
+    backbones.check_backbone_weights("ssd300", None)
+    backbones.check_backbone_weights("mobilenetv2-ssdlite300", "vendored")

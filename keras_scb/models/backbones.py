@@ -238,8 +238,8 @@ def check_backbone_weights(model_name: str, weights: str | None) -> None:
     Finds (or downloads) the ImageNet file of ``model_name`` for ``"imagenet"``
     and checks that a path exists; see `weights_path` for the errors.
     """
-    if weights is None or weights == "vendored":
-        return
     imagenet_file = _IMAGENET_FILES.get(model_name)
-    if imagenet_file is not None or weights != "imagenet":
+    if imagenet_file is None and weights in (None, "imagenet", "vendored"):
+        return  # MobileNetV2: Keras (or the vendored file) resolves these
+    if weights is not None:
         weights_path(weights, imagenet_file)
