@@ -33,7 +33,11 @@ class AnchorSpec:
         aspect_ratios: per map, the ratios ``r > 1``; each adds ``r`` and ``1/r``.
         steps: per map, the pixel stride between anchor centres; ``None`` means
             ``image_size / feature_map_size`` (centres spread evenly over the image).
-        clip: clip ``[cx, cy, w, h]`` to ``[0, 1]``, as the SSD authors do.
+        clip: clip ``[cx, cy, w, h]`` to ``[0, 1]`` (ssd.pytorch and PytorchSSD
+            do; the Caffe SSD, RefineDet and DSSD configs do not).
+        offsets: per map, the pixel position of the first centre (centres are
+            ``offset + i * step``); ``None`` means ``step / 2``. DSSD places them
+            at the receptive-field centres of its cells.
     """
 
     image_size: int
@@ -43,6 +47,7 @@ class AnchorSpec:
     aspect_ratios: Tuple[Tuple[float, ...], ...]
     steps: Optional[Tuple[float, ...]] = None
     clip: bool = True
+    offsets: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         n = len(self.feature_map_sizes)
@@ -51,6 +56,8 @@ class AnchorSpec:
             fields["max_sizes"] = self.max_sizes
         if self.steps is not None:
             fields["steps"] = self.steps
+        if self.offsets is not None:
+            fields["offsets"] = self.offsets
         for name, value in fields.items():
             if len(value) != n:
                 raise ValueError(
@@ -77,7 +84,10 @@ class AnchorSpec:
         )
 
 
-def _ssd_spec(image_size, maps, min_sizes, max_sizes, ratios, steps=None):
+def _ssd_spec(
+    image_size, maps, min_sizes, max_sizes, ratios, steps=None, clip=True,
+    offsets=None,
+):
     return AnchorSpec(
         image_size=image_size,
         feature_map_sizes=tuple(maps),
@@ -85,6 +95,8 @@ def _ssd_spec(image_size, maps, min_sizes, max_sizes, ratios, steps=None):
         max_sizes=None if max_sizes is None else tuple(max_sizes),
         aspect_ratios=tuple(tuple(r) for r in ratios),
         steps=None if steps is None else tuple(steps),
+        clip=clip,
+        offsets=None if offsets is None else tuple(offsets),
     )
 
 
@@ -99,8 +111,15 @@ _SSD300_COCO_SIZES = [21, 45, 99, 153, 207, 261, 315]
 _SSD512_VOC_SIZES = [35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6]
 _SSD512_COCO_SIZES = [20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72]
 
+# Caffe's PriorBox reads its sizes as int (`int min_size_ = min_sizes_[s]`), so
+# the DSSD scripts' fractional sizes (321 * 20 % = 64.2, ...) act truncated.
+_DSSD321_SIZES = [32, 64, 121, 179, 237, 295, 353]  # 10 %, then 20..110 % by 18
+_DSSD513_SIZES = [20, 51, 138, 225, 312, 400, 487, 574]  # 4 %, 10 %, then 27..112 % by 17
+_DSSD_RATIOS = [1.6, 2, 3]  # the paper's k-means ratios
+
 PRESETS = {
-    # The SSD authors' VOC and COCO settings (ssd.pytorch's `voc` and `coco` configs).
+    # The SSD authors' VOC and COCO settings as ssd.pytorch has them (clipped
+    # w/h; the Caffe SSD does not clip, which changes 134 SSD300 anchors).
     "ssd300": _ssd_spec(
         300, [38, 19, 10, 5, 3, 1], _SSD300_VOC_SIZES[:-1], _SSD300_VOC_SIZES[1:],
         _SSD300_RATIOS, steps=[8, 16, 32, 64, 100, 300],
@@ -117,6 +136,25 @@ PRESETS = {
         512, [64, 32, 16, 8, 4, 2, 1], _SSD512_COCO_SIZES[:-1], _SSD512_COCO_SIZES[1:],
         _SSD512_RATIOS, steps=[8, 16, 32, 64, 128, 256, 512],
     ),
+    # FSSD (lzx1413/PytorchSSD `data/config.py`, VOC_300/512 and COCO_300/512):
+    # SSD's sizes and steps with ratios {2, 3} on all but the last two maps of
+    # 300 (last two of 512): 6 anchors per location there, 4 elsewhere. Clipped.
+    "fssd300": _ssd_spec(
+        300, [38, 19, 10, 5, 3, 1], _SSD300_VOC_SIZES[:-1], _SSD300_VOC_SIZES[1:],
+        [[2, 3]] * 4 + [[2]] * 2, steps=[8, 16, 32, 64, 100, 300],
+    ),
+    "fssd300_coco": _ssd_spec(
+        300, [38, 19, 10, 5, 3, 1], _SSD300_COCO_SIZES[:-1], _SSD300_COCO_SIZES[1:],
+        [[2, 3]] * 4 + [[2]] * 2, steps=[8, 16, 32, 64, 100, 300],
+    ),
+    "fssd512": _ssd_spec(
+        512, [64, 32, 16, 8, 4, 2, 1], _SSD512_VOC_SIZES[:-1], _SSD512_VOC_SIZES[1:],
+        [[2, 3]] * 5 + [[2]] * 2, steps=[8, 16, 32, 64, 128, 256, 512],
+    ),
+    "fssd512_coco": _ssd_spec(
+        512, [64, 32, 16, 8, 4, 2, 1], _SSD512_COCO_SIZES[:-1], _SSD512_COCO_SIZES[1:],
+        [[2, 3]] * 5 + [[2]] * 2, steps=[8, 16, 32, 64, 128, 256, 512],
+    ),
     # MobileNetV2-SSDLite: the maps of a stride-16/32 backbone plus four extra
     # layers, with the SSD300 VOC scales (small first scale, since small objects
     # are the point of this library) and ratios {2, 3} everywhere.
@@ -128,28 +166,32 @@ PRESETS = {
         320, [20, 10, 5, 3, 2, 1], _scaled(_SSD300_VOC_SIZES[:-1], 320 / 300),
         _scaled(_SSD300_VOC_SIZES[1:], 320 / 300), [[2, 3]] * 6,
     ),
-    # RefineDet (Zhang et al. 2018): one scale of 4x the stride per map, ratios
-    # {1/2, 1, 2}, no large square.
+    # RefineDet (Zhang et al. 2018; sfzhang15/RefineDet's Caffe scripts): one
+    # scale of 4x the stride per map, ratios {1/2, 1, 2}, no large square, not
+    # clipped (clipping would change 50 RefineDet320 anchors).
     "refinedet320": _ssd_spec(
         320, [40, 20, 10, 5], [32, 64, 128, 256], None, [[2]] * 4,
-        steps=[8, 16, 32, 64],
+        steps=[8, 16, 32, 64], clip=False,
     ),
     "refinedet512": _ssd_spec(
         512, [64, 32, 16, 8], [32, 64, 128, 256], None, [[2]] * 4,
-        steps=[8, 16, 32, 64],
+        steps=[8, 16, 32, 64], clip=False,
     ),
-    # DSSD (Fu et al. 2017) on keras's ResNet-101: the maps are those its stride-8,
-    # 16 and 32 stages give at 321 / 513 pixels plus the extra layers down to 1x1.
-    # SSD300 / SSD512 VOC scales rescaled to the input size, and the paper's
-    # aspect ratios {1.6, 2, 3} (from k-means on VOC boxes) on every map. Centres
-    # are spread evenly: the odd input sizes have no integer stride.
+    # DSSD (Fu et al. 2017), the official Caffe scripts (chengyangfu/caffe, branch
+    # dssd): `ssd_pascal_resnet_deconv_321.py` (VOC) and
+    # `ssd_coco_resnet_deconv_513.py` (COCO, the only 513 script). Sizes from a
+    # 20-95 % (321) / 10-95 % (513) scale range, 8 anchors per location, not
+    # clipped. `offsets` are the scripts' `starts`: the receptive-field centre
+    # of each map's first cell, in pixels.
     "dssd321": _ssd_spec(
-        321, [41, 21, 11, 6, 3, 1], _scaled(_SSD300_VOC_SIZES[:-1], 321 / 300),
-        _scaled(_SSD300_VOC_SIZES[1:], 321 / 300), [[1.6, 2, 3]] * 6,
+        321, [40, 20, 10, 5, 3, 1], _DSSD321_SIZES[:-1], _DSSD321_SIZES[1:],
+        [_DSSD_RATIOS] * 6, steps=[8, 16, 32, 64, 64, 321], clip=False,
+        offsets=[2.5, 2.5, 10.5, 26.5, 90.5, 160.5],
     ),
     "dssd513": _ssd_spec(
-        513, [65, 33, 17, 9, 5, 3, 1], _scaled(_SSD512_VOC_SIZES[:-1], 513 / 512),
-        _scaled(_SSD512_VOC_SIZES[1:], 513 / 512), [[1.6, 2, 3]] * 7,
+        513, [64, 32, 16, 8, 4, 2, 1], _DSSD513_SIZES[:-1], _DSSD513_SIZES[1:],
+        [_DSSD_RATIOS] * 7, steps=[8, 16, 32, 64, 128, 256, 513], clip=False,
+        offsets=[2.5, 2.5, 10.5, 26.5, 58.5, 122.5, 256.5],
     ),
 }
 
@@ -186,7 +228,10 @@ def get_anchors(name_or_spec) -> np.ndarray:
         for r in spec.aspect_ratios[k]:
             root = math.sqrt(r)
             shapes += [(s * root, s / root), (s / root, s * root)]
-        centres = (np.arange(f, dtype=np.float64) + 0.5) * step / size
+        if spec.offsets is None:
+            centres = (np.arange(f, dtype=np.float64) + 0.5) * step / size
+        else:
+            centres = (spec.offsets[k] + np.arange(f, dtype=np.float64) * step) / size
         cy, cx = np.meshgrid(centres, centres, indexing="ij")
         wh = np.asarray(shapes, dtype=np.float64)  # (k, 2)
         grid = np.empty((f, f, len(shapes), 4), dtype=np.float64)
