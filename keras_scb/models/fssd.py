@@ -1,48 +1,64 @@
 """FSSD300 / FSSD512 (Li and Zhou 2017, "Feature Fusion Single Shot Detector").
 
-The SSD VGG16 trunk up to fc7 plus one SSD extra block (10x10 at 300, the
-paper's conv7_2). Fusion module: those three maps are projected to 256 channels
-by 1x1 convs, resized bilinearly to the conv4_3 size, concatenated and batch
-normalised. A new pyramid of strided 3x3 convs (conv + BatchNorm + ReLU) on the
-fused map feeds the SSD heads, with the same maps as SSD (presets
-``ssd300``/``ssd512``).
+Layer by layer the network of the paper's code, lzx1413/PytorchSSD
+``models/FSSD_vgg.py``:
+
+- the SSD VGG16 trunk up to fc7 (no L2Norm on conv4_3);
+- extra layers on fc7: 1x1 to 256, valid 3x3 to 512, 1x1 to 128, 3x3 stride 2
+  (1-pixel padding) to 256 (19 -> 17 -> 9 at 300, 32 -> 30 -> 15 at 512);
+- fusion: conv4_3, fc7 and that map each through a 1x1 conv to 256 with bias
+  and ReLU, the last two resized bilinearly with aligned corners to the conv4_3
+  size, concatenated (768 channels) and batch normalised;
+- pyramid: 3x3 convs with bias and ReLU (no BatchNorm), the first at stride 1,
+  then stride 2 with 1-pixel padding, the last ones valid (300) or a 4x4 conv
+  with 1-pixel padding (512);
+- a 3x3 multibox head per pyramid map, with the ``fssd300``/``fssd512`` anchors
+  (6 per location on the first maps, 4 on the last two).
 """
 
 import keras
 
 from keras_scb.models.factory import register_detector
+from keras_scb.models.layers import AlignCornersResize
 from keras_scb.models.ssd import extra_block, padded_conv, vgg16_detector, vgg16_trunk
 
 _FUSED_CHANNELS = 256
-_FUSION_SOURCE_EXTRA = (256, 512, 2, "same", 3)
+# Extra layers before the fusion as `ssd.extra_block` arguments (1x1 filters,
+# 3x3 filters, stride, padding, kernel); PytorchSSD's `extras` config
+# [256, 512, 128, 'S', 256].
+_FUSION_SOURCE_EXTRAS = ((256, 512, 1, "valid", 3), (128, 256, 2, "pad1", 3))
 # Pyramid convs as (filters, stride, padding, kernel); see `ssd.padded_conv`.
+# "pad1" and not "same" at stride 2: "same" pads only the bottom/right of an
+# even map, PyTorch's padding=1 pads both sides.
 _PYRAMIDS = {
     300: (
         (512, 1, "same", 3),
-        (512, 2, "same", 3),
-        (256, 2, "same", 3),
-        (256, 2, "same", 3),
+        (512, 2, "pad1", 3),
+        (256, 2, "pad1", 3),
+        (256, 2, "pad1", 3),
         (256, 1, "valid", 3),
         (256, 1, "valid", 3),
     ),
     512: (
         (512, 1, "same", 3),
-        (512, 2, "same", 3),
-        (256, 2, "same", 3),
-        (256, 2, "same", 3),
-        (256, 2, "same", 3),
-        (256, 2, "same", 3),
+        (512, 2, "pad1", 3),
+        (256, 2, "pad1", 3),
+        (256, 2, "pad1", 3),
+        (256, 2, "pad1", 3),
+        (256, 2, "pad1", 3),
         (256, 1, "pad1", 4),
     ),
 }
 
 
-def fusion_module(sources, size, bn_momentum):
-    """Projects, resizes and concatenates maps.
+def fusion_module(sources, size, bn_momentum=0.9, bn_epsilon=1e-5):
+    """Projects, resizes and concatenates maps (FSSD's feature transform + fea_bn).
 
     Args:
         sources: list of ``(B, H_i, W_i, C_i)`` Keras tensors.
         size: side of the fused map.
+        bn_momentum, bn_epsilon: of the BatchNorm on the concatenation; the
+            defaults are PyTorch's (momentum 0.1 in its convention).
 
     Returns:
         ``(B, size, size, 256 * len(sources))`` batch-normalised.
@@ -53,45 +69,44 @@ def fusion_module(sources, size, bn_momentum):
             _FUSED_CHANNELS, 1, activation="relu", name=f"fuse_proj_{i}"
         )(x)
         if tuple(x.shape[1:3]) != (size, size):
-            x = keras.layers.Resizing(
-                size, size, interpolation="bilinear", name=f"fuse_resize_{i}"
-            )(x)
+            x = AlignCornersResize(size, name=f"fuse_resize_{i}")(x)
         projected.append(x)
     x = keras.layers.Concatenate(name="fuse_concat")(projected)
-    return keras.layers.BatchNormalization(momentum=bn_momentum, name="fuse_bn")(x)
+    return keras.layers.BatchNormalization(
+        momentum=bn_momentum, epsilon=bn_epsilon, name="fuse_bn"
+    )(x)
 
 
 def fssd_vgg16(
-    num_classes, image_size, anchors=None, backbone_weights=None, bn_momentum=0.99
+    num_classes, image_size, anchors=None, backbone_weights=None, bn_momentum=0.9
 ):
     """FSSD300 or FSSD512.
 
     Args:
         num_classes: foreground classes ``C``.
         image_size: 300 or 512.
-        anchors: preset name or `AnchorSpec`; default ``f"ssd{image_size}"``.
+        anchors: preset name or `AnchorSpec`; default ``f"fssd{image_size}"``
+            (pass ``"fssd300_coco"`` / ``"fssd512_coco"`` for the COCO scales).
         backbone_weights: ``None``, ``"imagenet"`` or a with-top VGG16 weights
             file; see `ssd.load_vgg16_weights`.
-        bn_momentum: momentum of the fusion and pyramid BatchNorms.
+        bn_momentum: momentum of the fusion BatchNorm (Keras convention).
 
     Returns:
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
     """
     pyramid = _PYRAMIDS[image_size]
-    anchors = f"ssd{image_size}" if anchors is None else anchors
+    anchors = f"fssd{image_size}" if anchors is None else anchors
     images = keras.Input((image_size, image_size, 3), name="images")
     conv4_3, fc7 = vgg16_trunk(images)
-    conv6_2 = extra_block(fc7, *_FUSION_SOURCE_EXTRA, name="conv6")
-    x = fusion_module([conv4_3, fc7, conv6_2], conv4_3.shape[1], bn_momentum)
+    x = fc7
+    for i, block in enumerate(_FUSION_SOURCE_EXTRAS, start=6):
+        x = extra_block(x, *block, name=f"conv{i}")
+    x = fusion_module([conv4_3, fc7, x], conv4_3.shape[1], bn_momentum)
     features = []
     for i, (filters, stride, padding, kernel) in enumerate(pyramid):
         x = padded_conv(
-            x, filters, stride, padding, kernel, f"pyramid_{i}", use_bias=False
+            x, filters, stride, padding, kernel, f"pyramid_{i}", activation="relu"
         )
-        x = keras.layers.BatchNormalization(
-            momentum=bn_momentum, name=f"pyramid_{i}_bn"
-        )(x)
-        x = keras.layers.ReLU(name=f"pyramid_{i}_relu")(x)
         features.append(x)
     return vgg16_detector(
         images, features, anchors, num_classes, f"fssd{image_size}", backbone_weights
