@@ -14,6 +14,8 @@ from keras_scb.models.dssd import (
     resnet101_backbone,
 )
 
+from anchor_order_testing import assert_heads_follow_anchor_order
+
 NUM_CLASSES = 3
 
 
@@ -48,23 +50,23 @@ def _conv_bn(model, x, name):
 
 
 def test_deconvolution_module_multiplies_the_two_paths():
-    """numpy reference of Fig. 3 (deconv 3x3 -> 5x5 with the surplus row cropped)."""
+    """numpy reference of Fig. 3 (kernel-3 stride-1 deconvolution 3x3 -> 5x5, as at 321)."""
     rng = np.random.default_rng(0)
     deep_in, shallow_in = keras.Input((3, 3, 4)), keras.Input((5, 5, 2))
-    out = deconvolution_module(deep_in, shallow_in, filters=3, name="d")
+    out = deconvolution_module(deep_in, shallow_in, 3, 1, filters=3, name="d")
     model = keras.Model([deep_in, shallow_in], out)
     _randomise_batch_norms(model, rng)
     deep = rng.normal(size=(1, 3, 3, 4)).astype(np.float32)
     shallow = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
     got = model.predict([deep, shallow], verbose=0)[0]
 
-    kernel, bias = model.get_layer("d_up_deconv").get_weights()  # (2, 2, out, in)
-    assert kernel.shape[:2] == (2, 2)
-    up = np.zeros((6, 6, 3))
+    kernel, bias = model.get_layer("d_up_deconv").get_weights()  # (3, 3, out, in)
+    assert kernel.shape[:2] == (3, 3)
+    up = np.zeros((5, 5, 3))
     for i in range(3):
         for j in range(3):
-            up[2 * i:2 * i + 2, 2 * j:2 * j + 2] += np.einsum("c,hwoc->hwo", deep[0, i, j], kernel)
-    up = _conv_bn(model, up[:5, :5] + bias, "d_up")
+            up[i:i + 3, j:j + 3] += np.einsum("c,hwoc->hwo", deep[0, i, j], kernel)
+    up = _conv_bn(model, up + bias, "d_up")
     lateral = np.maximum(_conv_bn(model, shallow[0], "d_lateral_a"), 0)
     lateral = _conv_bn(model, lateral, "d_lateral_b")
     np.testing.assert_allclose(got, np.maximum(up * lateral, 0), rtol=1e-4, atol=1e-4)
@@ -72,26 +74,31 @@ def test_deconvolution_module_multiplies_the_two_paths():
 
 
 def test_deconvolution_module_sizes():
-    for deep, shallow in [(1, 3), (3, 5), (3, 6), (11, 21), (33, 65)]:
+    """The official scripts' deconvolutions: (kernel, stride) and the sizes they join."""
+    for deep, shallow, kernel, stride in [(1, 3, 3, 1), (3, 5, 3, 1), (5, 10, 2, 2),
+                                          (1, 2, 2, 1), (32, 64, 2, 2)]:
         out = deconvolution_module(keras.Input((deep, deep, 8)), keras.Input((shallow, shallow, 4)),
-                                   filters=8, name=f"d{deep}_{shallow}")
+                                   kernel, stride, filters=8, name=f"d{deep}_{shallow}")
         assert out.shape[1:] == (shallow, shallow, 8)
-    with pytest.raises(ValueError, match="upsample"):
-        deconvolution_module(keras.Input((3, 3, 8)), keras.Input((8, 8, 4)), filters=8)
+    with pytest.raises(ValueError, match="cannot upsample"):
+        deconvolution_module(keras.Input((3, 3, 8)), keras.Input((7, 7, 4)), 2, 2, filters=8)
 
 
 def test_prediction_module_is_a_residual_block():
+    """1x1-3x3-1x1 (256, 256, 1024) plus a 1x1 projection shortcut, as ``ResBody``."""
     rng = np.random.default_rng(1)
-    inputs = keras.Input((2, 2, 5))
+    inputs = keras.Input((3, 3, 5))
     model = keras.Model(inputs, prediction_module(inputs, name="p"))
     _randomise_batch_norms(model, rng)
-    x = rng.normal(size=(1, 2, 2, 5)).astype(np.float32)
+    x = rng.normal(size=(1, 3, 3, 5)).astype(np.float32)
     got = model.predict(x, verbose=0)[0]
 
-    y = np.maximum(_conv_bn(model, x[0], "p_a"), 0)
-    y = _conv_bn(model, np.maximum(_conv_bn(model, y, "p_b"), 0), "p_c")
-    want = np.maximum(_conv_bn(model, x[0], "p_shortcut") + y, 0)
-    assert got.shape == (2, 2, 1024)
+    y = np.maximum(_conv_bn(model, x[0], "p_branch2a"), 0)
+    y = np.maximum(_conv_bn(model, y, "p_branch2b"), 0)
+    assert model.get_layer("p_branch2b_conv").kernel.shape[:2] == (3, 3)
+    y = _conv_bn(model, y, "p_branch2c")
+    want = np.maximum(_conv_bn(model, x[0], "p_branch1") + y, 0)
+    assert got.shape == (3, 3, 1024)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -122,8 +129,10 @@ def _check_network(name, tmp_path):
     path.unlink()  # ~0.4 GB
     assert isinstance(loaded, Detector) and loaded.anchor_spec == spec
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), after)
+    assert_heads_follow_anchor_order(loaded)
 
 
+@pytest.mark.slow  # a 172 M-parameter build (~25 s), a train step and a 0.7 GB save
 def test_dssd321(tmp_path):
     _check_network("dssd321", tmp_path)
 
@@ -134,12 +143,18 @@ def test_dssd513(tmp_path):
 
 
 def test_backbone_weights_from_a_file(tmp_path):
-    """Weights do not depend on the input size: a small input keeps this fast."""
+    """Weights do not depend on the input size: a small input keeps this fast.
+
+    At 65 pixels the official ``ResNet101Body(use_dilation_conv5=True)`` gives
+    res3b3 8x8 (keras's padded pool1 would give 9x9) and res5c 4x4 (stride 16).
+    """
     source = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(64, 64, 3))
     path = tmp_path / "resnet101.weights.h5"
     source.save_weights(str(path))
-    backbone = resnet101_backbone(64, str(path))
+    backbone = resnet101_backbone(65, str(path))
     path.unlink()
+    assert [tuple(o.shape[1:]) for o in backbone.outputs] == [(8, 8, 512), (4, 4, 2048)]
+    assert backbone.get_layer("conv5_block2_2_conv").dilation_rate == (2, 2)
     for name in ("conv1_conv", "conv3_block4_3_bn", "conv5_block3_3_conv"):
         for want, got in zip(source.get_layer(name).get_weights(),
                              backbone.get_layer(name).get_weights()):

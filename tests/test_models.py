@@ -20,8 +20,8 @@ NUM_CLASSES = 3
 MODELS = {
     "ssd300": "ssd300",
     "ssd512": "ssd512",
-    "fssd300": "ssd300",
-    "fssd512": "ssd512",
+    "fssd300": "fssd300",
+    "fssd512": "fssd512",
     "mobilenetv2-ssdlite300": "ssdlite300",
     "mobilenetv2-ssdlite320": "ssdlite320",
 }

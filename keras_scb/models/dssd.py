@@ -1,20 +1,24 @@
 """DSSD (Fu et al. 2017, "DSSD: Deconvolutional Single Shot Detector") at 321 and 513.
 
-Encoder: keras's ResNet-101 (Caffe-style input: BGR minus the ImageNet mean, as
-its ImageNet weights expect), whose stride-8, 16 and 32 stage outputs (conv3,
-conv4, conv5) are followed by SSD extra layers (1x1 conv to 256, 3x3 stride-2
-conv to 512) down to 3x3 and a last valid 3x3 conv to 1x1.
+Layer by layer the network of the official Caffe scripts (chengyangfu/caffe,
+branch ``dssd``: ``examples/ssd/ssd_pascal_resnet_deconv_321.py``,
+``ssd_coco_resnet_deconv_513.py`` and ``python/caffe/model_libs.py``):
 
-Decoder: from the 1x1 map up, one deconvolution module per finer encoder map
-(`deconvolution_module`: the upsampled decoder map and the encoder map, each
-through convs and BatchNorm, joined by an element-wise product). Every decoder
-map goes through the residual prediction module (`prediction_module`) and then
-a plain 3x3 multibox head.
-
-Deviation from the paper: DSSD dilates conv5 so that it stays at stride 16 and
-predicts from conv3 and conv5; keras's ResNet-101 has conv5 at stride 32, so the
-stride-16 map comes from conv4 instead (same number of maps: 6 at 321, 7 at 513;
-see the ``dssd321``/``dssd513`` anchor presets).
+- Encoder: ResNet-101 (keras's, Caffe-style input: BGR minus the ImageNet
+  mean) laid out as the scripts' ``ResNet101Body(use_dilation_conv5=True)``:
+  pool1 without padding (Caffe's ceil-mode pool) and conv5 at stride 1 with
+  dilation 2, so res3b3 (keras ``conv3_block4_out``) is at stride 8 and res5c
+  (``conv5_block3_out``) at stride 16: 40 and 20 at 321, 64 and 32 at 513.
+- Extra layers: residual blocks (`residual_block`, 256-256-1024 with a
+  projection shortcut) whose first conv and shortcut have kernel 2 and stride 2
+  down to 5x5, then kernel 3 without padding (321: 10, 5, 3, 1; 513: 16, 8, 4,
+  2, 1).
+- Decoder: from the 1x1 map up, one deconvolution module per finer map
+  (`deconvolution_module`), the transposed conv's kernel and stride as the
+  scripts' ``AddDeconvLayers``.
+- Every decoder map and the 1x1 map go through the prediction module (a
+  residual block, 1x1-3x3-1x1) and then a multibox head, 5x5 on the two finest
+  maps and 3x3 elsewhere, with the ``dssd321``/``dssd513`` anchors.
 """
 
 import functools
@@ -27,12 +31,29 @@ from keras_scb.models.factory import register_detector
 from keras_scb.models.heads import ssd_head
 from keras_scb.models.layers import CaffeImageNetNormalization
 
-_RESNET101_STAGES = ("conv3_block4_out", "conv4_block23_out", "conv5_block3_out")
-DECODER_DEPTH = 512  # the paper's deconvolution-module width
-_PREDICTION_DEPTHS = (256, 1024)  # bottleneck and output widths of Fig. 2(c)
+_RESNET101_STAGES = ("conv3_block4_out", "conv5_block3_out")  # res3b3, res5c
+DECODER_DEPTH = 512  # the deconvolution-module width
+_RESIDUAL_DEPTHS = (256, 256, 1024)  # extra layers and prediction module
+
+# Per input size: the extra blocks' (kernel, stride) from res5c down to 1x1,
+# the transposed convs' (kernel, stride) from the 1x1 map up, and the head
+# kernels from the finest map to the 1x1 one.
+_LAYOUTS = {
+    321: {
+        "extras": ((2, 2), (2, 2), (3, 1), (3, 1)),
+        "deconvs": ((3, 1), (3, 1), (2, 2), (2, 2), (2, 2)),
+        "heads": (5, 5, 3, 3, 3, 3),
+    },
+    513: {
+        "extras": ((2, 2),) * 5,
+        "deconvs": ((2, 1),) + ((2, 2),) * 5,
+        "heads": (5, 5, 3, 3, 3, 3, 3),
+    },
+}
 
 
 def _conv_bn(x, filters, kernel, name, strides=1, padding="same", relu=True):
+    """Caffe's ConvBNLayer: conv without bias, BatchNorm (+ Scale), optional ReLU."""
     x = keras.layers.Conv2D(
         filters, kernel, strides=strides, padding=padding, use_bias=False,
         name=f"{name}_conv",
@@ -41,72 +62,77 @@ def _conv_bn(x, filters, kernel, name, strides=1, padding="same", relu=True):
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def extra_layers(x, name="extra"):
-    """SSD extra layers after the backbone, down to a 1x1 map.
+def residual_block(x, kernel=1, stride=1, depths=_RESIDUAL_DEPTHS, name="res"):
+    """The scripts' ``ResBody`` with a projection shortcut (``use_branch1``).
 
-    Stride-2 blocks (1x1 conv to 256, 3x3 conv to 512) while the map is larger
-    than 3x3, then a 1x1 conv to 128 and a valid 3x3 conv to 256.
+    Shortcut: ``kernel`` conv (stride ``stride``, no padding) + BatchNorm.
+    Residual: ``kernel`` conv (same stride, no padding), 3x3 conv, 1x1 conv, each
+    with BatchNorm, ReLU after the first two. Sum, then ReLU.
 
     Args:
-        x: ``(B, H, H, C)`` Keras tensor, ``H >= 3``.
+        x: ``(B, H, W, C)`` Keras tensor.
+        depths: widths of the three residual convs; the last is the output's.
 
     Returns:
-        List of ``(B, H_i, H_i, C_i)`` tensors, the last one 1x1.
+        ``(B, (H - kernel) // stride + 1, ..., depths[-1])`` Keras tensor.
+    """
+    first, middle, out = depths
+    shortcut = _conv_bn(
+        x, out, kernel, f"{name}_branch1", strides=stride, padding="valid",
+        relu=False,
+    )
+    y = _conv_bn(x, first, kernel, f"{name}_branch2a", strides=stride, padding="valid")
+    y = _conv_bn(y, middle, 3, f"{name}_branch2b")
+    y = _conv_bn(y, out, 1, f"{name}_branch2c", relu=False)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def extra_layers(x, blocks, name="extra"):
+    """DSSD's extra layers after res5c: one `residual_block` per ``(kernel, stride)``.
+
+    Args:
+        x: ``(B, H, H, C)`` Keras tensor.
+        blocks: ``(kernel, stride)`` per block.
+
+    Returns:
+        List of the blocks' ``(B, H_i, H_i, 1024)`` outputs.
     """
     maps = []
-    while x.shape[1] > 3:
-        block = f"{name}_{len(maps)}"
-        x = _conv_bn(x, 256, 1, f"{block}_reduce")
-        x = _conv_bn(x, 512, 3, f"{block}_down", strides=2)
+    for i, (kernel, stride) in enumerate(blocks):
+        x = residual_block(x, kernel, stride, name=f"{name}_{i}")
         maps.append(x)
-    block = f"{name}_{len(maps)}"
-    x = _conv_bn(x, 128, 1, f"{block}_reduce")
-    maps.append(_conv_bn(x, 256, 3, f"{block}_down", padding="valid"))
     return maps
 
 
-def _upsample(x, size, filters, name):
-    """Stride-2 transposed conv of ``(B, h, w, C)`` to exactly ``size = (H, W)``.
+def deconvolution_module(
+    deep, shallow, kernel, stride, filters=DECODER_DEPTH, name="deconv"
+):
+    """DSSD's deconvolution module (paper Fig. 3, the scripts' ``CombineFeature``).
 
-    A kernel of 2 gives ``2h`` rows and a kernel of 3 gives ``2h + 1``; a surplus
-    row/column is cropped at the bottom/right, the side where stride-2 "same"
-    convolutions of an odd map drop nothing, so coarse cell ``i`` stays over
-    fine cell ``2i``.
-    """
-    coarse = tuple(x.shape[1:3])
-    for h, target in zip(coarse, size):
-        if not h < target <= 2 * h + 1:
-            raise ValueError(
-                f"Cannot upsample a {coarse} map to {tuple(size)} with one "
-                f"stride-2 deconvolution."
-            )
-    kernel = tuple(2 if 2 * h >= t else 3 for h, t in zip(coarse, size))
-    x = keras.layers.Conv2DTranspose(
-        filters, kernel, strides=2, padding="valid", name=f"{name}_deconv"
-    )(x)
-    surplus = [x.shape[i + 1] - size[i] for i in range(2)]
-    if any(surplus):
-        x = keras.layers.Cropping2D(
-            ((0, surplus[0]), (0, surplus[1])), name=f"{name}_crop"
-        )(x)
-    return x
-
-
-def deconvolution_module(deep, shallow, filters=DECODER_DEPTH, name="deconv"):
-    """DSSD's deconvolution module (paper Fig. 3).
-
-    Deconvolution path: stride-2 deconv, 3x3 conv, BatchNorm. Encoder path: 3x3
-    conv, BatchNorm, ReLU, 3x3 conv, BatchNorm. The two are multiplied element
-    by element (the paper found the product better than a sum), then ReLU.
+    Deconvolution path: transposed conv (with bias, no padding), 3x3 conv,
+    BatchNorm. Encoder path: 3x3 conv, BatchNorm, ReLU, 3x3 conv, BatchNorm.
+    The two are multiplied element by element, then ReLU.
 
     Args:
         deep: ``(B, h, w, C_d)`` coarser decoder map.
-        shallow: ``(B, H, W, C_s)`` encoder map, ``h < H <= 2h + 1``.
+        shallow: ``(B, H, W, C_s)`` encoder map with ``H = (h - 1) * stride +
+            kernel`` (and the same for ``W``).
+        kernel, stride: of the transposed conv.
 
     Returns:
         ``(B, H, W, filters)`` Keras tensor.
     """
-    up = _upsample(deep, shallow.shape[1:3], filters, f"{name}_up")
+    coarse, fine = tuple(deep.shape[1:3]), tuple(shallow.shape[1:3])
+    upsampled = tuple((h - 1) * stride + kernel for h in coarse)
+    if upsampled != fine:
+        raise ValueError(
+            f"A kernel-{kernel} stride-{stride} deconvolution makes {upsampled} "
+            f"of a {coarse} map, not the encoder's {fine}: cannot upsample."
+        )
+    up = keras.layers.Conv2DTranspose(
+        filters, kernel, strides=stride, padding="valid", name=f"{name}_up_deconv"
+    )(deep)
     up = _conv_bn(up, filters, 3, f"{name}_up", relu=False)
     lateral = _conv_bn(shallow, filters, 3, f"{name}_lateral_a")
     lateral = _conv_bn(lateral, filters, 3, f"{name}_lateral_b", relu=False)
@@ -115,10 +141,7 @@ def deconvolution_module(deep, shallow, filters=DECODER_DEPTH, name="deconv"):
 
 
 def prediction_module(x, name="predict"):
-    """DSSD's prediction module (paper Fig. 2(c)): a residual block before a head.
-
-    Three 1x1 convs (256, 256, 1024) plus a 1x1 projection shortcut to 1024,
-    summed, then ReLU.
+    """DSSD's prediction module: `residual_block` 256-256-1024, kernel 1, stride 1.
 
     Args:
         x: ``(B, H, W, C)`` Keras tensor.
@@ -126,40 +149,55 @@ def prediction_module(x, name="predict"):
     Returns:
         ``(B, H, W, 1024)`` Keras tensor.
     """
-    bottleneck, depth = _PREDICTION_DEPTHS
-    shortcut = _conv_bn(x, depth, 1, f"{name}_shortcut", relu=False)
-    y = _conv_bn(x, bottleneck, 1, f"{name}_a")
-    y = _conv_bn(y, bottleneck, 1, f"{name}_b")
-    y = _conv_bn(y, depth, 1, f"{name}_c", relu=False)
-    x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    return residual_block(x, name=name)
+
+
+def _caffe_layout(layer):
+    """`keras.models.clone_model` hook: keras's ResNet as ``ResNet101Body(use_dilation_conv5=True)``.
+
+    Drops pool1's 1-pixel padding (Caffe pools without padding, rounding up,
+    which on the 161 / 257 conv1 maps gives 80 / 128) and keeps conv5 at
+    stride 16 (stride 1, dilation 2); the weights' shapes do not change.
+    """
+    config = layer.get_config()
+    if layer.name == "pool1_pad":
+        return keras.layers.Identity(name=layer.name)
+    if layer.name in ("conv5_block1_0_conv", "conv5_block1_1_conv"):
+        config["strides"] = (1, 1)
+    elif layer.name.startswith("conv5_") and layer.name.endswith("_2_conv"):
+        config["dilation_rate"] = (2, 2)
+    return layer.__class__.from_config(config)
 
 
 def resnet101_backbone(image_size, weights=None):
-    """keras's ResNet-101 cut at its stride-8, 16 and 32 stage outputs.
+    """keras's ResNet-101 cut at res3b3 and res5c, with conv5 dilated.
 
     Args:
         weights: ``None``, ``"imagenet"`` or a path to ``include_top=False``
             ResNet-101 weights; see `backbones.resnet101`.
 
     Returns:
-        Functional model ``(B, S, S, 3)`` Caffe-normalised BGR -> ``[conv3 (512
-        channels), conv4 (1024), conv5 (2048)]``.
+        Functional model ``(B, S, S, 3)`` Caffe-normalised BGR -> ``[res3b3 (512
+        channels, stride 8), res5c (2048, stride 16)]``.
     """
     base = backbones.resnet101(image_size, weights)
+    dilated = keras.models.clone_model(base, clone_function=_caffe_layout)
+    for layer in base.layers:
+        if layer.weights:
+            dilated.get_layer(layer.name).set_weights(layer.get_weights())
     return keras.Model(
-        base.inputs,
-        [base.get_layer(stage).output for stage in _RESNET101_STAGES],
+        dilated.inputs,
+        [dilated.get_layer(stage).output for stage in _RESNET101_STAGES],
         name="resnet101_backbone",
     )
 
 
 def dssd(num_classes, image_size, anchors=None, backbone_weights=None):
-    """DSSD with a ResNet-101 encoder; see the module docstring.
+    """DSSD321 or DSSD513 with a ResNet-101 encoder; see the module docstring.
 
     Args:
         num_classes: foreground classes ``C``.
-        image_size: 321 or 513 (any size whose maps fit ``anchors``).
+        image_size: 321 or 513.
         anchors: preset name or `AnchorSpec`; default ``f"dssd{image_size}"``.
         backbone_weights: ``None`` (default), ``"imagenet"`` or a weights path;
             see `resnet101_backbone`.
@@ -167,20 +205,23 @@ def dssd(num_classes, image_size, anchors=None, backbone_weights=None):
     Returns:
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
     """
+    layout = _LAYOUTS[image_size]
     anchors = f"dssd{image_size}" if anchors is None else anchors
     backbone = resnet101_backbone(image_size, backbone_weights)
 
     images = keras.Input((image_size, image_size, 3), name="images")
     x = CaffeImageNetNormalization(name="preprocess")(images)
     encoder = list(backbone(x))
-    encoder += extra_layers(encoder[-1])
+    encoder += extra_layers(encoder[-1], layout["extras"])
     x = encoder[-1]
     decoder = [x]
-    for i in reversed(range(len(encoder) - 1)):
-        x = deconvolution_module(x, encoder[i], name=f"deconv_{i}")
+    for i, (kernel, stride) in zip(
+        reversed(range(len(encoder) - 1)), layout["deconvs"]
+    ):
+        x = deconvolution_module(x, encoder[i], kernel, stride, name=f"deconv_{i}")
         decoder.insert(0, x)
     features = [prediction_module(f, f"predict_{i}") for i, f in enumerate(decoder)]
-    outputs = ssd_head(features, anchors, num_classes)
+    outputs = ssd_head(features, anchors, num_classes, kernel_sizes=layout["heads"])
     return Detector(
         images,
         outputs,

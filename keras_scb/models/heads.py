@@ -36,8 +36,9 @@ def multibox_head(
     separable=False,
     name="head",
     bn_momentum=0.99,
+    kernel_sizes=None,
 ):
-    """Per-map 3x3 predictors, concatenated in anchor order.
+    """Per-map predictors (3x3 unless ``kernel_sizes``), concatenated in anchor order.
 
     Args:
         features: list of ``(B, H_i, W_i, C_i)`` Keras tensors.
@@ -47,6 +48,8 @@ def multibox_head(
             1x1 conv) instead of a plain 3x3 conv.
         name: prefix of the layer names.
         bn_momentum: momentum of the separable predictors' BatchNorm.
+        kernel_sizes: per map, the side of the plain predictor's kernel
+            (DSSD uses 5 on its two finest maps); ``None`` means 3 everywhere.
 
     Returns:
         ``(B, A, 4 + C + 1)`` float32 Keras tensor, ``A = sum(H_i * W_i * k_i)``.
@@ -57,6 +60,7 @@ def multibox_head(
             f"anchors-per-location entries."
         )
     depth = 4 + num_classes + 1
+    kernel_sizes = [3] * len(features) if kernel_sizes is None else kernel_sizes
     outputs = []
     for i, (x, k) in enumerate(zip(features, anchors_per_location)):
         prefix = f"{name}_{i}"
@@ -71,7 +75,7 @@ def multibox_head(
             x = keras.layers.Conv2D(k * depth, 1, name=f"{prefix}_pred")(x)
         else:
             x = keras.layers.Conv2D(
-                k * depth, 3, padding="same", name=f"{prefix}_pred"
+                k * depth, kernel_sizes[i], padding="same", name=f"{prefix}_pred"
             )(x)
         outputs.append(keras.layers.Reshape((-1, depth), name=f"{prefix}_flat")(x))
     # float32 output whatever the mixed-precision policy: the loss takes
