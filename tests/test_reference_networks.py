@@ -209,3 +209,19 @@ def test_clip_follows_each_preset_reference():
         "ssd300", "ssd300_coco", "ssd512", "ssd512_coco", "fssd300", "fssd300_coco",
         "fssd512", "fssd512_coco", "refinedet320", "refinedet512", "dssd321", "dssd513")}
     assert clipped == {name: not name.startswith(("refinedet", "dssd")) for name in clipped}
+
+
+def test_fssd_fusion_resize_aligns_corners():
+    """PytorchSSD resizes with ``align_corners=True``: TF1's resize_bilinear(align_corners)."""
+    import tensorflow as tf
+
+    from keras_scb.models.layers import AlignCornersResize
+
+    rng = np.random.default_rng(0)
+    for source, target in [(19, 38), (9, 38), (15, 64)]:
+        x = rng.normal(size=(2, source, source, 3)).astype(np.float32)
+        got = keras.ops.convert_to_numpy(AlignCornersResize(target)(x))
+        want = tf.compat.v1.image.resize_bilinear(x, (target, target), align_corners=True)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+        # keras's Resizing (half-pixel centres) is a different resize.
+        assert not np.allclose(got, keras.layers.Resizing(target, target)(x), atol=1e-3)
