@@ -254,6 +254,7 @@ def _score_results_json(path):
         raise app.UsageError(f"--score_results_json={path}: {error}") from None
     print(write_report(results, output_dir))
     print(f"Wrote {output_dir}/metrics.json and metrics.md", file=sys.stderr)
+    common_flags.print_skipped_input()
 
 
 if __name__ == "__main__":

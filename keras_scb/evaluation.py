@@ -205,7 +205,7 @@ def scale_of_area(areas):
 def _hits(overlaps, iou_threshold):
     """Whether each IoU counts as a hit: strictly above the threshold, as
     py-faster-rcnn's ``voc_eval`` (``ovmax > ovthresh``); one rule for VOC07 and
-    recall by scale."""
+    recall by scale. Written as ``>`` so that a NaN IoU is never a hit."""
     return overlaps > iou_threshold
 
 
@@ -571,6 +571,70 @@ def recall_by_scale(
     }
 
 
+NON_FINITE_POLICIES = ("raise", "drop")
+
+
+def _bad_classes(classes, num_classes):
+    return classes[(classes < 0) | (classes >= num_classes)].tolist()
+
+
+def validate_inputs(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    num_classes: int,
+    non_finite: str = "raise",
+):
+    """Checks the inputs of `evaluate_detections`; errors name the image.
+
+    Ground truth must have finite boxes and areas, class ids in ``0..C-1`` and a
+    positive image size. Detections must have class ids in ``0..C-1``; a detection with a
+    non-finite box or score (a model gone NaN) is an error, or with
+    ``non_finite="drop"`` is left out and counted (NaN would otherwise compare as
+    a match in some metrics and give a perfect score).
+
+    Returns:
+        ``(detections, dropped)``: the detections to evaluate and how many rows
+        were dropped.
+
+    Raises:
+        ValueError: naming the image and the bad values.
+    """
+    if non_finite not in NON_FINITE_POLICIES:
+        raise ValueError(f"non_finite must be one of {NON_FINITE_POLICIES}; got {non_finite!r}.")
+    for gt in ground_truths:
+        if not (gt.height > 0 and gt.width > 0):
+            raise ValueError(f"Image {gt.image_id!r}: image size {gt.height}x{gt.width}.")
+        if not (np.isfinite(gt.boxes).all() and np.isfinite(gt.areas).all()):
+            raise ValueError(f"Image {gt.image_id!r}: non-finite ground-truth boxes or areas.")
+        bad = _bad_classes(gt.classes, num_classes)
+        if bad:
+            raise ValueError(
+                f"Image {gt.image_id!r}: ground-truth class ids {bad} outside 0..{num_classes - 1}."
+            )
+    kept, dropped = [], 0
+    for det in detections:
+        bad = _bad_classes(det.classes, num_classes)
+        if bad:
+            raise ValueError(
+                f"Image {det.image_id!r}: detection class ids {bad} outside 0..{num_classes - 1}."
+            )
+        finite = np.isfinite(det.boxes).all(axis=1) & np.isfinite(det.scores)
+        if finite.all():
+            kept.append(det)
+            continue
+        if non_finite == "raise":
+            raise ValueError(
+                f"Image {det.image_id!r}: {np.count_nonzero(~finite)} of {len(finite)} "
+                "detections have a non-finite box or score (pass non_finite='drop' to "
+                "drop and count them)."
+            )
+        dropped += int(np.count_nonzero(~finite))
+        kept.append(ImageDetections(
+            det.image_id, det.boxes[finite], det.scores[finite], det.classes[finite]
+        ))
+    return kept, dropped
+
+
 def evaluate_detections(
     ground_truths: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
@@ -578,24 +642,33 @@ def evaluate_detections(
     category_ids: Optional[Sequence[int]] = None,
     score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
     class_aware_recall: bool = True,
+    non_finite: str = "raise",
 ) -> Dict[str, object]:
     """All metrics of one run: ``{"coco": ..., "voc07": ..., "recall_by_scale": ...}``.
 
     ``class_names`` fixes ``C`` (default: inferred from the largest id seen);
-    see `coco_metrics`, `voc07_metrics` and `recall_by_scale`.
+    see `coco_metrics`, `voc07_metrics` and `recall_by_scale`. The inputs are
+    checked first (`validate_inputs`): a non-finite box or score, or a class id
+    outside ``0..C-1``, is a ``ValueError`` naming the image; with
+    ``non_finite="drop"`` non-finite detections are dropped instead and their
+    count is in the result as ``"dropped_non_finite"``.
     """
     ground_truths, detections = list(ground_truths), list(detections)
     num_classes = (
         len(class_names) if class_names is not None
         else _num_classes(ground_truths, detections)
     )
-    return {
+    detections, dropped = validate_inputs(ground_truths, detections, num_classes, non_finite)
+    results = {
         "coco": coco_metrics(ground_truths, detections, num_classes, category_ids),
         "voc07": voc07_metrics(ground_truths, detections, num_classes, class_names),
         "recall_by_scale": recall_by_scale(
             ground_truths, detections, score_thresholds, class_aware=class_aware_recall
         ),
     }
+    if non_finite == "drop":
+        results["dropped_non_finite"] = dropped
+    return results
 
 
 # --- Reporting -----------------------------------------------------------------

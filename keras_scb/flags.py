@@ -6,6 +6,7 @@ once. Errors name the flag and the bad value.
 """
 
 import os
+import sys
 
 from absl import flags
 
@@ -25,7 +26,11 @@ def define_data_flags():
     flags.DEFINE_integer("synthetic_images", 256, "Images of the synthetic dataset's training split.")
     flags.DEFINE_enum("bad_input", "raise", ["raise", "skip"],
                       "On a corrupt image or annotation: stop with an error naming the file, "
-                      "or skip it and count it.")
+                      "or skip it and count it (the counts are printed at the end).")
+    flags.DEFINE_list("class_names", [],
+                      "The label map, class names in id order, for every split. voc: default "
+                      "<data_dir>/labels.txt if present, else the sorted names in all the "
+                      "annotation files; other datasets: checked against the dataset's names.")
 
 
 def define_model_flags():
@@ -95,21 +100,62 @@ def _require_dirs():
     return FLAGS.data_dir
 
 
+# (splits, issues) of every split read in this process, for `print_skipped_input`.
+_ISSUES = []
+
+
 def load_split(splits):
     """Reads one split (or several, joined) of the flag-selected dataset.
 
+    Every split of a dataset has the same ``class_names`` (the label map, id
+    order): ``--class_names`` if set, else the dataset's own (see
+    `keras_scb.data.voc.dataset_class_names` for VOC).
+
     Returns:
         A `keras_scb.data.records.Dataset`, or a `TFRecordSource` for
-        ``--dataset=tfrecord``; both go into `keras_scb.data.pipeline`.
+        ``--dataset=tfrecord``; both go into `keras_scb.data.pipeline` and both
+        have ``class_names``.
     """
+    source = _read_split([splits] if isinstance(splits, str) else list(splits))
+    if FLAGS.class_names and tuple(source.class_names) != tuple(FLAGS.class_names):
+        raise ValueError(
+            f"--class_names={','.join(FLAGS.class_names)} but --dataset={FLAGS.dataset} "
+            f"split {splits} has the classes {list(source.class_names)}."
+        )
+    issues = getattr(source, "issues", None)
+    if issues:
+        _ISSUES.append((splits, issues))
+    return source
+
+
+def check_same_class_names(first, second):
+    """Two splits (``Dataset`` or ``TFRecordSource``) must share the label map."""
+    if tuple(first.class_names) != tuple(second.class_names):
+        raise ValueError(
+            f"--dataset={FLAGS.dataset}: the splits' class names differ: "
+            f"{list(first.class_names)} and {list(second.class_names)}."
+        )
+
+
+def print_skipped_input(file=None):
+    """Prints the counts of input skipped or clipped by the splits read so far."""
+    from keras_scb.data import records
+
+    for splits, issues in _ISSUES:
+        print(f"--dataset={FLAGS.dataset} {splits}: {records.format_issues(issues)}",
+              file=file or sys.stderr)
+
+
+def _read_split(splits):
     from keras_scb.data import coco, synthetic, tfrecord, vendored, voc
 
     policy = dict(bad_files=FLAGS.bad_input, bad_objects=FLAGS.bad_input)
-    splits = [splits] if isinstance(splits, str) else list(splits)
     if FLAGS.dataset == "bccd":
         return vendored.load_bccd(splits, **policy)
     if FLAGS.dataset == "voc":
-        return voc.read_voc(_require_dirs(), splits, **policy)
+        roots = _require_dirs()
+        class_names = FLAGS.class_names or voc.dataset_class_names(roots)
+        return voc.read_voc(roots, splits, class_names, **policy)
     if FLAGS.dataset == "synthetic":
         # Training splits and evaluation splits come from different seeds.
         train = splits[0].startswith("train")

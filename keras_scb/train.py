@@ -249,6 +249,7 @@ def train():
 
     train_data = common_flags.load_split(FLAGS.train_split)
     val_data = common_flags.load_split(FLAGS.val_split)
+    common_flags.check_same_class_names(train_data, val_data)
     num_classes = len(train_data.class_names)
     if FLAGS.num_classes and FLAGS.num_classes != num_classes:
         raise app.UsageError(
@@ -334,7 +335,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    train()
+    try:
+        train()
+    finally:
+        common_flags.print_skipped_input()
 
 
 if __name__ == "__main__":

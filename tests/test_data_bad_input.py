@@ -61,6 +61,13 @@ def test_good_tree_reads_cleanly(tmp_path):
 
 
 def _corrupt(root):
+    """A JPEG header followed by garbage."""
+    with open(os.path.join(root, "JPEGImages", "img1.jpg"), "wb") as f:
+        f.write(_jpeg()[:20] + np.random.default_rng(1).bytes(3000))
+    return "img1.jpg"
+
+
+def _not_an_image(root):
     with open(os.path.join(root, "JPEGImages", "img1.jpg"), "wb") as f:
         f.write(np.random.default_rng(1).bytes(3000))
     return "img1.jpg"
@@ -99,6 +106,7 @@ def _missing_xml(root):
 
 @pytest.mark.parametrize("fault, kind", [
     (_corrupt, "corrupt or truncated JPEG"),
+    (_not_an_image, "not an image"),
     (_truncated, "corrupt or truncated JPEG"),
     (_missing_image, "missing image"),
     (_wrong_size, "image size mismatch"),

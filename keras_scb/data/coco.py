@@ -12,6 +12,7 @@ issue, so it is not counted in `Dataset.issues`. Each object keeps its annotatio
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 
@@ -22,24 +23,51 @@ from keras_scb.data import records as records_lib
 CROWD_POLICIES = ("ignore", "drop")
 
 
+def _not_coco(annotation_file, problem):
+    return records_lib.BadInputError(f"{annotation_file}: not a COCO instances file ({problem})")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_categories(annotation_file, categories):
+    """Every category is ``{"id": int, "name": str}``, ids and names unique."""
+    for category in categories:
+        if not (
+            isinstance(category, dict) and isinstance(category.get("id"), int)
+            and not isinstance(category.get("id"), bool) and isinstance(category.get("name"), str)
+        ):
+            raise _not_coco(annotation_file, f"category {category!r} needs an int id and a name")
+    for key in ("id", "name"):
+        values = [c[key] for c in categories]
+        if len(set(values)) != len(values):
+            raise _not_coco(annotation_file, f"repeated category {key}s {sorted(values)}")
+
+
 def _load(annotation_file):
     from pycocotools.coco import COCO
 
     try:
+        with open(annotation_file, encoding="utf-8") as f:
+            content = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise records_lib.BadInputError(f"{annotation_file}: malformed JSON: {error}") from None
+    if not isinstance(content, dict):
+        raise _not_coco(annotation_file, f"the top level is a {type(content).__name__}")
+    # A file without "annotations" (an image-info file) would train on no boxes.
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(content.get(key), list):
+            raise _not_coco(annotation_file, f"no {key!r} list")
+    _check_categories(annotation_file, content["categories"])
+    coco = COCO()
+    coco.dataset = content
+    try:
         # pycocotools prints progress to stdout; keep test and CLI output clean.
         with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(os.fspath(annotation_file))
-    except json.JSONDecodeError as error:
-        raise records_lib.BadInputError(f"{annotation_file}: malformed JSON: {error}") from None
+            coco.createIndex()
     except (KeyError, TypeError, AttributeError) as error:
-        raise records_lib.BadInputError(
-            f"{annotation_file}: not a COCO instances file ({type(error).__name__}: {error})"
-        ) from None
-    for key in ("images", "categories"):
-        if not isinstance(coco.dataset.get(key), list):
-            raise records_lib.BadInputError(
-                f"{annotation_file}: not a COCO instances file (no {key!r} list)"
-            )
+        raise _not_coco(annotation_file, f"{type(error).__name__}: {error}") from None
     return coco
 
 
@@ -52,22 +80,34 @@ def _object(annotation, category_index, crowd, path, issues):
     if is_crowd and crowd == "drop":
         return None
     category = annotation.get("category_id")
-    if category not in category_index:
+    if not isinstance(category, int) or category not in category_index:
         issues.bad_object(path, "unknown category", f"annotation {annotation.get('id')}: {category!r}")
         return None
     bbox = annotation.get("bbox")
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
         issues.bad_object(path, "malformed box", f"annotation {annotation.get('id')}: {bbox!r}")
         return None
+    x, y, w, h = (float(v) for v in bbox)
     area = annotation.get("area", w * h)
-    try:
-        area = float(area)
-    except (TypeError, ValueError):
+    if not (_is_number(area) and math.isfinite(area) and area >= 0):
         issues.bad_object(path, "malformed area", f"annotation {annotation.get('id')}: {area!r}")
         return None
-    return category_index[category], is_crowd, [x, y, x + w, y + h], area
+    return category_index[category], is_crowd, [x, y, x + w, y + h], float(area)
+
+
+def _unsafe_file_name(file_name):
+    """Why ``file_name`` may not be joined to the image folder, or ``None``."""
+    if not isinstance(file_name, str) or not file_name:
+        return f"{file_name!r} is not a file name"
+    try:
+        file_name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{file_name!r} is not valid Unicode"
+    if "\0" in file_name:
+        return f"{file_name!r} holds a NUL character"
+    if os.path.isabs(file_name) or ".." in file_name.replace("\\", "/").split("/"):
+        return f"{file_name!r} leads outside the image folder"
+    return None
 
 
 def read_coco(
@@ -87,7 +127,10 @@ def read_coco(
         crowd: ``"ignore"`` keeps ``iscrowd`` boxes flagged ``difficult``;
             ``"drop"`` leaves them out.
         bad_files, bad_objects: ``"raise"`` or ``"skip"`` (see `records`). A JSON
-            that does not parse always raises.
+            that does not parse or lacks the ``images``, ``annotations`` or
+            ``categories`` list always raises. An image entry without a positive
+            size, or whose ``file_name`` is absolute or climbs out of
+            ``image_dir`` (``..``), is a bad file; images may be JPEG, PNG, ...
         verify_images: check that every image exists and decodes.
 
     Returns:
@@ -101,7 +144,7 @@ def read_coco(
     categories = sorted(coco.dataset["categories"], key=lambda c: c["id"])
     category_index = {c["id"]: k for k, c in enumerate(categories)}
     image_ids = {image.get("id") for image in coco.dataset["images"]}
-    for annotation in coco.dataset.get("annotations", []):
+    for annotation in coco.dataset["annotations"]:
         if annotation.get("image_id") not in image_ids:
             issues.bad_object(
                 annotation_file, "annotation of an unknown image",
@@ -112,9 +155,18 @@ def read_coco(
     for image in coco.dataset["images"]:
         try:
             height, width = int(image["height"]), int(image["width"])
-            file_name, image_id = str(image["file_name"]), int(image["id"])
-        except (KeyError, TypeError, ValueError) as error:
+            file_name, image_id = image["file_name"], int(image["id"])
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             issues.bad_file(annotation_file, "malformed image entry", f"{image!r}: {error}")
+            continue
+        if height <= 0 or width <= 0:
+            issues.bad_file(
+                annotation_file, "malformed image entry", f"image {image_id}: size {height}x{width}"
+            )
+            continue
+        unsafe = _unsafe_file_name(file_name)
+        if unsafe:
+            issues.bad_file(annotation_file, "unsafe file_name", f"image {image_id}: {unsafe}")
             continue
         objects = [
             _object(a, category_index, crowd, annotation_file, issues)

@@ -25,7 +25,8 @@ def _define_flags():
     flags.DEFINE_list("splits", ["trainval"], "VOC split names under ImageSets/Main.")
     flags.DEFINE_list(
         "class_names", [],
-        "VOC class names in id order; empty: the sorted names found in the annotations.",
+        "VOC class names in id order; empty: <root>/labels.txt if present, else the sorted "
+        "names in every annotation file of the roots (all splits, so every split agrees).",
     )
     flags.DEFINE_string("coco_annotations", None, "COCO instances JSON.")
     flags.DEFINE_string("coco_images", None, "Folder of the COCO images.")
@@ -66,7 +67,7 @@ def main(argv):
         len(dataset), dataset.num_boxes(), dataset.class_names, dataset.issues,
     )
     meta = tfrecord.write_tfrecords(dataset, FLAGS.output, FLAGS.num_shards, FLAGS.progress)
-    print(f"Wrote {len(dataset)} images to {meta}")
+    print(f"Wrote {len(dataset)} images to {meta}; {records.format_issues(dataset.issues)}")
 
 
 if __name__ == "__main__":

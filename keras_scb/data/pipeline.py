@@ -1,8 +1,9 @@
 """``tf.data`` input pipelines for training and evaluation.
 
-Training: (shuffle) -> decode JPEG -> drop ``difficult`` boxes -> `augment` ->
-encode the targets (``"ssd"``) or pad the boxes to ``max_boxes`` -> batch ->
-(encode the padded targets) -> prefetch; maps in parallel and autotuned.
+Training: (shuffle) -> decode the image (JPEG, PNG, ...; see `records`) -> drop
+``difficult`` boxes -> `augment` -> encode the targets (``"ssd"``) or pad the
+boxes to ``max_boxes`` -> batch -> (encode the padded targets) -> prefetch; maps
+in parallel and autotuned.
 Evaluation: decode -> resize -> pad -> batch, keeping each image's id, original
 size and ground truth.
 
@@ -192,9 +193,7 @@ def _elements(source, training, shuffle=False, seed=None, shuffle_buffer=0):
 
 def _decode(element, images_are_paths):
     data = tf.io.read_file(element["image"]) if images_are_paths else element["image"]
-    image = tf.io.decode_jpeg(data, channels=3)
-    image.set_shape([None, None, 3])
-    return image
+    return records_lib.decode_image(data)
 
 
 def _pad(values, max_boxes, fill):

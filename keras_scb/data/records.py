@@ -9,12 +9,17 @@ and a box's pixel area is ``(x2 - x1 + 1) (y2 - y1 + 1)`` as in the VOC devkit;
 COCO's ``[x, y, w, h]`` becomes ``(x / W, y / H, (x + w) / W, (y + h) / H)``.
 
 Bad input (`BadInputError` names the file) is reported through an `IssueLog`:
-each reader takes ``bad_files`` (missing, corrupt or truncated image, malformed
-annotation file) and ``bad_objects`` (unknown class, zero or negative area,
-malformed box), each ``"raise"`` (default) or ``"skip"``. A skipped file drops its
-image; a skipped object drops that box. Boxes reaching outside the image are
-clipped, never an error. Every skip and clip is counted in `Dataset.issues` and
-logged once per kind.
+each reader takes ``bad_files`` (missing, corrupt, truncated or undecodable image,
+malformed annotation file) and ``bad_objects`` (unknown class, zero or negative
+area, non-finite or malformed box), each ``"raise"`` (default) or ``"skip"``. A
+skipped file drops its image; a skipped object drops that box. Finite boxes
+reaching outside the image are clipped, never an error. Every skip and clip is
+counted in `Dataset.issues`, logged once per kind, and `format_issues` words the
+counts for the end of a command-line run.
+
+Images are decoded by content, not by file name: JPEG, PNG (8 or 16 bit, 16 bit
+reduced to its high byte), GIF (first frame), BMP and WebP, always as 3-channel
+8-bit RGB.
 """
 
 import collections
@@ -37,7 +42,8 @@ class Record:
     """One image and its ground truth.
 
     Attributes:
-        image: path of the JPEG file (str), or the encoded JPEG itself (bytes).
+        image: path of the image file (str), or the encoded image itself (bytes);
+            any format `decode_image` reads.
         image_id: int; the COCO image id for COCO, else the index in the dataset.
         name: the image's name in its source (VOC id such as ``"BloodImage_00001"``,
             COCO ``file_name``).
@@ -147,13 +153,24 @@ class IssueLog:
         message = f"{path}: {kind}" + (f": {detail}" if detail else "")
         if self._policy[level] == "raise":
             flag = "bad_files" if level == "file" else "bad_objects"
-            raise BadInputError(f"{message} (pass {flag}='skip' to skip and count these)")
+            raise BadInputError(
+                f"{message} (to skip and count these: --bad_input=skip for train/"
+                f"evaluate, --{flag}=skip for keras_scb.data.convert, {flag}='skip' in Python)"
+            )
         self._count(path, kind, 1, detail)
 
     def _count(self, path, kind, count, detail):
         if not self.counts[kind]:
             logging.warning("%s: %s (%s); further ones are only counted.", path, kind, detail)
         self.counts[kind] += count
+
+
+def format_issues(issues: Dict[str, int]) -> str:
+    """``Dataset.issues`` as one line, e.g. ``"skipped or clipped input: 2 missing image, 1 clipped box"``."""
+    if not issues:
+        return "no input was skipped or clipped"
+    counts = ", ".join(f"{count} {kind}" for kind, count in sorted(issues.items()))
+    return f"skipped or clipped input: {counts}"
 
 
 def pixel_boxes_to_relative(path, boxes, height, width, issues):
@@ -166,15 +183,20 @@ def pixel_boxes_to_relative(path, boxes, height, width, issues):
         issues: `IssueLog`.
 
     Returns:
-        ``(relative (M, 4) float32, keep (N,) bool)``: boxes with zero or negative
-        area (before or after clipping) are reported as bad objects and dropped.
+        ``(relative (M, 4) float32, keep (N,) bool)``: boxes with a non-finite
+        corner (never clipped: ``inf`` is a broken annotation, not a box reaching
+        outside the image) or with zero or negative area (before or after
+        clipping) are reported as bad objects and dropped.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     size = np.array([width, height, width, height], np.float64)
     clipped = np.clip(boxes, 0.0, size)
     keep = np.ones(len(boxes), bool)
     for i, (box, clip) in enumerate(zip(boxes, clipped)):
-        if not (box[2] > box[0] and box[3] > box[1]):
+        if not np.isfinite(box).all():
+            issues.bad_object(path, "non-finite box", f"{box.tolist()}")
+            keep[i] = False
+        elif not (box[2] > box[0] and box[3] > box[1]):
             issues.bad_object(path, "zero or negative area box", f"{box.tolist()}")
             keep[i] = False
         elif not (clip[2] > clip[0] and clip[3] > clip[1]):
@@ -184,18 +206,54 @@ def pixel_boxes_to_relative(path, boxes, height, width, issues):
     return (clipped[keep] / size).astype(np.float32), keep
 
 
-def _op_error(error):
+def op_error(error):
     """The useful part of a TF op error: no function-node prefix, no op suffix."""
     text = error.message.splitlines()[0]
     text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
     return re.sub(r"\s*\[Op:\w+\].*$", "", text)
 
 
-def check_jpeg(image, height, width):
+# Leading bytes of the formats `decode_image` reads, for messages that say what a
+# file really is (a PNG named .jpg is fine; random bytes are not an image).
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+)
+
+
+def image_format(data: bytes) -> Optional[str]:
+    """The format named by the first bytes of an encoded image, or ``None``."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
+def decode_image(data):
+    """Encoded image (a scalar string tensor) -> ``(H, W, 3)`` uint8 RGB.
+
+    The format comes from the content; 16-bit PNGs keep their high byte and GIFs
+    their first frame.
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def check_image(image, height, width):
     """Makes sure the pipeline will be able to decode an image.
 
-    Decoding at 1/8 scale still reads every entropy-coded segment, so a truncated
-    or corrupt file fails here, at a fraction of a full decode's cost.
+    JPEGs are decoded at 1/8 scale, which still reads every entropy-coded
+    segment, so a truncated or corrupt file fails here at a fraction of a full
+    decode's cost; other formats are decoded fully.
 
     Args:
         image: path (str) or encoded bytes.
@@ -209,15 +267,24 @@ def check_jpeg(image, height, width):
     try:
         data = tf.io.read_file(image) if isinstance(image, str) else tf.constant(image)
     except tf.errors.OpError as error:
-        return "missing image", _op_error(error)
+        return "missing image", op_error(error)
+    kind = image_format(data.numpy()[:16])
+    if kind is None:
+        return "not an image", (
+            "unknown format (JPEG, PNG, GIF, BMP or WebP expected); "
+            f"first bytes {data.numpy()[:8]!r}"
+        )
     try:
-        shape = tf.image.extract_jpeg_shape(data).numpy()
-        tf.io.decode_jpeg(data, channels=3, ratio=8)
+        if kind == "JPEG":
+            shape = tf.image.extract_jpeg_shape(data).numpy()
+            tf.io.decode_jpeg(data, channels=3, ratio=8)
+        else:
+            shape = tf.shape(decode_image(data)).numpy()
     except tf.errors.OpError as error:
-        return "corrupt or truncated JPEG", _op_error(error)
+        return f"corrupt or truncated {kind}", op_error(error)
     if (int(shape[0]), int(shape[1])) != (int(height), int(width)):
         return "image size mismatch", (
-            f"annotation says {height}x{width} (HxW), the JPEG is {shape[0]}x{shape[1]}"
+            f"annotation says {height}x{width} (HxW), the {kind} is {shape[0]}x{shape[1]}"
         )
     return None
 
@@ -227,7 +294,7 @@ def verify_images(records: Sequence[Record], issues: IssueLog) -> List[Record]:
     kept = []
     for record in records:
         name = record.image if isinstance(record.image, str) else record.name
-        problem = check_jpeg(record.image, record.height, record.width)
+        problem = check_image(record.image, record.height, record.width)
         if problem is None:
             kept.append(record)
         else:

@@ -5,7 +5,7 @@ shards (consecutive records, so a sequential read keeps the dataset order) and
 ``<prefix>.json`` with the label space and counts. One ``tf.train.Example`` per
 image:
 
-    image/encoded   bytes    the JPEG file as is
+    image/encoded   bytes    the image file as is (JPEG, PNG, ...)
     image/id        int64    `Record.image_id`
     image/name      bytes    `Record.name`
     image/height, image/width   int64
@@ -22,6 +22,7 @@ import math
 import os
 from typing import Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from keras_scb.data import records as records_lib
@@ -143,34 +144,108 @@ def write_tfrecords(
     return meta_path
 
 
-def read_tfrecords(path: str) -> TFRecordSource:
-    """Opens what `write_tfrecords` wrote, given ``<prefix>.json`` or ``<prefix>``."""
+def _feature(example, key):
+    feature = example.features.feature[key]
+    kind = feature.WhichOneof("kind")
+    return list(getattr(feature, kind).value) if kind else []
+
+
+def _check_record(serialized, num_classes):
+    """Why a serialized example cannot be trained on, or ``None``."""
+    try:
+        example = tf.train.Example.FromString(serialized)
+        (encoded,) = _feature(example, "image/encoded")
+        (height,), (width,) = _feature(example, "image/height"), _feature(example, "image/width")
+        boxes = np.asarray(_feature(example, "image/object/bbox"), np.float64)
+        classes = np.asarray(_feature(example, "image/object/class"), np.int64)
+    except (ValueError, TypeError) as error:  # protobuf DecodeError is a ValueError
+        return f"malformed example: {error}"
+    if not np.isfinite(boxes).all() or len(boxes) != 4 * len(classes):
+        return f"{len(boxes)} box values (non-finite, or not 4 per class id)"
+    if ((classes < 0) | (classes >= num_classes)).any():
+        return f"class ids {sorted(set(classes.tolist()))} outside 0..{num_classes - 1}"
+    problem = records_lib.check_image(encoded, height, width)
+    return None if problem is None else ": ".join(problem)
+
+
+def verify_shards(source: TFRecordSource) -> None:
+    """Reads every record of every shard: framing (CRC), example fields, image.
+
+    Costs about one image check per record (as `read_voc` with
+    ``verify_images``); a damaged shard otherwise stops training mid-epoch with
+    an error that names no file.
+
+    Raises:
+        BadInputError: naming the shard file, and the record and image in it.
+    """
+    total = 0
+    for path in source.files:
+        index = 0
+        try:
+            for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                problem = _check_record(serialized, len(source.class_names))
+                if problem:
+                    raise records_lib.BadInputError(
+                        f"{path}: record {index}: {problem}; rewrite the shards with "
+                        "python -m keras_scb.data.convert"
+                    )
+                index += 1
+        except tf.errors.OpError as error:
+            raise records_lib.BadInputError(
+                f"{path}: truncated or corrupt shard after {index} records "
+                f"({records_lib.op_error(error)}); rewrite the shards with "
+                "python -m keras_scb.data.convert"
+            ) from None
+        total += index
+    if total != source.num_records:
+        raise records_lib.BadInputError(
+            f"{source.files[0]} ...: the shards hold {total} records, the metadata "
+            f"says {source.num_records}"
+        )
+
+
+def read_tfrecords(path: str, verify: bool = True) -> TFRecordSource:
+    """Opens what `write_tfrecords` wrote, given ``<prefix>.json`` or ``<prefix>``.
+
+    Args:
+        path: the metadata file or its prefix.
+        verify: read every record once (`verify_shards`), so that a damaged shard
+            is an error naming it now rather than a nameless one mid-training.
+    """
     meta_path = path if path.endswith(".json") else f"{path}.json"
     try:
         with open(meta_path) as f:
             meta = json.load(f)
     except json.JSONDecodeError as error:
         raise records_lib.BadInputError(f"{meta_path}: malformed JSON: {error}") from None
-    folder = os.path.dirname(os.path.abspath(meta_path))
-    files = tuple(os.path.join(folder, name) for name in meta["files"])
+    try:
+        folder = os.path.dirname(os.path.abspath(meta_path))
+        files = tuple(os.path.join(folder, name) for name in meta["files"])
+        category_ids = meta.get("category_ids")
+        source = TFRecordSource(
+            files=files,
+            class_names=tuple(meta["class_names"]),
+            category_ids=None if category_ids is None else tuple(category_ids),
+            num_records=int(meta["num_records"]),
+            max_boxes=int(meta["max_boxes"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise records_lib.BadInputError(
+            f"{meta_path}: malformed TFRecord metadata ({type(error).__name__}: {error})"
+        ) from None
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"{meta_path}: shard files missing: {missing}")
-    category_ids = meta.get("category_ids")
-    return TFRecordSource(
-        files=files,
-        class_names=tuple(meta["class_names"]),
-        category_ids=None if category_ids is None else tuple(category_ids),
-        num_records=int(meta["num_records"]),
-        max_boxes=int(meta["max_boxes"]),
-    )
+    if verify:
+        verify_shards(source)
+    return source
 
 
 def parse_example(serialized):
     """One serialized example -> the element dict of the input pipeline.
 
     Returns:
-        dict: ``image`` (encoded JPEG string), ``image_id`` int64, ``height``,
+        dict: ``image`` (encoded image string), ``image_id`` int64, ``height``,
         ``width`` int32, ``boxes`` float32 ``(N, 4)``, ``classes`` int32 ``(N,)``,
         ``difficult`` bool ``(N,)``, ``areas`` float64 ``(N,)``.
     """

@@ -1,17 +1,31 @@
 """Pascal VOC style datasets (a VOCdevkit year folder, or any tree laid out like one).
 
-Layout of each root: ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg`` and
-``ImageSets/Main/<split>.txt`` (one id per line). Several roots and splits are
-joined in order, e.g. VOC07+12 trainval is
-``read_voc([voc2007, voc2012], "trainval", VOC_CLASSES)``.
+Layout of each root: ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg`` (or
+``.jpeg`` / ``.png``; decoded by content) and ``ImageSets/Main/<split>.txt`` (one
+id per line). Several roots and splits are joined in order, e.g. VOC07+12
+trainval is ``read_voc([voc2007, voc2012], "trainval", VOC_CLASSES)``.
+
+The label map (class names in id order) belongs to the dataset, not to a split,
+so that train and val agree on every id (`dataset_class_names`): given
+explicitly, else ``<root>/labels.txt``, else the sorted names found in every
+annotation file of the dataset. A name that differs from a class only by letter
+case or a typo (``rbc`` for ``RBC``) is a bad object naming its file, never a new
+class.
 """
 
+import collections
 import dataclasses
+import difflib
+import glob
 import os
 import xml.etree.ElementTree as ET
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from keras_scb.data import records as records_lib
+
+# One class name per line, in id order; the file the trainer writes next to a model.
+LABELS_FILE = "labels.txt"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -32,6 +46,93 @@ def _split_ids(root, split):
         return [line.split()[0] for line in f if line.strip()]
 
 
+def read_labels_file(path: str) -> Tuple[str, ...]:
+    """Class names from a labels file (one per line, blank lines ignored).
+
+    Raises:
+        BadInputError: naming the file if it is empty or repeats a name.
+    """
+    with open(path, encoding="utf-8") as f:
+        names = tuple(line.strip() for line in f if line.strip())
+    repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+    if not names or repeated:
+        problem = f"repeated names {repeated}" if repeated else "no class names"
+        raise records_lib.BadInputError(f"{path}: malformed labels file: {problem}")
+    return names
+
+
+def _annotated_names(root):
+    """Counts of every object name in ``root/Annotations/*.xml``.
+
+    Files that do not parse are passed over here; reading a split that holds
+    one reports it.
+    """
+    counts = collections.Counter()
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), "Annotations", "*.xml"))):
+        try:
+            tree = ET.parse(path)
+        except (ET.ParseError, ValueError, LookupError):
+            continue
+        counts.update((obj.findtext("name") or "").strip() for obj in tree.iter("object"))
+    counts.pop("", None)
+    return counts
+
+
+def dataset_class_names(roots: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """The label map of a VOC-style dataset, the same for every split.
+
+    ``labels.txt`` in a root if there is one (roots that have one must agree),
+    else the sorted object names of every ``Annotations/*.xml`` in every root,
+    whichever split they belong to. Of names that differ only by letter case
+    (``rbc`` and ``RBC``) only the most frequent spelling is a class: the others
+    are then unknown classes, reported with their file.
+
+    Raises:
+        BadInputError: two roots' labels files disagree (naming both lists), or a
+            labels file is malformed.
+    """
+    roots = _as_list(roots)
+    labelled = {}
+    for root in roots:
+        path = os.path.join(root, LABELS_FILE)
+        if os.path.isfile(path):
+            labelled[path] = read_labels_file(path)
+    if labelled:
+        (first, names), *others = labelled.items()
+        for path, other in others:
+            if other != names:
+                raise records_lib.BadInputError(
+                    f"{path}: class names {list(other)} differ from {first}: {list(names)}"
+                )
+        return names
+    counts = collections.Counter()
+    for root in roots:
+        counts.update(_annotated_names(root))
+    spellings = collections.defaultdict(list)
+    for name in sorted(counts):
+        spellings[name.casefold()].append(name)
+    return tuple(sorted(
+        max(group, key=lambda name: counts[name]) for group in spellings.values()
+    ))
+
+
+def _unknown_class(name, class_names):
+    """The detail of an unknown-class report, with the class it probably means."""
+    guess = [c for c in class_names if c.casefold() == name.casefold()]
+    guess = guess or difflib.get_close_matches(name, class_names, n=1, cutoff=0.75)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"{name!r}{hint}; classes are {list(class_names)}"
+
+
+def _image_path(root, image_name):
+    """``JPEGImages/<id>`` with the first extension that exists (``.jpg`` if none)."""
+    for extension in IMAGE_EXTENSIONS:
+        path = os.path.join(root, "JPEGImages", image_name + extension)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(root, "JPEGImages", image_name + IMAGE_EXTENSIONS[0])
+
+
 def _parse_annotation(path, issues):
     """Returns ``(height, width, objects)`` or ``None`` if the file is skipped.
 
@@ -43,13 +144,14 @@ def _parse_annotation(path, issues):
         return None
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as error:
+    except (ET.ParseError, ValueError, LookupError) as error:
+        # ValueError / LookupError: an undecodable or unknown declared encoding.
         issues.bad_file(path, "malformed XML", str(error))
         return None
     try:
         width = int(float(root.findtext("size/width")))
         height = int(float(root.findtext("size/height")))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         issues.bad_file(path, "malformed annotation", "no valid <size><width>/<height>")
         return None
     if width <= 0 or height <= 0:
@@ -85,9 +187,10 @@ def read_voc(
     Args:
         roots: one VOC-style folder or several (e.g. VOC2007 and VOC2012).
         splits: split names under ``ImageSets/Main`` (e.g. ``"trainval"``).
-        class_names: the label space, in id order. ``None`` takes the sorted names
-            found in these annotations; pass it explicitly so that every split of a
-            dataset agrees. An object whose name is not here is a bad object.
+        class_names: the label space, in id order. ``None`` takes
+            `dataset_class_names` of ``roots`` (a ``labels.txt``, else the names
+            in every split's annotations), so every split of a dataset agrees.
+            An object whose name is not here is a bad object.
         bad_files, bad_objects: ``"raise"`` or ``"skip"`` (see `records`).
         verify_images: check that every image exists and decodes (about 1-5 ms an
             image); without it a bad image stops the input pipeline instead.
@@ -103,29 +206,28 @@ def read_voc(
                 xml = os.path.join(root, "Annotations", f"{image_name}.xml")
                 annotation = _parse_annotation(xml, issues)
                 if annotation is not None:
-                    jpeg = os.path.join(root, "JPEGImages", f"{image_name}.jpg")
-                    parsed.append((xml, jpeg, image_name, annotation))
+                    image = _image_path(root, image_name)
+                    parsed.append((xml, image, image_name, annotation))
     if class_names is None:
-        class_names = sorted(
-            {name for *_, (_, _, objects) in parsed for name, _, _ in objects}
-        )
+        class_names = dataset_class_names(roots)
+    class_names = tuple(class_names)
     class_ids = {name: k for k, name in enumerate(class_names)}
 
     records = []
-    for xml, jpeg, image_name, (height, width, objects) in parsed:
+    for xml, image, image_name, (height, width, objects) in parsed:
         known = []
         for name, difficult, box in objects:
             if name in class_ids:
                 known.append((class_ids[name], difficult, box))
             else:
-                issues.bad_object(xml, "unknown class", repr(name))
+                issues.bad_object(xml, "unknown class", _unknown_class(name, class_names))
         boxes, keep = records_lib.pixel_boxes_to_relative(
             xml, [o[2] for o in known], height, width, issues
         )
         kept = [o for o, k in zip(known, keep) if k]
         records.append(
             records_lib.make_record(
-                jpeg, len(records), image_name, height, width, boxes,
+                image, len(records), image_name, height, width, boxes,
                 [o[0] for o in kept], [o[1] for o in kept],
             )
         )
@@ -133,4 +235,4 @@ def read_voc(
         records = records_lib.verify_images(records, issues)
         # Keep image_id equal to the index after dropping bad images.
         records = [dataclasses.replace(r, image_id=i) for i, r in enumerate(records)]
-    return records_lib.Dataset(records, tuple(class_names), None, dict(issues.counts))
+    return records_lib.Dataset(records, class_names, None, dict(issues.counts))
