@@ -100,7 +100,8 @@ def _require_dirs():
     return FLAGS.data_dir
 
 
-# (splits, issues) of every split read in this process, for `print_skipped_input`.
+# (what was read, its issues) of every split read in this process, for
+# `print_skipped_input` at the end of a run.
 _ISSUES = []
 
 
@@ -124,7 +125,7 @@ def load_split(splits):
         )
     issues = getattr(source, "issues", None)
     if issues:
-        _ISSUES.append((splits, issues))
+        _ISSUES.append((f"--dataset={FLAGS.dataset} {splits}", issues))
     return source
 
 
@@ -141,9 +142,8 @@ def print_skipped_input(file=None):
     """Prints the counts of input skipped or clipped by the splits read so far."""
     from keras_scb.data import records
 
-    for splits, issues in _ISSUES:
-        print(f"--dataset={FLAGS.dataset} {splits}: {records.format_issues(issues)}",
-              file=file or sys.stderr)
+    for split, issues in _ISSUES:
+        print(f"{split}: {records.format_issues(issues)}", file=file or sys.stderr)
 
 
 def _read_split(splits):

@@ -224,6 +224,8 @@ def test_distributed_dataset_feeds_a_strategy(bccd_val):
 
 
 FIT_SCRIPT = """
+import math
+
 import keras
 from keras import layers, ops
 from keras_scb import anchors, data
@@ -245,13 +247,17 @@ def loss(y_true, y_pred):
 
 model.compile(optimizer="sgd", loss=loss)
 history = model.fit(pipeline, epochs=2, verbose=0, shuffle=False)
-print(keras.backend.backend(), len(history.history["loss"]), history.history["loss"][-1] >= 0)
+losses = history.history["loss"]
+finite = all(math.isfinite(v) and v >= 0 for v in losses)
+print(keras.backend.backend(), len(losses), finite)
 """
 
 
 def test_pipeline_feeds_model_fit_under_tensorflow():
     namespace = {}
     exec(compile(FIT_SCRIPT, "fit_script", "exec"), namespace)
+    assert (namespace["keras"].backend.backend(), len(namespace["losses"])) == ("tensorflow", 2)
+    assert namespace["finite"], namespace["losses"]
 
 
 def test_pipeline_feeds_model_fit_under_jax(python_subprocess):
