@@ -159,10 +159,9 @@ def read_coco(
         except (KeyError, TypeError, ValueError, OverflowError) as error:
             issues.bad_file(annotation_file, "malformed image entry", f"{image!r}: {error}")
             continue
-        if height <= 0 or width <= 0:
-            issues.bad_file(
-                annotation_file, "malformed image entry", f"image {image_id}: size {height}x{width}"
-            )
+        problem = records_lib.image_size_problem(height, width)
+        if problem:
+            issues.bad_file(annotation_file, "malformed image entry", f"image {image_id}: {problem}")
             continue
         unsafe = _unsafe_file_name(file_name)
         if unsafe:

@@ -31,6 +31,9 @@ import numpy as np
 from absl import logging
 
 POLICIES = ("raise", "skip")
+# The largest image side the pipeline's int32 sizes hold; a larger "size" is a
+# broken annotation (and would turn a box of a few pixels into a zero-size one).
+MAX_IMAGE_SIDE = 2**31 - 1
 
 
 class BadInputError(ValueError):
@@ -163,6 +166,13 @@ class IssueLog:
         if not self.counts[kind]:
             logging.warning("%s: %s (%s); further ones are only counted.", path, kind, detail)
         self.counts[kind] += count
+
+
+def image_size_problem(height, width) -> Optional[str]:
+    """Why ``height x width`` cannot be an image's size, or ``None``."""
+    if 0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE:
+        return None
+    return f"image size {height}x{width} (HxW) is not in 1..{MAX_IMAGE_SIDE}"
 
 
 def format_issues(issues: Dict[str, int]) -> str:

@@ -154,8 +154,9 @@ def _parse_annotation(path, issues):
     except (TypeError, ValueError, OverflowError):
         issues.bad_file(path, "malformed annotation", "no valid <size><width>/<height>")
         return None
-    if width <= 0 or height <= 0:
-        issues.bad_file(path, "malformed annotation", f"image size {width}x{height}")
+    problem = records_lib.image_size_problem(height, width)
+    if problem:
+        issues.bad_file(path, "malformed annotation", problem)
         return None
     objects = []
     for obj in root.iter("object"):
