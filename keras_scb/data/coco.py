@@ -88,8 +88,11 @@ def _object(annotation, category_index, crowd, path, issues):
         issues.bad_object(path, "malformed box", f"annotation {annotation.get('id')}: {bbox!r}")
         return None
     x, y, w, h = (float(v) for v in bbox)
-    area = annotation.get("area", w * h)
-    if not (_is_number(area) and math.isfinite(area) and area >= 0):
+    area = annotation.get("area")
+    if area is None:
+        # Finite when the box is; a non-finite box is reported as such later.
+        area = w * h
+    elif not (_is_number(area) and math.isfinite(area) and area >= 0):
         issues.bad_object(path, "malformed area", f"annotation {annotation.get('id')}: {area!r}")
         return None
     return category_index[category], is_crowd, [x, y, x + w, y + h], float(area)
