@@ -176,7 +176,8 @@ def image_size_problem(height, width) -> Optional[str]:
 
 
 def format_issues(issues: Dict[str, int]) -> str:
-    """``Dataset.issues`` as one line, e.g. ``"skipped or clipped input: 2 missing image, 1 clipped box"``."""
+    """``Dataset.issues`` as one line, e.g.
+    ``"skipped or clipped input: 1 clipped box, 2 missing image"``."""
     if not issues:
         return "no input was skipped or clipped"
     counts = ", ".join(f"{count} {kind}" for kind, count in sorted(issues.items()))
