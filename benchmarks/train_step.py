@@ -55,7 +55,7 @@ def synthetic_batch(model, num_images, seed):
     import keras
     import numpy as np
 
-    from keras_scb.matching import _corners, encode_matches, match_anchors
+    from keras_scb.matching import match_and_encode
 
     rng = np.random.default_rng(seed)
     max_boxes = 10
@@ -72,8 +72,7 @@ def synthetic_batch(model, num_images, seed):
         return images, np.concatenate([boxes, classes[..., None]], -1)
     ops = keras.ops
     anchors = ops.convert_to_tensor(model.anchors)
-    matched = match_anchors(boxes, classes, _corners(anchors, ops), 0.5, ops)
-    targets = encode_matches(boxes, classes, anchors, matched, (0.1, 0.2), ops)
+    targets = match_and_encode(boxes, classes, anchors, 0.5, (0.1, 0.2), ops)
     return images, ops.convert_to_numpy(targets)
 
 

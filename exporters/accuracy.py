@@ -15,16 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from exporters import common
-
-
-def _iou(box, boxes):
-    """IoU of one ``[ymin, xmin, ymax, xmax]`` box with ``(N, 4)`` boxes."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(area + areas - inter, 1e-12)
+from keras_scb.matching import pairwise_iou
 
 
 def detection_agreement(reference, candidate, top_k=10, iou_threshold=0.5):
@@ -54,7 +45,8 @@ def detection_agreement(reference, candidate, top_k=10, iou_threshold=0.5):
         free = np.ones(n_can, bool)
         for i in range(n_ref):
             count += 1
-            overlap = _iou(reference["detection_boxes"][b, i], boxes)
+            # Both in [ymin, xmin, ymax, xmax]: IoU does not depend on the order.
+            overlap = pairwise_iou(reference["detection_boxes"][b, i][None], boxes)[0]
             overlap[(classes != reference["detection_classes"][b, i]) | ~free] = -1.0
             if n_can == 0 or overlap.max() < iou_threshold:
                 continue

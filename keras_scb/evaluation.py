@@ -46,6 +46,9 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
+# The one IoU of the project; box_areas stays importable from here (tests use it).
+from keras_scb.matching import box_areas, pairwise_iou  # noqa: F401
+
 # COCO's object scale limits, on box area in pixels of the original image.
 SMALL_AREA = 32.0**2
 MEDIUM_AREA = 96.0**2
@@ -177,22 +180,6 @@ def pixel_box_areas(boxes, height, width):
     # Rounded again: the difference of two grid values is off the grid by an ulp.
     sides = np.round(np.maximum(pixels[:, 2:] - pixels[:, :2], 0.0), _PIXEL_DECIMALS)
     return np.round(sides[:, 0] * sides[:, 1], 2 * _PIXEL_DECIMALS)
-
-
-def box_areas(boxes):
-    """``(N, 4)`` corners -> ``(N,)`` areas (0 for degenerate boxes)."""
-    wh = np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
-    return wh[:, 0] * wh[:, 1]
-
-
-def pairwise_iou(boxes_a, boxes_b):
-    """``(N, 4)``, ``(M, 4)`` corners -> ``(N, M)`` IoU (continuous coordinates)."""
-    lo = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    hi = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    wh = np.maximum(hi - lo, 0.0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_areas(boxes_a)[:, None] + box_areas(boxes_b)[None, :] - inter
-    return inter / np.maximum(union, 1e-12)
 
 
 def scale_of_area(areas):

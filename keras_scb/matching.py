@@ -1,10 +1,12 @@
-"""Anchor matching and SSD box coding.
+"""Anchor matching, the project's one IoU, and SSD box coding.
 
-The public functions are TensorFlow, so they run inside ``tf.data.Dataset.map``
-whatever the Keras backend (the input pipeline always runs on TensorFlow). Their
-core, `match_anchors`, is written against a numpy-like namespace so that the
-RefineDet loss can run the same matching rule on the refined anchors with
-``keras.ops`` under any backend.
+`encode_targets`, `iou` and `decode_boxes` are TensorFlow, so they run inside
+``tf.data.Dataset.map`` whatever the Keras backend (the input pipeline always
+runs on TensorFlow). Their core (`to_corners`, `pairwise_iou`, `argmax_first`,
+`match_anchors`, `encode_matches`, `match_and_encode`) is written against a
+numpy-like namespace, so that the RefineDet loss can match and encode refined
+anchors with ``keras.ops`` under any backend, and evaluation can use the same
+IoU in numpy.
 
 Box formats: ground-truth and decoded boxes are relative corners
 ``[xmin, ymin, xmax, ymax]``; anchors are relative ``[cx, cy, w, h]``
@@ -13,6 +15,8 @@ Box formats: ground-truth and decoded boxes are relative corners
 
 import functools
 import types
+
+import numpy as np
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,44 +46,77 @@ def tf_ops():
     )
 
 
-def _corners(boxes, ops):
-    """``(..., 4)`` ``[cx, cy, w, h]`` -> ``[xmin, ymin, xmax, ymax]``."""
+def to_corners(boxes, ops):
+    """``(..., 4)`` ``[cx, cy, w, h]`` -> ``[xmin, ymin, xmax, ymax]``.
+
+    Args:
+        boxes: ``(..., 4)`` centre form, e.g. anchors.
+        ops: ``keras.ops``, `tf_ops()` or numpy.
+    """
     centre, size = boxes[..., :2], boxes[..., 2:]
     return ops.concatenate([centre - size / 2.0, centre + size / 2.0], axis=-1)
 
 
-def _iou(boxes_a, boxes_b, ops):
-    area_a = (boxes_a[..., 2] - boxes_a[..., 0]) * (boxes_a[..., 3] - boxes_a[..., 1])
-    area_b = (boxes_b[..., 2] - boxes_b[..., 0]) * (boxes_b[..., 3] - boxes_b[..., 1])
+def box_areas(boxes, ops=np):
+    """``(..., 4)`` corners -> ``(...)`` areas, 0 for degenerate boxes."""
+    size = ops.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
+    return size[..., 0] * size[..., 1]
+
+
+def pairwise_iou(boxes_a, boxes_b, ops=np):
+    """Pairwise intersection over union: the one IoU of the project.
+
+    Works in any numpy-like namespace: numpy for evaluation (float64 in, float64
+    out), `tf_ops()` inside ``tf.data``, ``keras.ops`` in the losses. The corner
+    order may be ``[xmin, ymin, xmax, ymax]`` or ``[ymin, xmin, ymax, xmax]`` as
+    long as both arguments use the same one: IoU does not depend on it.
+
+    Args:
+        boxes_a: ``(..., N, 4)`` corners.
+        boxes_b: ``(..., M, 4)`` corners, same leading dims as ``boxes_a`` (or none).
+        ops: numpy (default), ``keras.ops`` or `tf_ops()`.
+
+    Returns:
+        ``(..., N, M)``, 0 where the boxes do not overlap or both are degenerate.
+    """
     a = ops.expand_dims(boxes_a, -2)
     b = ops.expand_dims(boxes_b, -3)
     lo = ops.maximum(a[..., :2], b[..., :2])
     hi = ops.minimum(a[..., 2:], b[..., 2:])
     wh = ops.maximum(hi - lo, 0.0)
     inter = wh[..., 0] * wh[..., 1]
-    union = ops.expand_dims(area_a, -1) + ops.expand_dims(area_b, -2) - inter
+    union = (
+        ops.expand_dims(box_areas(boxes_a, ops), -1)
+        + ops.expand_dims(box_areas(boxes_b, ops), -2)
+        - inter
+    )
     return inter / ops.maximum(union, 1e-12)
 
 
 def iou(boxes_a, boxes_b):
-    """Pairwise intersection over union.
+    """`pairwise_iou` in TensorFlow float32 (for ``tf.data`` maps).
 
     Args:
         boxes_a: ``(..., N, 4)`` corners.
         boxes_b: ``(..., M, 4)`` corners, same leading dims as ``boxes_a`` (or none).
 
     Returns:
-        ``(..., N, M)`` float32.
+        ``(..., N, M)`` float32 tensor.
     """
     import tensorflow as tf
 
     boxes_a = tf.convert_to_tensor(boxes_a, tf.float32)
     boxes_b = tf.convert_to_tensor(boxes_b, tf.float32)
-    return _iou(boxes_a, boxes_b, tf_ops())
+    return pairwise_iou(boxes_a, boxes_b, tf_ops())
 
 
-def _argmax_first(x, axis, ops):
+def argmax_first(x, axis, ops):
     """Argmax over a non-negative ``axis``, lowest index among exact ties.
+
+    Args:
+        x: tensor of any rank.
+        axis: non-negative int.
+        ops: ``keras.ops`` or `tf_ops()`.
 
     Returns:
         ``(index, max)``, both with ``axis`` removed.
@@ -118,10 +155,10 @@ def match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold, ops):
         ``(B, A)`` int32 index of the matched box, ``-1`` for background.
     """
     valid = gt_classes >= 0  # (B, G)
-    overlaps = _iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
+    overlaps = pairwise_iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
     overlaps = ops.where(ops.expand_dims(valid, -1), overlaps, -1.0)
-    best_gt, best_gt_iou = _argmax_first(overlaps, 1, ops)  # (B, A)
-    best_anchor, _ = _argmax_first(overlaps, 2, ops)  # (B, G)
+    best_gt, best_gt_iou = argmax_first(overlaps, 1, ops)  # (B, A)
+    best_anchor, _ = argmax_first(overlaps, 2, ops)  # (B, G)
     num_anchors = ops.shape(overlaps)[2]
     num_gt = ops.shape(overlaps)[1]
     # forced[b, a] = 1 + the highest box index whose best anchor is a, else 0:
@@ -176,6 +213,26 @@ def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
     )
 
 
+def match_and_encode(gt_boxes, gt_classes, anchors, iou_threshold, variances, ops):
+    """`match_anchors` against ``anchors``, then `encode_matches`, in any namespace.
+
+    Args:
+        gt_boxes: ``(B, G, 4)`` float32 relative corners.
+        gt_classes: ``(B, G)`` int32, ``-1`` for padding.
+        anchors: ``(A, 4)`` or ``(B, A, 4)`` float32 relative ``[cx, cy, w, h]``.
+        iou_threshold: Python float.
+        variances: pair of floats.
+        ops: ``keras.ops`` or `tf_ops()`.
+
+    Returns:
+        ``(B, A, 6)`` float32 targets, as `encode_matches`.
+    """
+    matched = match_anchors(
+        gt_boxes, gt_classes, to_corners(anchors, ops), iou_threshold, ops
+    )
+    return encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops)
+
+
 def encode_targets(
     gt_boxes, gt_classes, anchors, iou_threshold=0.5, variances=(0.1, 0.2)
 ):
@@ -201,11 +258,8 @@ def encode_targets(
     single = gt_boxes.shape.rank == 2
     if single:
         gt_boxes, gt_classes = gt_boxes[None], gt_classes[None]
-    matched = match_anchors(
-        gt_boxes, gt_classes, _corners(anchors, tf_ops()), iou_threshold, tf_ops()
-    )
-    targets = encode_matches(
-        gt_boxes, gt_classes, anchors, matched, variances, tf_ops()
+    targets = match_and_encode(
+        gt_boxes, gt_classes, anchors, iou_threshold, variances, tf_ops()
     )
     return targets[0] if single else targets
 

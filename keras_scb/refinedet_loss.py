@@ -50,7 +50,7 @@ from keras import ops
 
 from keras_scb.anchors import get_anchors
 from keras_scb.losses import check_options, multibox_loss
-from keras_scb.matching import _argmax_first, _corners, _iou, encode_matches
+from keras_scb.matching import argmax_first, encode_matches, pairwise_iou, to_corners
 from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
 ARM_DEPTH = 6  # 4 offsets + (background, object) logits
@@ -141,7 +141,7 @@ def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: flo
         ``(B, A)`` int32 index of the matched box, ``-1`` for background.
     """
     valid = gt_classes >= 0
-    overlaps = _iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
+    overlaps = pairwise_iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
     num_gt, num_anchors = ops.shape(overlaps)[1], ops.shape(overlaps)[2]
     pairs = ops.logical_and(ops.expand_dims(valid, -1), overlaps > _MIN_OVERLAP)
     overlaps = ops.where(pairs, overlaps, -1.0)
@@ -156,8 +156,8 @@ def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: flo
             ops.expand_dims(matched < 0, 1),
         )
         free_overlaps = ops.where(free, overlaps, -1.0)
-        best_anchor, best_overlap = _argmax_first(free_overlaps, 2, ops)  # (B, G)
-        best_box, _ = _argmax_first(free_overlaps, 1, ops)  # (B, A)
+        best_anchor, best_overlap = argmax_first(free_overlaps, 2, ops)  # (B, G)
+        best_box, _ = argmax_first(free_overlaps, 1, ops)  # (B, A)
         dominant = ops.logical_and(
             best_overlap > 0.0,
             ops.take_along_axis(best_box, best_anchor, 1) == box_ids,
@@ -180,7 +180,7 @@ def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: flo
             ops.convert_to_tensor(True),
         ),
     )
-    best_box, best_overlap = _argmax_first(overlaps, 1, ops)
+    best_box, best_overlap = argmax_first(overlaps, 1, ops)
     by_threshold = ops.where(best_overlap >= iou_threshold, best_box, -1)
     return ops.where(matched >= 0, matched, by_threshold)
 
@@ -232,12 +232,12 @@ def refinedet_loss(
     )
 
     objects = ops.where(classes >= 0, 0, -1)  # every class is "object" (target 1)
-    matched = caffe_match_anchors(boxes, objects, _corners(anchors, ops), iou_threshold)
+    matched = caffe_match_anchors(boxes, objects, to_corners(anchors, ops), iou_threshold)
     arm_true = encode_matches(boxes, objects, anchors, matched, variances, ops)
     arm_loss = multibox_loss(arm_true, arm, weighting=arm_weighting, **shared)
 
     refined = ops.stop_gradient(refine_anchors(arm[..., :4], anchors, variances))
-    matched = caffe_match_anchors(boxes, classes, _corners(refined, ops), iou_threshold)
+    matched = caffe_match_anchors(boxes, classes, to_corners(refined, ops), iou_threshold)
     odm_true = encode_matches(boxes, classes, refined, matched, variances, ops)
     # MineHardExamples: `arm_conf_data[... 2 * m + 1] >= objectness_score`, the
     # softmax object probability, tested for unmatched anchors only.

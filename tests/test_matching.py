@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_scb.anchors import get_anchors
-from keras_scb.matching import decode_boxes, encode_targets, iou
+from keras_scb.matching import decode_boxes, encode_targets, iou, pairwise_iou, tf_ops
 
 from reference import encode, match, random_boxes
 
@@ -110,3 +110,26 @@ def test_iou_against_reference():
     from reference import iou_matrix
 
     np.testing.assert_allclose(iou(a, b).numpy(), iou_matrix(a, b.astype(np.float64)), atol=1e-6)
+
+
+def test_one_iou_in_every_namespace():
+    """numpy (evaluation), tf_ops (tf.data) and keras.ops (losses) give the same
+    IoU, and the corner order does not matter."""
+    import keras
+
+    from reference import iou_matrix
+
+    rng = np.random.default_rng(5)
+    a, _ = random_boxes(rng, max_boxes=10, max_pad=0)
+    b, _ = random_boxes(rng, max_boxes=10, max_pad=0)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = iou_matrix(a64, b64)
+    np.testing.assert_allclose(pairwise_iou(a64, b64), want, rtol=1e-12, atol=1e-12)
+    swap = [1, 0, 3, 2]  # [xmin, ymin, xmax, ymax] <-> [ymin, xmin, ymax, xmax]
+    np.testing.assert_allclose(pairwise_iou(a64[:, swap], b64[:, swap]), want, atol=1e-12)
+    for ops in (tf_ops(), keras.ops):
+        got = pairwise_iou(keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b), ops)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, atol=1e-6)
+    # Leading batch dims broadcast as in match_anchors.
+    batched = pairwise_iou(np.stack([a64, a64]), b64)
+    np.testing.assert_allclose(batched, np.stack([want, want]), atol=1e-12)
