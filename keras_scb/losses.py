@@ -72,8 +72,11 @@ def scale_balanced_weights(num_matches, alpha=1.0, beta=3.0, weighting="scb"):
     raise ValueError(f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}.")
 
 
-def matched_anchor_counts(matched, positive):
-    """``M_i`` of the box each anchor is assigned to, counted per image.
+def match_count_per_anchor(matched, positive):
+    """Per anchor, ``M_i`` of the box it is assigned to, counted per image.
+
+    The per-box view of the same count (over a dataset, for statistics) is
+    `keras_scb.match_stats.match_counts_per_box`.
 
     Args:
         matched: ``(B, A)`` int32 box index per anchor (ignored where not positive).
@@ -161,7 +164,7 @@ def multibox_loss(
     if weighting == "uniform":
         weights = positive_f  # (B, A); MultiBox needs no counts
     else:
-        counts = matched_anchor_counts(matched, positive)
+        counts = match_count_per_anchor(matched, positive)
         weights = scale_balanced_weights(counts, alpha, beta, weighting)
         weights = ops.stop_gradient(weights * positive_f)
 

@@ -20,8 +20,10 @@ import numpy as np
 from keras_scb.evaluation import SCALES, pixel_box_areas, scale_of_area
 
 
-def anchor_counts(boxes, classes, anchors, iou_threshold=0.5):
-    """``M_i`` of every box, in TensorFlow (usable inside ``tf.data`` maps).
+def match_counts_per_box(boxes, classes, anchors, iou_threshold=0.5):
+    """``M_i`` of every box: how many anchors it matches, in TensorFlow (usable
+    inside ``tf.data`` maps). The loss's per-anchor view of the same count is
+    `keras_scb.losses.match_count_per_anchor`.
 
     Args:
         boxes: float ``(B, G, 4)`` (or ``(G, 4)``) relative ``[xmin, ymin, xmax, ymax]``.
@@ -48,8 +50,8 @@ def anchor_counts(boxes, classes, anchors, iou_threshold=0.5):
     return counts[..., 1:]
 
 
-def matched_anchor_counts(boxes, classes, anchors, iou_threshold=0.5):
-    """`anchor_counts` of one image, as numpy.
+def image_match_counts(boxes, classes, anchors, iou_threshold=0.5):
+    """`match_counts_per_box` of one image, as numpy.
 
     Args:
         boxes: float ``(N, 4)`` relative ``[xmin, ymin, xmax, ymax]``.
@@ -63,7 +65,8 @@ def matched_anchor_counts(boxes, classes, anchors, iou_threshold=0.5):
     classes = np.asarray(classes, np.int32).reshape(-1)
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    return np.asarray(anchor_counts(boxes, classes, anchors, iou_threshold), np.int64)
+    counts = match_counts_per_box(boxes, classes, anchors, iou_threshold)
+    return np.asarray(counts, np.int64)
 
 
 def count_summary(counts):
@@ -194,7 +197,7 @@ def annotated_counts(dataset, anchors, iou_threshold=0.5):
         # Difficult / crowd boxes are not training targets, so they match nothing.
         boxes = record.boxes[~record.difficult]
         classes = record.classes[~record.difficult]
-        counts.append(matched_anchor_counts(boxes, classes, priors, iou_threshold))
+        counts.append(image_match_counts(boxes, classes, priors, iou_threshold))
         input_scales.append(object_scales(boxes, size, size))
         original_scales.append(object_scales(boxes, record.height, record.width))
     return tuple(
@@ -225,7 +228,7 @@ def augmented_counts(
     priors = tf.constant(get_anchors(anchors))
 
     def targets(boxes, classes):
-        counts = anchor_counts(boxes, classes, priors, iou_threshold)
+        counts = match_counts_per_box(boxes, classes, priors, iou_threshold)
         return {"boxes": boxes, "classes": classes, "counts": counts}
 
     wanted = len(dataset) * samples_per_image

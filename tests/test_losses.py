@@ -13,7 +13,7 @@ from keras_scb.losses import (
     WEIGHTINGS,
     MultiBoxLoss,
     ScaleBalancedLoss,
-    matched_anchor_counts,
+    match_count_per_anchor,
     multibox_loss,
 )
 from keras_scb.matching import encode_targets
@@ -91,11 +91,11 @@ def test_valid_normalization_counts_positives_over_the_batch(batch):
         multibox_loss(y_true, y_pred, normalization="batch")
 
 
-def test_matched_anchor_counts_brute_force(batch):
+def test_match_count_per_anchor_brute_force(batch):
     y_true, _ = batch
     matched = y_true[..., 5].astype(np.int32)
     positive = y_true[..., 4] > 0
-    got = np.asarray(matched_anchor_counts(matched, positive))
+    got = np.asarray(match_count_per_anchor(matched, positive))
     for b in range(len(matched)):
         for a in range(matched.shape[1]):
             want = (positive[b] & (matched[b] == matched[b, a])).sum() if positive[b, a] else 0

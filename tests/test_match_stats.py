@@ -42,7 +42,7 @@ def test_counts_match_brute_force_on_random_boxes():
         boxes, classes = random_boxes(rng)  # includes padding rows (class -1)
         expected, overlaps = brute_force_counts(boxes, classes)
         assert not float_sensitive(overlaps[classes >= 0])
-        ours = ms.matched_anchor_counts(boxes, classes, ANCHORS)
+        ours = ms.image_match_counts(boxes, classes, ANCHORS)
         np.testing.assert_array_equal(ours, expected)
         assert np.all(ours[classes < 0] == 0)
         checked += int(np.sum(classes >= 0))
@@ -62,7 +62,7 @@ def test_counts_match_brute_force_on_bccd(bccd_train):
         expected, overlaps = brute_force_counts(record.boxes, record.classes)
         if float_sensitive(overlaps):
             continue
-        ours = ms.matched_anchor_counts(record.boxes, record.classes, ANCHORS)
+        ours = ms.image_match_counts(record.boxes, record.classes, ANCHORS)
         np.testing.assert_array_equal(ours, expected)
         checked += 1
     assert checked >= 8
@@ -76,7 +76,7 @@ def test_batched_counts_equal_per_image_counts():
     classes = -np.ones((4, g), np.int32)
     for i, (b, c) in enumerate(images):
         boxes[i, : len(c)], classes[i, : len(c)] = b, c
-    batched = np.asarray(ms.anchor_counts(boxes, classes, ANCHORS))
+    batched = np.asarray(ms.match_counts_per_box(boxes, classes, ANCHORS))
     for i, (b, c) in enumerate(images):
         np.testing.assert_array_equal(batched[i, : len(c)], brute_force_counts(b, c)[0])
         assert np.all(batched[i, len(c):] == 0)
@@ -88,7 +88,7 @@ def test_a_box_can_lose_its_only_anchor():
     centre = np.array([84.0, 84.0]) / 300  # an anchor centre of the 38x38 map
     box = np.concatenate([centre - 3 / 300, centre + 3 / 300])
     boxes = np.stack([box, box]).astype(np.float32)
-    ours = ms.matched_anchor_counts(boxes, [0, 1], ANCHORS)
+    ours = ms.image_match_counts(boxes, [0, 1], ANCHORS)
     expected, _ = brute_force_counts(boxes, [0, 1])
     np.testing.assert_array_equal(ours, [0, 1])
     np.testing.assert_array_equal(expected, [0, 1])
@@ -157,7 +157,7 @@ def test_augmented_counts_follow_the_training_pipeline(bccd_train):
             # Same TF matching per image: this checks the batching, padding and
             # sample order (augmented boxes often tie, see `float_sensitive`).
             expected_counts.append(
-                ms.matched_anchor_counts(row[real, :4], row[real, 4].astype(int), ANCHORS)
+                ms.image_match_counts(row[real, :4], row[real, 4].astype(int), ANCHORS)
             )
             expected_scales.append(ms.object_scales(row[real, :4], 300, 300))
             seen += 1
