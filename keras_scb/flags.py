@@ -49,7 +49,7 @@ def define_model_flags():
                         "DSSD loads ResNet-101 (resnet101_weights_tf_dim_ordering_tf_kernels"
                         "_notop.h5). A path: that file (the same Keras file, or a .weights.h5 "
                         "of the keras.applications model). 'none': random.")
-    flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width (alpha) of SSDLite models.")
+    flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width multiplier of SSDLite models.")
     flags.DEFINE_float("bn_momentum", None, "BatchNorm momentum of models that take it.")
     flags.DEFINE_string("anchors", None, "Anchor preset overriding the model's default "
                         "(e.g. ssd300_coco); see keras_scb.anchors.PRESETS.")
@@ -66,7 +66,7 @@ def model_kwargs():
             None if FLAGS.backbone_weights.lower() == "none" else FLAGS.backbone_weights
         )
     if FLAGS.width_multiplier is not None:
-        kwargs["alpha"] = FLAGS.width_multiplier
+        kwargs["width_multiplier"] = FLAGS.width_multiplier
     if FLAGS.bn_momentum is not None:
         kwargs["bn_momentum"] = FLAGS.bn_momentum
     if FLAGS.anchors is not None:

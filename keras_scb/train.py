@@ -147,6 +147,10 @@ def _loss(detector):
     )
 
 
+# The cosine schedule's final learning rate, as a fraction of the peak rate.
+COSINE_FLOOR = 0.0
+
+
 def learning_rate_schedule(total_steps):
     """The flags' schedule: linear warm-up from a third of the rate, then step or cosine decay."""
     import keras
@@ -164,7 +168,7 @@ def learning_rate_schedule(total_steps):
     return keras.optimizers.schedules.CosineDecay(
         FLAGS.learning_rate * warmup_factor,
         decay_steps=max(1, total_steps - FLAGS.warmup_steps),
-        alpha=0.0,
+        alpha=COSINE_FLOOR,  # CosineDecay's name for the floor
         warmup_target=FLAGS.learning_rate if FLAGS.warmup_steps else None,
         warmup_steps=FLAGS.warmup_steps,
     )

@@ -38,7 +38,7 @@ def make_detector(seed=0):
 
     keras.utils.set_random_seed(seed)
     detector = build_detector(
-        "mobilenetv2-ssdlite300", NUM_CLASSES, alpha=0.35, backbone_weights=None
+        "mobilenetv2-ssdlite300", NUM_CLASSES, width_multiplier=0.35, backbone_weights=None
     )
     norms = _batch_norms(detector)
     momenta = [layer.momentum for layer in norms]

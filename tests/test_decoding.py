@@ -199,7 +199,7 @@ def test_refinedet_outputs_decode_against_refined_anchors():
 
 def test_inference_model_called_on_a_tensor_keeps_batchnorm_statistics():
     detector = build_detector(
-        "mobilenetv2-ssdlite300", 3, alpha=0.35, backbone_weights=None
+        "mobilenetv2-ssdlite300", 3, width_multiplier=0.35, backbone_weights=None
     )
     inference = build_inference_model(detector)
     before = [np.array(v) for v in detector.non_trainable_variables]

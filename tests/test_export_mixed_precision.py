@@ -10,7 +10,7 @@ from keras_scb.models import build_detector
 def test_mixed_bfloat16_checkpoint_loads_as_float32(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        trained = build_detector("mobilenetv2-ssdlite300", 3, alpha=0.35, backbone_weights=None)
+        trained = build_detector("mobilenetv2-ssdlite300", 3, width_multiplier=0.35, backbone_weights=None)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     path = str(tmp_path / "bf16.keras")

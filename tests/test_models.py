@@ -160,10 +160,10 @@ def test_mobilenet_v2_default_weights_are_the_vendored_ones():
         assert len(want) == len(got) > 0
         for w, g in zip(want, got):
             np.testing.assert_array_equal(w, g)
-    # alpha != 1 has no vendored weights: random by default, error if asked.
-    assert build_detector("mobilenetv2-ssdlite300", NUM_CLASSES, alpha=0.5).count_params() > 0
-    with pytest.raises(ValueError, match="alpha=1.0"):
-        build_detector("mobilenetv2-ssdlite300", NUM_CLASSES, alpha=0.5, backbone_weights="vendored")
+    # width_multiplier != 1 has no vendored weights: random by default, error if asked.
+    assert build_detector("mobilenetv2-ssdlite300", NUM_CLASSES, width_multiplier=0.5).count_params() > 0
+    with pytest.raises(ValueError, match="width_multiplier=1.0"):
+        build_detector("mobilenetv2-ssdlite300", NUM_CLASSES, width_multiplier=0.5, backbone_weights="vendored")
 
 
 def test_imagenet_download_failure_is_explained(monkeypatch):

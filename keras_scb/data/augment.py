@@ -108,12 +108,12 @@ def photometric_distort(
     seeds = _split(seed, 5)
     coins = _uniform(seeds[0], [5]) < 0.5
     delta = tf.where(coins[0], _uniform(seeds[1], (), -brightness, brightness), 0.0)
-    alpha = tf.where(coins[1], _uniform(seeds[2], (), *contrast), 1.0)
+    contrast_factor = tf.where(coins[1], _uniform(seeds[2], (), *contrast), 1.0)
     contrast_first = coins[4]
     image = tf.clip_by_value(image + delta, 0.0, 255.0)
 
     def scale_contrast(x):
-        return tf.clip_by_value(x * alpha, 0.0, 255.0)
+        return tf.clip_by_value(x * contrast_factor, 0.0, 255.0)
 
     image = tf.cond(contrast_first, lambda: scale_contrast(image), lambda: image)
     unit = image / 255.0  # the HSV ops expect [0, 1]

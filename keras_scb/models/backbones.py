@@ -5,7 +5,8 @@
 ``$KERAS_HOME/models/``, downloaded there when online; a one-line error saying
 which file to put where when offline), a path to a weights file of the
 application model (see each builder for which one), or ``"vendored"``
-(MobileNetV2 alpha 1.0 only: the ImageNet weights shipped in ``keras_scb/weights``).
+(MobileNetV2 width multiplier 1.0 only: the ImageNet weights shipped in
+``keras_scb/weights``).
 """
 
 import dataclasses
@@ -115,26 +116,29 @@ def _application(constructor, weights, **kwargs):
         ) from error
 
 
-def mobilenet_v2(image_size, alpha, weights, bn_momentum):
+def mobilenet_v2(image_size, width_multiplier, weights, bn_momentum):
     """``keras.applications.MobileNetV2`` without top, every BatchNorm at ``bn_momentum``.
 
     Args:
-        weights: see the module docstring; ``"vendored"`` needs ``alpha == 1.0``.
+        width_multiplier: MobileNetV2's width (Keras's ``alpha``).
+        weights: see the module docstring; ``"vendored"`` needs a width
+            multiplier of 1.0.
 
     Returns:
         A functional model ``(B, S, S, 3)`` in ``[-1, 1]`` -> ``(B, S/32, S/32, 1280)``.
     """
     if weights == "vendored":
-        if alpha != 1.0:
+        if width_multiplier != 1.0:
             raise ValueError(
-                f"The vendored MobileNetV2 weights are for alpha=1.0, not {alpha}."
+                f"The vendored MobileNetV2 weights are for width_multiplier=1.0, "
+                f"not {width_multiplier}."
             )
         weights = VENDORED_MOBILENET_V2
     model = _application(
         keras.applications.MobileNetV2,
         weights,
         input_shape=(image_size, image_size, 3),
-        alpha=alpha,
+        alpha=width_multiplier,  # keras.applications' name for it
     )
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):

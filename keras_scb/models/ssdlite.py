@@ -1,9 +1,9 @@
 """MobileNetV2-SSDLite (Sandler et al. 2018), at 300 and 320 pixels.
 
 Prediction maps: the stride-16 expansion of MobileNetV2 block 13 (576 channels at
-alpha 1), its stride-32 output (1280), then four extra blocks (1x1 conv to half
+width multiplier 1), its stride-32 output (1280), then four extra blocks (1x1 conv to half
 the depth, depthwise 3x3 stride 2, 1x1 conv; depths 512, 256, 256, 128 times
-alpha) down to 1x1, with depthwise-separable heads, as in the TF Object
+the width multiplier) down to 1x1, with depthwise-separable heads, as in the TF Object
 Detection API's ``ssdlite_mobilenet_v2``.
 """
 
@@ -38,7 +38,7 @@ def _extra_block(x, depth, bn_momentum, name):
 def mobilenet_v2_ssdlite(
     num_classes,
     image_size,
-    alpha=1.0,
+    width_multiplier=1.0,
     anchors=None,
     backbone_weights="default",
     bn_momentum=0.99,
@@ -48,10 +48,11 @@ def mobilenet_v2_ssdlite(
     Args:
         num_classes: foreground classes ``C``.
         image_size: 300 or 320 (any size whose maps fit ``anchors``).
-        alpha: MobileNetV2 width multiplier (also scales the extra layers).
+        width_multiplier: MobileNetV2 width multiplier (Keras's ``alpha``); it
+            also scales the extra layers.
         anchors: preset name or `AnchorSpec`; default ``f"ssdlite{image_size}"``.
-        backbone_weights: ``"default"`` (the vendored ImageNet weights for alpha
-            1.0, random otherwise), or see `keras_scb.models.backbones`.
+        backbone_weights: ``"default"`` (the vendored ImageNet weights for width
+            multiplier 1.0, random otherwise), or see `keras_scb.models.backbones`.
         bn_momentum: momentum of every BatchNorm (backbone, extras and heads);
             keras's 0.999 adapts too slowly for short detection trainings.
 
@@ -59,9 +60,11 @@ def mobilenet_v2_ssdlite(
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
     """
     if backbone_weights == "default":
-        backbone_weights = "vendored" if alpha == 1.0 else None
+        backbone_weights = "vendored" if width_multiplier == 1.0 else None
     anchors = f"ssdlite{image_size}" if anchors is None else anchors
-    base = backbones.mobilenet_v2(image_size, alpha, backbone_weights, bn_momentum)
+    base = backbones.mobilenet_v2(
+        image_size, width_multiplier, backbone_weights, bn_momentum
+    )
     backbone = keras.Model(
         base.inputs,
         [base.get_layer("block_13_expand_relu").output, base.outputs[0]],
@@ -73,7 +76,7 @@ def mobilenet_v2_ssdlite(
     features = list(backbone(x))
     x = features[-1]
     for i, depth in enumerate(_EXTRA_DEPTHS):
-        depth = max(int(depth * alpha), _MIN_DEPTH)
+        depth = max(int(depth * width_multiplier), _MIN_DEPTH)
         x = _extra_block(x, depth, bn_momentum, f"extra_{i}")
         features.append(x)
     outputs = ssd_head(
