@@ -26,16 +26,27 @@ negative anchor filtering), never from the positives.
 Written with ``keras.ops`` only: it imports and runs without TensorFlow.
 """
 
+from typing import Any, Sequence
+
 import keras
 from keras import ops
+
+# A tensor of the Keras backend, or an array ``keras.ops`` converts (numpy).
+Tensor = Any
 
 WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb")
 APPLY_TO = ("classification", "both")
 NORMALIZATIONS = ("per_image", "valid")
 
 
-def check_options(weightings=(), apply_to="classification"):
-    """Raises ValueError for an unknown weighting or ``apply_to``, naming the value."""
+def check_options(
+    weightings: Sequence[str] = (),
+    apply_to: str = "classification",
+    neg_pos_ratio: int = 3,
+) -> None:
+    """Raises ValueError for an unknown weighting or ``apply_to``, or a negative
+    ``neg_pos_ratio``, naming the value. Every loss of the library checks its
+    options here."""
     for weighting in weightings:
         if weighting not in WEIGHTINGS:
             raise ValueError(
@@ -43,9 +54,16 @@ def check_options(weightings=(), apply_to="classification"):
             )
     if apply_to not in APPLY_TO:
         raise ValueError(f"Unknown apply_to {apply_to!r}; expected one of {APPLY_TO}.")
+    if neg_pos_ratio < 0:
+        raise ValueError(f"neg_pos_ratio must be >= 0; got {neg_pos_ratio}.")
 
 
-def scale_balanced_weights(num_matches, alpha=1.0, beta=3.0, weighting="scb"):
+def scale_balanced_weights(
+    num_matches: Tensor,
+    alpha: float = 1.0,
+    beta: float = 3.0,
+    weighting: str = "scb",
+) -> Tensor:
     """Per-object weights from matched-anchor counts (the paper's Table 1 forms).
 
     Args:
@@ -72,7 +90,7 @@ def scale_balanced_weights(num_matches, alpha=1.0, beta=3.0, weighting="scb"):
     raise ValueError(f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}.")
 
 
-def match_count_per_anchor(matched, positive):
+def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
     """Per anchor, ``M_i`` of the box it is assigned to, counted per image.
 
     The per-box view of the same count (over a dataset, for statistics) is
@@ -115,17 +133,17 @@ def _global_sum(value):
 
 
 def multibox_loss(
-    y_true,
-    y_pred,
+    y_true: Tensor,
+    y_pred: Tensor,
     *,
-    weighting="scb",
-    alpha=1.0,
-    beta=3.0,
-    neg_pos_ratio=3,
-    apply_to="classification",
-    negative_mask=None,
-    normalization="per_image",
-):
+    weighting: str = "scb",
+    alpha: float = 1.0,
+    beta: float = 3.0,
+    neg_pos_ratio: int = 3,
+    apply_to: str = "classification",
+    negative_mask: Tensor | None = None,
+    normalization: str = "per_image",
+) -> Tensor:
     """SSD multibox loss with per-object weights; see the module docstring.
 
     Args:
@@ -200,12 +218,34 @@ def multibox_loss(
     return (positive_loss + negative_loss + localization_loss) / normalizer
 
 
+class DetectionLoss(keras.losses.Loss):
+    """Base of the library's Keras losses (`ScaleBalancedLoss`, `MultiBoxLoss`,
+    `keras_scb.refinedet_loss.RefineDetLoss`).
+
+    It holds what they all have, hard negative mining's ``neg_pos_ratio``, checks
+    it with `check_options` and puts it in the config; a subclass checks, stores
+    and adds to `get_config` only its own options, and defines ``call``.
+
+    Args:
+        neg_pos_ratio: negatives kept per positive in hard negative mining.
+        name, **kwargs: as ``keras.losses.Loss``.
+    """
+
+    def __init__(self, neg_pos_ratio: int = 3, name: str | None = None, **kwargs):
+        check_options(neg_pos_ratio=neg_pos_ratio)
+        super().__init__(name=name, **kwargs)
+        self.neg_pos_ratio = neg_pos_ratio
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "neg_pos_ratio": self.neg_pos_ratio}
+
+
 @keras.saving.register_keras_serializable(package="keras_scb")
-class ScaleBalancedLoss(keras.losses.Loss):
+class ScaleBalancedLoss(DetectionLoss):
     """Keras loss for SSD-family detectors with scale-balanced object weights.
 
-    ``loss(y_true, y_pred)`` returns a scalar; see `multibox_loss` for the tensor
-    shapes and the module docstring for the semantics.
+    ``loss(y_true (B, A, 6), y_pred (B, A, 4 + C + 1))`` returns a scalar; see
+    `multibox_loss` for the tensors and the module docstring for the semantics.
 
     Args:
         alpha, beta: SCB constants (paper: 1 and 3).
@@ -217,21 +257,18 @@ class ScaleBalancedLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        alpha=1.0,
-        beta=3.0,
-        neg_pos_ratio=3,
-        apply_to="classification",
-        weighting="scb",
-        name="scale_balanced_loss",
+        alpha: float = 1.0,
+        beta: float = 3.0,
+        neg_pos_ratio: int = 3,
+        apply_to: str = "classification",
+        weighting: str = "scb",
+        name: str = "scale_balanced_loss",
         **kwargs,
     ):
         check_options((weighting,), apply_to)
-        if neg_pos_ratio < 0:
-            raise ValueError(f"neg_pos_ratio must be >= 0; got {neg_pos_ratio}.")
-        super().__init__(name=name, **kwargs)
+        super().__init__(neg_pos_ratio, name=name, **kwargs)
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.neg_pos_ratio = neg_pos_ratio
         self.apply_to = apply_to
         self.weighting = weighting
 
@@ -246,29 +283,33 @@ class ScaleBalancedLoss(keras.losses.Loss):
             apply_to=self.apply_to,
         )
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            alpha=self.alpha,
-            beta=self.beta,
-            neg_pos_ratio=self.neg_pos_ratio,
-            apply_to=self.apply_to,
-            weighting=self.weighting,
-        )
-        return config
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "apply_to": self.apply_to,
+            "weighting": self.weighting,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
-class MultiBoxLoss(ScaleBalancedLoss):
-    """The plain SSD multibox loss: `ScaleBalancedLoss` with uniform weights."""
+class MultiBoxLoss(DetectionLoss):
+    """The plain SSD multibox loss (Liu et al. 2016): every object weighs 1.
 
-    def __init__(self, neg_pos_ratio=3, name="multibox_loss", **kwargs):
-        super().__init__(
-            neg_pos_ratio=neg_pos_ratio, weighting="uniform", name=name, **kwargs
+    ``loss(y_true (B, A, 6), y_pred (B, A, 4 + C + 1))`` returns a scalar; see
+    `multibox_loss`.
+
+    Args:
+        neg_pos_ratio: negatives kept per positive in hard negative mining.
+    """
+
+    weighting = "uniform"
+
+    def __init__(self, neg_pos_ratio: int = 3, name: str = "multibox_loss", **kwargs):
+        super().__init__(neg_pos_ratio, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return multibox_loss(
+            y_true, y_pred, weighting=self.weighting, neg_pos_ratio=self.neg_pos_ratio
         )
-
-    def get_config(self):
-        config = super().get_config()
-        for fixed in ("weighting", "alpha", "beta", "apply_to"):
-            del config[fixed]
-        return config

@@ -49,7 +49,7 @@ import keras
 from keras import ops
 
 from keras_scb.anchors import get_anchors
-from keras_scb.losses import check_options, multibox_loss
+from keras_scb.losses import DetectionLoss, check_options, multibox_loss
 from keras_scb.matching import argmax_first, encode_matches, pairwise_iou, to_corners
 from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
@@ -250,7 +250,7 @@ def refinedet_loss(
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
-class RefineDetLoss(keras.losses.Loss):
+class RefineDetLoss(DetectionLoss):
     """Keras loss for RefineDet: ``loss(y_true (B, G, 5), y_pred (B, A, 10 + C + 1))``.
 
     Args:
@@ -277,14 +277,13 @@ class RefineDetLoss(keras.losses.Loss):
         **kwargs,
     ):
         check_options((arm_weighting, odm_weighting), apply_to)
-        super().__init__(name=name, **kwargs)
+        super().__init__(neg_pos_ratio, name=name, **kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
         self.anchors = get_anchors(self.anchor_spec)
         self.arm_weighting = arm_weighting
         self.odm_weighting = odm_weighting
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.neg_pos_ratio = neg_pos_ratio
         self.apply_to = apply_to
         self.iou_threshold = float(iou_threshold)
         self.variances = tuple(float(v) for v in variances)
@@ -314,7 +313,6 @@ class RefineDetLoss(keras.losses.Loss):
             "odm_weighting": self.odm_weighting,
             "alpha": self.alpha,
             "beta": self.beta,
-            "neg_pos_ratio": self.neg_pos_ratio,
             "apply_to": self.apply_to,
             "iou_threshold": self.iou_threshold,
             "variances": self.variances,

@@ -11,6 +11,7 @@ import reference
 from keras_scb.anchors import get_anchors
 from keras_scb.losses import (
     WEIGHTINGS,
+    DetectionLoss,
     MultiBoxLoss,
     ScaleBalancedLoss,
     match_count_per_anchor,
@@ -173,6 +174,9 @@ def test_config_round_trip_and_keras_file(tmp_path):
     assert restored.get_config() == loss.get_config()
     mb = keras.losses.deserialize(keras.losses.serialize(MultiBoxLoss(neg_pos_ratio=2)))
     assert type(mb) is MultiBoxLoss and mb.neg_pos_ratio == 2 and mb.weighting == "uniform"
+    # Siblings on a shared base, not one a special case of the other.
+    assert isinstance(mb, DetectionLoss) and not isinstance(mb, ScaleBalancedLoss)
+    assert set(mb.get_config()) == set(keras.losses.Loss().get_config()) | {"neg_pos_ratio"}
 
     y_true, _ = make_batch(3, images=2)
     model = _tiny_detector(y_true.shape[1])
@@ -198,6 +202,22 @@ def test_config_round_trip_and_keras_file(tmp_path):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ScaleBalancedLoss(**kwargs)
+
+
+def test_multibox_keras_file_and_bad_ratio(tmp_path):
+    y_true, _ = make_batch(4, images=2)
+    model = _tiny_detector(y_true.shape[1])
+    model.compile(optimizer="sgd", loss=MultiBoxLoss(neg_pos_ratio=2))
+    path = os.path.join(tmp_path, "tiny_multibox.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.loss) is MultiBoxLoss and loaded.loss.neg_pos_ratio == 2
+    x = np.random.default_rng(2).normal(size=(2, y_true.shape[1], 8)).astype("float32")
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="neg_pos_ratio must be >= 0"):
+        MultiBoxLoss(neg_pos_ratio=-1)
 
 
 _JAX_SCRIPT = """

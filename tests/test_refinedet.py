@@ -226,6 +226,8 @@ def test_loss_config_round_trip():
     )
     with pytest.raises(ValueError, match="weighting"):
         RefineDetLoss("refinedet320", odm_weighting="focal")
+    with pytest.raises(ValueError, match="neg_pos_ratio must be >= 0"):
+        RefineDetLoss("refinedet320", neg_pos_ratio=-1)
 
 
 _JAX_SCRIPT = """
