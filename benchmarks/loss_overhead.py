@@ -3,13 +3,13 @@
     python benchmarks/loss_overhead.py [--repeats 30] [--backend tensorflow|jax]
 
 Shapes: (8, 8732, 25) (SSD300 VOC), (8, 8732, 85) (SSD300 COCO), (8, 24564, 25) (SSD512 VOC).
-Targets come from real matching of random boxes, so the positives and M_i are realistic.
+Targets come from real matching of random boxes (``benchmarks/synthetic.py``), so the
+positives and M_i are realistic.
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
 
@@ -26,23 +26,12 @@ def main():
 
     from keras_scb.anchors import get_anchors
     from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
+    from synthetic import encoded_targets, random_ground_truth
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from reference import random_boxes  # noqa: E402
-
-    def targets(preset, batch, seed):
-        import tensorflow as tf  # targets are made by the TF pipeline code
-
-        from keras_scb.matching import encode_targets
-
+    def targets(preset, batch, num_classes, seed):
         rng = np.random.default_rng(seed)
-        images = [random_boxes(rng, max_boxes=10, max_pad=0) for _ in range(batch)]
-        g = max(1, max(len(c) for _, c in images))
-        boxes = np.zeros((batch, g, 4), np.float32)
-        classes = -np.ones((batch, g), np.int32)
-        for i, (b, c) in enumerate(images):
-            boxes[i, : len(c)], classes[i, : len(c)] = b, c
-        return np.asarray(encode_targets(boxes, classes, get_anchors(preset)))
+        boxes, classes = random_ground_truth(rng, batch, num_classes)
+        return encoded_targets(boxes, classes, get_anchors(preset))
 
     def timed_step(loss, y_true, y_pred):
         if keras.backend.backend() == "jax":
@@ -74,10 +63,10 @@ def main():
 
     print(f"backend={keras.backend.backend()} repeats={args.repeats}")
     print(f"{'shape':<18} {'multibox ms':>12} {'scb ms':>9} {'median ratio':>13}")
-    for preset, classes in (("ssd300", 25), ("ssd300", 85), ("ssd512", 25)):
-        y_true = targets(preset, 8, seed=0)
+    for preset, depth in (("ssd300", 25), ("ssd300", 85), ("ssd512", 25)):
+        y_true = targets(preset, 8, depth - 5, seed=0)  # depth = 4 + C + 1
         rng = np.random.default_rng(1)
-        y_pred = rng.normal(size=y_true.shape[:2] + (classes,)).astype("float32")
+        y_pred = rng.normal(size=y_true.shape[:2] + (depth,)).astype("float32")
         runs = {
             "mb": timed_step(MultiBoxLoss(), y_true, y_pred),
             "scb": timed_step(ScaleBalancedLoss(), y_true, y_pred),
@@ -93,7 +82,7 @@ def main():
                 step[name] = time.perf_counter() - start
                 times[name].append(step[name])
             ratios.append(step["scb"] / step["mb"])
-        shape = f"({y_true.shape[0]}, {y_true.shape[1]}, {classes})"
+        shape = f"({y_true.shape[0]}, {y_true.shape[1]}, {depth})"
         print(
             f"{shape:<18} {1e3 * statistics.median(times['mb']):>12.2f} "
             f"{1e3 * statistics.median(times['scb']):>9.2f} {statistics.median(ratios):>13.3f}"

@@ -10,8 +10,8 @@ each (tracing/compilation), ``rounds`` timed ``fit`` calls of ``steps`` steps
 alternate between them. Reported: median images/second of each and the median
 of the per-round time ratios SCB / MultiBox. Inputs are random pixels with
 targets pre-encoded from random boxes by the library's matching code run with
-``keras.ops``, so no TensorFlow is needed under JAX and no input pipeline is
-timed. Under TensorFlow they are fed as a cached ``tf.data`` dataset with the
+``keras.ops`` (``benchmarks/synthetic.py``), so no TensorFlow is needed under JAX
+and no input pipeline is timed. Under TensorFlow they are fed as a cached ``tf.data`` dataset with the
 autotuner off, as ``keras_scb.data.pipeline`` does: with it on (also what
 ``fit`` builds from numpy arrays), about half of SSD300's steps on the 2-core CPU
 ran with 1.2 cores busy instead of 2.
@@ -52,28 +52,16 @@ def synthetic_batch(model, num_images, seed):
         targets; for RefineDet (which matches inside its loss) the ``(N, G, 5)``
         ground truth ``[xmin, ymin, xmax, ymax, class]``.
     """
-    import keras
     import numpy as np
-
-    from keras_scb.matching import match_and_encode
+    from synthetic import encoded_targets, random_ground_truth
 
     rng = np.random.default_rng(seed)
-    max_boxes = 10
-    sides = np.exp(rng.uniform(np.log(0.02), np.log(0.9), (num_images, max_boxes, 2)))
-    lo = rng.uniform(0, 1 - sides)
-    boxes = np.concatenate([lo, lo + sides], -1).astype("float32")
-    counts = rng.integers(1, max_boxes + 1, num_images)
-    classes = rng.integers(0, model.num_classes, (num_images, max_boxes))
-    classes = np.where(np.arange(max_boxes) < counts[:, None], classes, -1)
-    classes = classes.astype("int32")
+    boxes, classes = random_ground_truth(rng, num_images, model.num_classes)
     size = model.image_size
     images = rng.uniform(0, 255, (num_images, size, size, 3)).astype("float32")
     if model.name.startswith("refinedet"):
         return images, np.concatenate([boxes, classes[..., None]], -1)
-    ops = keras.ops
-    anchors = ops.convert_to_tensor(model.anchors)
-    targets = match_and_encode(boxes, classes, anchors, 0.5, (0.1, 0.2), ops)
-    return images, ops.convert_to_numpy(targets)
+    return images, encoded_targets(boxes, classes, model.anchors)
 
 
 def fit_input(images, targets, batch_size):
