@@ -46,8 +46,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
-# The one IoU of the project; box_areas stays importable from here (tests use it).
-from keras_scb.matching import box_areas, pairwise_iou  # noqa: F401
+from keras_scb.matching import pairwise_iou
 
 # COCO's object scale limits, on box area in pixels of the original image.
 SMALL_AREA = 32.0**2
