@@ -164,7 +164,7 @@ def test_evaluate_detector_writes_the_results_file(subset, tmp_path):
 
     keras.utils.set_random_seed(0)
     detector = build_detector(
-        "mobilenetv2-ssdlite300", len(subset.class_names), alpha=0.35, backbone_weights=None
+        "mobilenetv2-ssdlite300", len(subset.class_names), width_multiplier=0.35, backbone_weights=None
     )
     few = dataclasses.replace(subset, records=subset.records[:4])
     path = str(tmp_path / "out" / "detections.json")
