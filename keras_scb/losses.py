@@ -272,7 +272,7 @@ class ScaleBalancedLoss(DetectionLoss):
         self.apply_to = apply_to
         self.weighting = weighting
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         return multibox_loss(
             y_true,
             y_pred,
@@ -309,7 +309,7 @@ class MultiBoxLoss(DetectionLoss):
     def __init__(self, neg_pos_ratio: int = 3, name: str = "multibox_loss", **kwargs):
         super().__init__(neg_pos_ratio, name=name, **kwargs)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         return multibox_loss(
             y_true, y_pred, weighting=self.weighting, neg_pos_ratio=self.neg_pos_ratio
         )

@@ -116,7 +116,9 @@ def _application(constructor, weights, **kwargs):
         ) from error
 
 
-def mobilenet_v2(image_size, width_multiplier, weights, bn_momentum):
+def mobilenet_v2(
+    image_size: int, width_multiplier: float, weights: str | None, bn_momentum: float
+) -> keras.Model:
     """``keras.applications.MobileNetV2`` without top, every BatchNorm at ``bn_momentum``.
 
     Args:

@@ -8,16 +8,17 @@ and number of classes.
 import dataclasses
 
 import keras
+import numpy as np
 
 from keras_scb.anchors import AnchorSpec, get_anchor_spec, get_anchors
 
 
-def anchor_spec_to_config(name_or_spec):
+def anchor_spec_to_config(name_or_spec: str | AnchorSpec) -> dict:
     """A preset name or `AnchorSpec` -> plain JSON-able dict of the spec."""
     return dataclasses.asdict(get_anchor_spec(name_or_spec))
 
 
-def anchor_spec_from_config(config):
+def anchor_spec_from_config(config: dict | str | AnchorSpec) -> AnchorSpec:
     """Inverse of `anchor_spec_to_config` (also accepts a name or a spec)."""
     if not isinstance(config, dict):
         return get_anchor_spec(config)
@@ -47,20 +48,22 @@ class Detector(keras.Model):
 
     # *args/**kwargs keep the functional signature, which Keras needs to rebuild
     # the graph from the config.
-    def __init__(self, *args, anchor_spec, num_classes, **kwargs):
+    def __init__(
+        self, *args, anchor_spec: str | AnchorSpec | dict, num_classes: int, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
         self.num_classes = int(num_classes)
 
     @property
-    def anchors(self):
+    def anchors(self) -> np.ndarray:
         return get_anchors(self.anchor_spec)
 
     @property
-    def image_size(self):
+    def image_size(self) -> int:
         return self.anchor_spec.image_size
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "anchor_spec": anchor_spec_to_config(self.anchor_spec),

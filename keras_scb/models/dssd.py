@@ -23,7 +23,11 @@ branch ``dssd``: ``examples/ssd/ssd_pascal_resnet_deconv_321.py``,
 
 import functools
 
+from typing import Sequence
+
 import keras
+
+from keras_scb.anchors import AnchorSpec
 
 from keras_scb.models import backbones
 from keras_scb.models.detector import Detector
@@ -62,7 +66,13 @@ def _conv_bn(x, filters, kernel, name, strides=1, padding="same", relu=True):
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def residual_block(x, kernel=1, stride=1, depths=_RESIDUAL_DEPTHS, name="res"):
+def residual_block(
+    x: keras.KerasTensor,
+    kernel: int = 1,
+    stride: int = 1,
+    depths: Sequence[int] = _RESIDUAL_DEPTHS,
+    name: str = "res",
+) -> keras.KerasTensor:
     """The scripts' ``ResBody`` with a projection shortcut (``use_branch1``).
 
     Shortcut: ``kernel`` conv (stride ``stride``, no padding) + BatchNorm.
@@ -88,7 +98,9 @@ def residual_block(x, kernel=1, stride=1, depths=_RESIDUAL_DEPTHS, name="res"):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def extra_layers(x, blocks, name="extra"):
+def extra_layers(
+    x: keras.KerasTensor, blocks: Sequence[tuple[int, int]], name: str = "extra"
+) -> list[keras.KerasTensor]:
     """DSSD's extra layers after res5c: one `residual_block` per ``(kernel, stride)``.
 
     Args:
@@ -106,8 +118,13 @@ def extra_layers(x, blocks, name="extra"):
 
 
 def deconvolution_module(
-    deep, shallow, kernel, stride, filters=DECODER_DEPTH, name="deconv"
-):
+    deep: keras.KerasTensor,
+    shallow: keras.KerasTensor,
+    kernel: int,
+    stride: int,
+    filters: int = DECODER_DEPTH,
+    name: str = "deconv",
+) -> keras.KerasTensor:
     """DSSD's deconvolution module (paper Fig. 3, the scripts' ``CombineFeature``).
 
     Deconvolution path: transposed conv (with bias, no padding), 3x3 conv,
@@ -140,7 +157,7 @@ def deconvolution_module(
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def prediction_module(x, name="predict"):
+def prediction_module(x: keras.KerasTensor, name: str = "predict") -> keras.KerasTensor:
     """DSSD's prediction module: `residual_block` 256-256-1024, kernel 1, stride 1.
 
     Args:
@@ -169,7 +186,7 @@ def _caffe_layout(layer):
     return layer.__class__.from_config(config)
 
 
-def resnet101_backbone(image_size, weights=None):
+def resnet101_backbone(image_size: int, weights: str | None = None) -> keras.Model:
     """keras's ResNet-101 cut at res3b3 and res5c, with conv5 dilated.
 
     Args:
@@ -192,7 +209,12 @@ def resnet101_backbone(image_size, weights=None):
     )
 
 
-def dssd(num_classes, image_size, anchors=None, backbone_weights=None):
+def dssd(
+    num_classes: int,
+    image_size: int,
+    anchors: str | AnchorSpec | None = None,
+    backbone_weights: str | None = None,
+) -> Detector:
     """DSSD321 or DSSD513 with a ResNet-101 encoder; see the module docstring.
 
     Args:

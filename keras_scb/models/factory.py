@@ -5,13 +5,20 @@ register theirs with ``@register_detector("name")`` and are imported by
 ``keras_scb.models`` so that the registry is complete.
 """
 
-DETECTORS = {}
+from typing import Any, Callable
+
+from keras_scb.models.detector import Detector
+
+# A builder: ``builder(num_classes, **kwargs) -> Detector``.
+Builder = Callable[..., Detector]
+
+DETECTORS: dict[str, Builder] = {}
 
 
-def register_detector(name):
+def register_detector(name: str) -> Callable[[Builder], Builder]:
     """Decorator registering a builder under ``name``."""
 
-    def register(builder):
+    def register(builder: Builder) -> Builder:
         if name in DETECTORS:
             raise ValueError(f"Detector {name!r} is already registered.")
         DETECTORS[name] = builder
@@ -20,12 +27,12 @@ def register_detector(name):
     return register
 
 
-def available_detectors():
+def available_detectors() -> list[str]:
     """Sorted names of the registered detectors."""
     return sorted(DETECTORS)
 
 
-def build_detector(name, num_classes, **kwargs):
+def build_detector(name: str, num_classes: int, **kwargs: Any) -> Detector:
     """Builds a registered detector.
 
     Args:

@@ -16,8 +16,12 @@ Layer by layer the network of the paper's code, lzx1413/PytorchSSD
   (6 per location on the first maps, 4 on the last two).
 """
 
+from typing import Any, Sequence
+
 import keras
 
+from keras_scb.anchors import AnchorSpec
+from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
 from keras_scb.models.layers import AlignCornersResize
 from keras_scb.models.ssd import extra_block, padded_conv, vgg16_detector, vgg16_trunk
@@ -51,7 +55,12 @@ _PYRAMIDS = {
 }
 
 
-def fusion_module(sources, size, bn_momentum=0.9, bn_epsilon=1e-5):
+def fusion_module(
+    sources: Sequence[keras.KerasTensor],
+    size: int,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+) -> keras.KerasTensor:
     """Projects, resizes and concatenates maps (FSSD's feature transform + fea_bn).
 
     Args:
@@ -78,8 +87,12 @@ def fusion_module(sources, size, bn_momentum=0.9, bn_epsilon=1e-5):
 
 
 def fssd_vgg16(
-    num_classes, image_size, anchors=None, backbone_weights=None, bn_momentum=0.9
-):
+    num_classes: int,
+    image_size: int,
+    anchors: str | AnchorSpec | None = None,
+    backbone_weights: str | None = None,
+    bn_momentum: float = 0.9,
+) -> Detector:
     """FSSD300 or FSSD512.
 
     Args:
@@ -114,12 +127,12 @@ def fssd_vgg16(
 
 
 @register_detector("fssd300")
-def fssd300(num_classes, **kwargs):
+def fssd300(num_classes: int, **kwargs: Any) -> Detector:
     """FSSD300-VGG16; ``kwargs`` as `fssd_vgg16`."""
     return fssd_vgg16(num_classes, 300, **kwargs)
 
 
 @register_detector("fssd512")
-def fssd512(num_classes, **kwargs):
+def fssd512(num_classes: int, **kwargs: Any) -> Detector:
     """FSSD512-VGG16; ``kwargs`` as `fssd_vgg16`."""
     return fssd_vgg16(num_classes, 512, **kwargs)

@@ -6,12 +6,16 @@ at index 0). Reshaping ``(B, H, W, k * D)`` to ``(B, H * W * k, D)`` and
 concatenating the maps gives exactly the anchor order of `keras_scb.anchors`.
 """
 
+from typing import Any, Sequence
+
 import keras
 
-from keras_scb.anchors import get_anchor_spec
+from keras_scb.anchors import AnchorSpec, get_anchor_spec
 
 
-def check_feature_maps(features, name_or_spec):
+def check_feature_maps(
+    features: Sequence[keras.KerasTensor], name_or_spec: str | AnchorSpec
+) -> None:
     """Raises ValueError unless ``features`` match the maps of an anchor spec.
 
     Args:
@@ -30,14 +34,14 @@ def check_feature_maps(features, name_or_spec):
 
 
 def multibox_head(
-    features,
-    anchors_per_location,
-    num_classes,
-    separable=False,
-    name="head",
-    bn_momentum=0.99,
-    kernel_sizes=None,
-):
+    features: Sequence[keras.KerasTensor],
+    anchors_per_location: Sequence[int],
+    num_classes: int,
+    separable: bool = False,
+    name: str = "head",
+    bn_momentum: float = 0.99,
+    kernel_sizes: Sequence[int] | None = None,
+) -> keras.KerasTensor:
     """Per-map predictors (3x3 unless ``kernel_sizes``), concatenated in anchor order.
 
     Args:
@@ -87,7 +91,12 @@ def multibox_head(
     return keras.layers.Concatenate(axis=1, dtype="float32", name=name)(outputs)
 
 
-def ssd_head(features, name_or_spec, num_classes, **kwargs):
+def ssd_head(
+    features: Sequence[keras.KerasTensor],
+    name_or_spec: str | AnchorSpec,
+    num_classes: int,
+    **kwargs: Any,
+) -> keras.KerasTensor:
     """`multibox_head` with the anchor counts of a spec, after `check_feature_maps`.
 
     Args:

@@ -19,7 +19,7 @@ class L2Normalization(keras.layers.Layer):
     Input ``(B, H, W, C)``; output the same shape.
     """
 
-    def __init__(self, scale_init=20.0, epsilon=1e-10, **kwargs):
+    def __init__(self, scale_init: float = 20.0, epsilon: float = 1e-10, **kwargs):
         super().__init__(**kwargs)
         self.scale_init = scale_init
         self.epsilon = epsilon
@@ -69,7 +69,7 @@ class AlignCornersResize(keras.layers.Layer):
     Input ``(B, h, w, C)``; output ``(B, size, size, C)``.
     """
 
-    def __init__(self, size, **kwargs):
+    def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
         self.size = int(size)
 

@@ -24,7 +24,7 @@ import functools
 
 import keras
 
-from keras_scb.anchors import get_anchor_spec
+from keras_scb.anchors import AnchorSpec, get_anchor_spec
 from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
 from keras_scb.models.heads import check_feature_maps, multibox_head
@@ -35,7 +35,7 @@ TCB_DEPTH = 256
 _L2_SCALES = (10.0, 8.0)  # conv4_3, conv5_3 (authors' values)
 
 
-def vgg16_refinedet_sources(images):
+def vgg16_refinedet_sources(images: keras.KerasTensor) -> list[keras.KerasTensor]:
     """The four RefineDet source maps from RGB pixels.
 
     Args:
@@ -66,7 +66,9 @@ def vgg16_refinedet_sources(images):
     return normalised + [fc7, conv6_2]
 
 
-def transfer_connection_block(x, coarser, name):
+def transfer_connection_block(
+    x: keras.KerasTensor, coarser: keras.KerasTensor | None, name: str
+) -> keras.KerasTensor:
     """One TCB: ARM source (plus the coarser TCB output) -> ODM input.
 
     Args:
@@ -91,7 +93,12 @@ def transfer_connection_block(x, coarser, name):
     )(x)
 
 
-def refinedet_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
+def refinedet_vgg16(
+    num_classes: int,
+    image_size: int,
+    anchors: str | AnchorSpec | None = None,
+    backbone_weights: str | None = None,
+) -> Detector:
     """RefineDet320 or RefineDet512; see the module docstring.
 
     Args:

@@ -6,8 +6,11 @@ conv (1024 channels each), conv4_3 is L2-normalised with a learnable scale.
 Extra blocks (1x1 conv then 3x3 conv) continue the pyramid down to 1x1.
 """
 
+from typing import Any, Sequence
+
 import keras
 
+from keras_scb.anchors import AnchorSpec
 from keras_scb.models import backbones
 from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
@@ -34,7 +37,7 @@ _SSD512_EXTRAS = (
 )
 
 
-def vgg16_trunk(images):
+def vgg16_trunk(images: keras.KerasTensor) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """VGG16 in SSD form up to fc7.
 
     Args:
@@ -98,7 +101,15 @@ def load_vgg16_weights(model: keras.Model, weights: str | None) -> None:
     model.get_layer("fc7").set_weights(fc7)
 
 
-def padded_conv(x, filters, stride, padding, kernel, name, **conv_kwargs):
+def padded_conv(
+    x: keras.KerasTensor,
+    filters: int,
+    stride: int,
+    padding: str,
+    kernel: int,
+    name: str,
+    **conv_kwargs: Any,
+) -> keras.KerasTensor:
     """A conv whose ``padding`` may also be ``"pad1"`` (1 zero pixel each side, Caffe)."""
     if padding == "pad1":
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
@@ -108,7 +119,15 @@ def padded_conv(x, filters, stride, padding, kernel, name, **conv_kwargs):
     )(x)
 
 
-def extra_block(x, filters_1x1, filters_3x3, stride, padding, kernel, name):
+def extra_block(
+    x: keras.KerasTensor,
+    filters_1x1: int,
+    filters_3x3: int,
+    stride: int,
+    padding: str,
+    kernel: int,
+    name: str,
+) -> keras.KerasTensor:
     """One SSD extra block (1x1 conv, then a ``kernel`` conv), ReLU after each."""
     x = keras.layers.Conv2D(filters_1x1, 1, activation="relu", name=f"{name}_1")(x)
     return padded_conv(
@@ -116,7 +135,12 @@ def extra_block(x, filters_1x1, filters_3x3, stride, padding, kernel, name):
     )
 
 
-def ssd_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
+def ssd_vgg16(
+    num_classes: int,
+    image_size: int,
+    anchors: str | AnchorSpec | None = None,
+    backbone_weights: str | None = None,
+) -> Detector:
     """SSD300 or SSD512.
 
     Args:
@@ -145,7 +169,14 @@ def ssd_vgg16(num_classes, image_size, anchors=None, backbone_weights=None):
     )
 
 
-def vgg16_detector(images, features, anchors, num_classes, name, backbone_weights):
+def vgg16_detector(
+    images: keras.KerasTensor,
+    features: Sequence[keras.KerasTensor],
+    anchors: str | AnchorSpec,
+    num_classes: int,
+    name: str,
+    backbone_weights: str | None,
+) -> Detector:
     """SSD heads on ``features`` -> a `Detector`, with VGG16 weights loaded.
 
     Args:
@@ -161,12 +192,12 @@ def vgg16_detector(images, features, anchors, num_classes, name, backbone_weight
 
 
 @register_detector("ssd300")
-def ssd300(num_classes, **kwargs):
+def ssd300(num_classes: int, **kwargs: Any) -> Detector:
     """SSD300-VGG16; ``kwargs`` as `ssd_vgg16`."""
     return ssd_vgg16(num_classes, 300, **kwargs)
 
 
 @register_detector("ssd512")
-def ssd512(num_classes, **kwargs):
+def ssd512(num_classes: int, **kwargs: Any) -> Detector:
     """SSD512-VGG16; ``kwargs`` as `ssd_vgg16`."""
     return ssd_vgg16(num_classes, 512, **kwargs)

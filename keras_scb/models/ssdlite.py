@@ -7,8 +7,11 @@ the width multiplier) down to 1x1, with depthwise-separable heads, as in the TF 
 Detection API's ``ssdlite_mobilenet_v2``.
 """
 
+from typing import Any
+
 import keras
 
+from keras_scb.anchors import AnchorSpec
 from keras_scb.models import backbones
 from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
@@ -36,13 +39,13 @@ def _extra_block(x, depth, bn_momentum, name):
 
 
 def mobilenet_v2_ssdlite(
-    num_classes,
-    image_size,
-    width_multiplier=1.0,
-    anchors=None,
-    backbone_weights="default",
-    bn_momentum=0.99,
-):
+    num_classes: int,
+    image_size: int,
+    width_multiplier: float = 1.0,
+    anchors: str | AnchorSpec | None = None,
+    backbone_weights: str | None = "default",
+    bn_momentum: float = 0.99,
+) -> Detector:
     """MobileNetV2-SSDLite.
 
     Args:
@@ -92,12 +95,12 @@ def mobilenet_v2_ssdlite(
 
 
 @register_detector("mobilenetv2-ssdlite300")
-def mobilenet_v2_ssdlite300(num_classes, **kwargs):
+def mobilenet_v2_ssdlite300(num_classes: int, **kwargs: Any) -> Detector:
     """MobileNetV2-SSDLite at 300 pixels; ``kwargs`` as `mobilenet_v2_ssdlite`."""
     return mobilenet_v2_ssdlite(num_classes, 300, **kwargs)
 
 
 @register_detector("mobilenetv2-ssdlite320")
-def mobilenet_v2_ssdlite320(num_classes, **kwargs):
+def mobilenet_v2_ssdlite320(num_classes: int, **kwargs: Any) -> Detector:
     """MobileNetV2-SSDLite at 320 pixels; ``kwargs`` as `mobilenet_v2_ssdlite`."""
     return mobilenet_v2_ssdlite(num_classes, 320, **kwargs)
