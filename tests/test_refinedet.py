@@ -12,7 +12,7 @@ import tensorflow as tf
 import caffe_refinedet_reference as caffe
 from keras_scb.anchors import AnchorSpec, get_anchor_spec, get_anchors
 from keras_scb.losses import WEIGHTINGS, multibox_loss
-from keras_scb.matching import _corners, encode_matches
+from keras_scb.matching import encode_matches, to_corners
 from keras_scb.models import Detector, build_detector
 from keras_scb.refinedet_loss import (
     RefineDetLoss,
@@ -157,9 +157,9 @@ def test_matching_is_caffes_greedy_bipartite_then_per_prediction(seed):
             y_true[b, g] = [*(c - size / 2), *(c + size / 2), rng.integers(0, NUM_CLASSES)]
     y_true[0, 3, 4] = -1  # padding between real rows never matches
     got = keras.ops.convert_to_numpy(caffe_match_anchors(
-        y_true[..., :4], y_true[..., 4].astype(np.int32), _corners(anchors.astype(np.float32), np)
+        y_true[..., :4], y_true[..., 4].astype(np.int32), to_corners(anchors.astype(np.float32), np)
     ))
-    corners = _corners(anchors, np)
+    corners = to_corners(anchors, np)
     for b in range(3):
         rows = [g for g in range(8) if y_true[b, g, 4] >= 0]
         want, _ = caffe.match_bbox([y_true[b, g, :4].astype(np.float64) for g in rows], corners)
@@ -175,8 +175,8 @@ def test_matching_ties_follow_caffes_scan_order():
     box = [0.2, 0.2, 0.4, 0.4]
     y_true = np.array([[[*box, 0], [*box, 1], [*box, 2]]], np.float32)
     got = keras.ops.convert_to_numpy(caffe_match_anchors(
-        y_true[..., :4], y_true[..., 4].astype(np.int32), _corners(anchors, np)))
-    want, _ = caffe.match_bbox([np.float64(box)] * 3, _corners(np.float64(anchors), np))
+        y_true[..., :4], y_true[..., 4].astype(np.int32), to_corners(anchors, np)))
+    want, _ = caffe.match_bbox([np.float64(box)] * 3, to_corners(np.float64(anchors), np))
     np.testing.assert_array_equal(got[0], want)
     np.testing.assert_array_equal(want, [0, 1, 2, -1])
 
@@ -197,7 +197,7 @@ def test_arm_outputs_get_gradients_from_the_arm_loss_only():
     y_true, y_pred, anchors = tiny_problem(3)
     boxes, classes = y_true[..., :4], y_true[..., 4].astype(np.int32)
     objects = np.where(classes >= 0, 0, -1).astype(np.int32)
-    matched = caffe_match_anchors(boxes, objects, _corners(anchors, np))
+    matched = caffe_match_anchors(boxes, objects, to_corners(anchors, np))
     arm_true = encode_matches(boxes, objects, anchors, matched, VARIANCES, keras.ops)
     y_pred = tf.constant(y_pred)
     with tf.GradientTape(persistent=True) as tape:
