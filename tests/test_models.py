@@ -265,3 +265,20 @@ def test_tensorflow_saved_model_runs_identically_under_jax(name, tmp_path, pytho
         JAX_PARITY.format(data=data_path, model=model_path), env={"KERAS_BACKEND": "jax"}
     )
     assert out.startswith("ok")
+
+
+@pytest.mark.parametrize("name", ["ssd300", "refinedet320"])
+def test_stride_two_extra_convs_pad_every_side(name):
+    """ssd.pytorch (padding=1) and Caffe (pad: 1) pad stride-2 extras on all four
+    sides; Keras's "same" pads only the bottom/right of an even map (10 -> 5)."""
+    model = build_detector(name, 3, backbone_weights=None)
+    strided = [
+        layer for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D) and layer.strides == (2, 2)
+        and layer.name.startswith("conv")
+    ]
+    assert strided, "no stride-2 extra convs found"
+    for layer in strided:
+        assert layer.padding == "valid", layer.name
+        pad = model.get_layer(f"{layer.name}_pad")
+        assert pad.padding == ((1, 1), (1, 1)), layer.name

@@ -19,20 +19,22 @@ from keras_scb.models.layers import CaffeImageNetNormalization, L2Normalization
 
 _VGG_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
-# Extra blocks as (1x1 filters, 3x3 filters, stride, padding, kernel); padding
-# "same" with stride 2 halves (rounding up), "valid" 3x3 takes 2 off, and
-# SSD512's last block is the authors' 4x4 conv with 1-pixel padding (2 -> 1).
+# Extra blocks as (1x1 filters, 3x3 filters, stride, padding, kernel). Stride-2
+# blocks pad one pixel on every side ("pad1"), as ssd.pytorch's padding=1 and
+# Caffe's pad: 1 do (19 -> 10, 10 -> 5 at 300): Keras's "same" would pad only the
+# bottom/right of an even map, shifting it by one pixel. "valid" 3x3 takes 2
+# off, and SSD512's last block is the authors' 4x4 conv with 1-pixel padding (2 -> 1).
 _SSD300_EXTRAS = (
-    (256, 512, 2, "same", 3),
-    (128, 256, 2, "same", 3),
+    (256, 512, 2, "pad1", 3),
+    (128, 256, 2, "pad1", 3),
     (128, 256, 1, "valid", 3),
     (128, 256, 1, "valid", 3),
 )
 _SSD512_EXTRAS = (
-    (256, 512, 2, "same", 3),
-    (128, 256, 2, "same", 3),
-    (128, 256, 2, "same", 3),
-    (128, 256, 2, "same", 3),
+    (256, 512, 2, "pad1", 3),
+    (128, 256, 2, "pad1", 3),
+    (128, 256, 2, "pad1", 3),
+    (128, 256, 2, "pad1", 3),
     (128, 256, 1, "pad1", 4),
 )
 
