@@ -12,9 +12,10 @@ Keras, plus the detection agreement of `detection_agreement`.
 import json
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from exporters import common
+from keras_scb import cli
 from keras_scb.matching import pairwise_iou
 
 
@@ -198,4 +199,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -13,11 +13,10 @@ Sorted by name, the keys are in the order of the outputs of TFLite's
 ``TFLite_Detection_PostProcess`` (boxes, classes, scores, count).
 """
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
+
+# Re-exported: the exporters write through the package's one file-writing module.
+from keras_scb.fileio import atomic_output, prepare_output, write_json, write_text  # noqa: F401
 
 DETECTION_KEYS = (
     "detection_boxes",
@@ -35,11 +34,9 @@ def load_detector(checkpoint):
     ``compile=False``: the loss and optimizer are not deserialised, so nothing
     exported can depend on how the checkpoint was trained.
     """
-    import keras
+    from keras_scb.checkpoints import load_checkpoint
 
-    import keras_scb.models  # noqa: F401  (registers the detector classes)
-
-    return float32_detector(keras.saving.load_model(os.fspath(checkpoint), compile=False))
+    return float32_detector(load_checkpoint(checkpoint))
 
 
 def _float32_policies(config):
@@ -242,65 +239,6 @@ def export_metadata(detector, class_names, decoder_kwargs, **extra):
     }
 
 
-def write_json(value, path):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-
-
 def write_labels(class_names, path):
-    with open(path, "w") as f:
-        f.writelines(f"{name}\n" for name in class_names)
-
-
-@contextlib.contextmanager
-def atomic_output(path, overwrite=False, directory=False):
-    """Yields a temporary path next to ``path``; renames it to ``path`` on success.
-
-    On any exception the temporary file or folder is removed and ``path`` is
-    left as it was, so a failed export never leaves a partial result. A file is
-    replaced atomically (``os.replace``); an existing folder is moved aside
-    first, then deleted.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    prefix = f".{os.path.basename(path)}.tmp-"
-    if directory:
-        temporary = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    else:
-        handle, temporary = tempfile.mkstemp(prefix=prefix, dir=parent)
-        os.close(handle)
-    try:
-        yield temporary
-        if directory:
-            _replace_folder(temporary, path)
-        else:
-            os.replace(temporary, path)
-    except BaseException:
-        _remove(temporary)
-        raise
-
-
-def _replace_folder(source, target):
-    if not os.path.exists(target):
-        os.rename(source, target)
-        return
-    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
-    os.rename(target, os.path.join(aside, "previous"))
-    try:
-        os.rename(source, target)
-    except BaseException:
-        os.rename(os.path.join(aside, "previous"), target)
-        raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _remove(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
-        os.remove(path)
+    """Writes ``labels.txt``: one class name a line, in class-id order (atomically)."""
+    write_text("".join(f"{name}\n" for name in class_names), path)

@@ -17,9 +17,10 @@ spec, decoder settings) and ``labels.txt`` when class names are known.
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from exporters import common
+from keras_scb import cli
 
 
 def build_archive(detector, any_size=True, **decoder_kwargs):
@@ -65,6 +66,7 @@ def export_saved_model(
         ``output_dir``.
     """
     common.check_class_names(class_names, detector.num_classes)
+    common.prepare_output(output_dir, overwrite)
     archive = build_archive(detector, any_size=any_size, **decoder_kwargs)
     with common.atomic_output(output_dir, overwrite, directory=True) as temporary:
         archive.write_out(temporary, verbose=False)
@@ -106,4 +108,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -25,9 +25,10 @@ an int8 kernel, such as the NMS, stay float).
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from exporters import common
+from keras_scb import cli
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REPRESENTATIVE_SOURCES = ("bccd", "synthetic")
@@ -125,6 +126,7 @@ def export_tflite(
         ``path``.
     """
     common.check_class_names(class_names, detector.num_classes)
+    common.prepare_output(path, overwrite)
     model = convert(detector, precision, representative_images, postprocess, **decoder_kwargs)
     with common.atomic_output(path, overwrite) as temporary:
         with open(temporary, "wb") as f:
@@ -248,4 +250,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

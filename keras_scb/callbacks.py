@@ -1,93 +1,44 @@
-"""Training callbacks and the learning-rate schedule of the trainer.
+"""Training callbacks: atomic checkpoints, the resumable backup, periodic evaluation.
 
-Checkpoints are written to a temporary file in the same directory and renamed
-into place, so a process killed at any instant leaves either the previous
-complete file or the new complete file, never a half-written one.
+Every file is written through `keras_scb.fileio` (a temporary file renamed into
+place), so a process killed at any instant leaves either the previous complete
+file or the new complete one. No checkpoint or backup is written from weights
+with a NaN or an infinity: after a divergence the files keep the last finite
+state.
 """
 
-import json
+import csv
+import hashlib
+import io
+import math
 import os
-import tempfile
 
 import keras
+from absl import logging
+
+from keras_scb.checkpoints import CheckpointError, check_finite, non_finite_variables
+from keras_scb.fileio import (  # noqa: F401  (atomic_write re-exported)
+    atomic_write,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+    write_text,
+)
+from keras_scb.schedules import WARMUP_FACTOR, WarmupStepDecay  # noqa: F401  (re-exported)
 
 
-def atomic_write(path, write):
-    """Calls ``write(tmp_path)``, then renames ``tmp_path`` onto ``path``.
-
-    The temporary file lives in the destination directory (a rename is atomic
-    only within one file system) and keeps ``path``'s extension, which Keras uses
-    to pick the format. On failure the temporary file is removed.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    base = os.path.basename(path)
-    suffix = next((s for s in (".weights.h5", ".keras", ".json") if base.endswith(s)), "")
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(data, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-
-    atomic_write(path, write)
-
-
-# Warm-up starts at this fraction of the rate (the step and cosine schedules alike).
-WARMUP_FACTOR = 1.0 / 3
-
-
-@keras.saving.register_keras_serializable(package="keras_scb")
-class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ``warmup_factor * lr`` then step decay (SSD's schedule).
-
-    Args:
-        learning_rate: base rate after warm-up.
-        boundaries: steps at which the rate is multiplied by ``decay_factor``.
-        warmup_steps: length of the linear warm-up (0 disables it).
-    """
-
-    def __init__(
-        self,
-        learning_rate,
-        boundaries=(),
-        decay_factor=0.1,
-        warmup_steps=0,
-        warmup_factor=WARMUP_FACTOR,
-    ):
-        self.learning_rate = float(learning_rate)
-        self.boundaries = tuple(int(b) for b in boundaries)
-        self.decay_factor = float(decay_factor)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_factor = float(warmup_factor)
-
-    def __call__(self, step):
-        ops = keras.ops
-        step = ops.cast(step, "float32")
-        rate = ops.convert_to_tensor(self.learning_rate, "float32")
-        for boundary in self.boundaries:
-            rate = ops.where(step >= boundary, rate * self.decay_factor, rate)
-        if self.warmup_steps > 0:
-            progress = ops.minimum(step / self.warmup_steps, 1.0)
-            rate = rate * (self.warmup_factor + (1.0 - self.warmup_factor) * progress)
-        return rate
-
-    def get_config(self):
-        return {
-            "learning_rate": self.learning_rate,
-            "boundaries": list(self.boundaries),
-            "decay_factor": self.decay_factor,
-            "warmup_steps": self.warmup_steps,
-            "warmup_factor": self.warmup_factor,
-        }
+def _finite_state(model, logs, what):
+    """Whether the epoch's loss and every variable are finite; logs why not."""
+    loss = (logs or {}).get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        logging.warning("Loss is %s: %s not written (it keeps the last finite state).", loss, what)
+        return False
+    bad = non_finite_variables(model)
+    if bad:
+        logging.warning("%d variables are not finite (e.g. %s): %s not written.",
+                        len(bad), bad[0], what)
+        return False
+    return True
 
 
 class AtomicModelCheckpoint(keras.callbacks.Callback):
@@ -114,11 +65,12 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
     def _best_so_far(self):
         if not os.path.exists(self._best_path):
             return None
-        with open(self._best_path) as f:
-            return json.load(f)["value"]
+        return read_json(self._best_path, "best-checkpoint record")["value"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if not _finite_state(self.model, logs, "last.keras"):
+            return
         atomic_write(os.path.join(self.directory, "last.keras"), self.model.save)
         if self.monitor is None or self.monitor not in logs:
             return
@@ -129,52 +81,140 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         better = best is None or (value > best if self.mode == "max" else value < best)
         if better:
             atomic_write(os.path.join(self.directory, "best.keras"), self.model.save)
-            _write_json(
+            write_json(
                 {"monitor": self.monitor, "value": value, "epoch": epoch + 1},
                 self._best_path,
             )
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` whose state is never half-written.
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Keras writes the weights and the epoch counter in place, one after the other;
-    a kill in between leaves a corrupt file or weights that disagree with the
-    counter. Here each state is a new weights file named by its epoch, and a small
-    JSON, renamed into place last, says which file is current.
+
+class EpochBackup(keras.callbacks.Callback):
+    """The resumable state of a run: `restore` it before ``fit``, save it every epoch.
+
+    Each epoch's weights (with the optimizer state) go to a new file named by
+    the epoch; ``state.json``, renamed into place last, names the current file,
+    its epoch and its SHA-256. A kill at any instant leaves a complete state: the
+    previous one or the new one. A non-finite state is never saved, and a
+    damaged one (checksum mismatch, unreadable, non-finite) is an error naming
+    the file, never loaded silently. Used with plain public API::
+
+        backup = EpochBackup(backup_dir)
+        initial_epoch = backup.restore(model)
+        model.fit(..., initial_epoch=initial_epoch, callbacks=[..., backup])
+
+    Args:
+        backup_dir: the folder of the state (created when needed).
     """
 
     def __init__(self, backup_dir):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-        self._state_path = os.path.join(backup_dir, "state.json")
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.state_path = os.path.join(backup_dir, "state.json")
 
-    def _load_model(self):
-        if not os.path.exists(self._state_path):
+    def saved_epoch(self):
+        """Epochs done in the saved state (0 if none), without loading it."""
+        if not os.path.exists(self.state_path):
+            return 0
+        return self._read_state()["epoch"]
+
+    def _read_state(self):
+        state = read_json(self.state_path, "Backup state")
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("epoch"), int)
+            or not isinstance(state.get("weights"), str)
+        ):
+            raise CheckpointError(
+                f"Backup state {self.state_path} lacks 'epoch' or 'weights': {state!r}."
+            )
+        return state
+
+    def restore(self, model):
+        """Loads the saved weights and optimizer state into ``model``.
+
+        Call it after ``compile`` (under the distribution strategy's scope).
+
+        Returns:
+            The number of epochs done: ``fit``'s ``initial_epoch``.
+
+        Raises:
+            CheckpointError: the saved state is damaged; the message names the file.
+        """
+        remove_stale_temporaries(self.backup_dir)
+        if not os.path.exists(self.state_path):
+            return 0
+        state = self._read_state()
+        path = os.path.join(self.backup_dir, state["weights"])
+        advice = f"delete {self.backup_dir} to train from scratch"
+        if not os.path.isfile(path):
+            raise CheckpointError(f"Backup {path} named by {self.state_path} is missing; {advice}.")
+        expected = state.get("sha256")
+        if expected is not None and _sha256(path) != expected:
+            raise CheckpointError(
+                f"Backup {path} is damaged: its SHA-256 differs from the one in "
+                f"{self.state_path}; {advice}."
+            )
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(path)
+        except Exception as error:  # h5py and Keras raise many types for a bad file
+            raise CheckpointError(f"Backup {path} cannot be loaded ({error}); {advice}.") from error
+        check_finite(model, f"Backup {path}")
+        return state["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _finite_state(self.model, logs, "the backup"):
+            # Weights can turn non-finite while the epoch's mean loss is still finite;
+            # training on from them is pointless.
+            self.model.stop_training = True
             return
-        with open(self._state_path) as f:
-            state = json.load(f)
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self.backup_dir, state["weights"]))
-        self.model._initial_epoch = state["epoch"]
-
-    def _save_model(self):
-        epoch = self._current_epoch
-        weights = f"epoch-{epoch:05d}.weights.h5"
-        atomic_write(os.path.join(self.backup_dir, weights), self.model.save_weights)
-        _write_json({"epoch": epoch, "weights": weights}, self._state_path)
+        done = epoch + 1
+        weights = f"epoch-{done:05d}.weights.h5"
+        path = os.path.join(self.backup_dir, weights)
+        atomic_write(path, self.model.save_weights)
+        write_json({"epoch": done, "weights": weights, "sha256": _sha256(path)}, self.state_path)
         for name in os.listdir(self.backup_dir):
             if name.endswith(".weights.h5") and name != weights and not name.startswith("."):
                 os.remove(os.path.join(self.backup_dir, name))
 
 
+def trim_history(path, epochs_done):
+    """Drops the rows of ``history.csv`` for epochs ``>= epochs_done`` (0-based).
+
+    A run killed after its CSV line but before its backup repeats that epoch
+    when resumed; without this the history would hold it twice. A partial
+    last line (killed mid-write) goes too.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) < epochs_done]
+    if len(kept) == len(body):
+        return
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([header, *kept])
+    write_text(out.getvalue(), path)
+
+
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Adds ``evaluate(model)`` scalars to the epoch logs every ``every`` epochs.
 
-    It runs after the first epoch too, so a broken evaluation fails in minutes, not
-    at the end, and so that `keras.callbacks.CSVLogger` (which fixes its columns on
-    the first epoch) gets a column per metric; epochs without an evaluation log
-    NaN. Place it before the callbacks that read these logs.
+    It runs after the first epoch of every run (a resumed one too), so a broken
+    evaluation fails in minutes, not at the end, and so that
+    `keras.callbacks.CSVLogger` (which fixes its columns on the first epoch it
+    sees) gets a column per metric; epochs without an evaluation log NaN. Place it before the callbacks that read these logs.
 
     Args:
         evaluate: ``model -> {name: float}``.
@@ -194,7 +234,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             return
         done = epoch + 1
         last = done == self.params.get("epochs")
-        if done == 1 or done % self.every == 0 or last:
+        if not self._keys or done % self.every == 0 or last:
             scalars = {self.prefix + k: v for k, v in self.evaluate(self.model).items()}
             self._keys = tuple(scalars)
             logs.update(scalars)

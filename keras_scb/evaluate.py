@@ -24,6 +24,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from keras_scb import cli
 from keras_scb import flags as common_flags
 
 DECODER_DEFAULTS = dict(iou_threshold=0.45, score_threshold=0.01, max_detections=200)
@@ -207,11 +208,9 @@ def main(argv):
         return
     if not FLAGS.checkpoint or not os.path.exists(FLAGS.checkpoint):
         raise app.UsageError(f"--checkpoint={FLAGS.checkpoint!r}: no such file.")
-    import keras
+    from keras_scb.checkpoints import load_checkpoint
 
-    import keras_scb.models  # noqa: F401  (registers the custom objects)
-
-    detector = keras.saving.load_model(FLAGS.checkpoint, compile=False)
+    detector = load_checkpoint(FLAGS.checkpoint)
     dataset = common_flags.load_split(FLAGS.val_split)
     if len(dataset.class_names) != detector.num_classes:
         raise app.UsageError(
@@ -259,4 +258,4 @@ def _score_results_json(path):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -46,6 +46,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from keras_scb.fileio import read_json, write_json
 from keras_scb.matching import pairwise_iou
 
 # COCO's object scale limits, on box area in pixels of the original image.
@@ -660,24 +661,10 @@ def evaluate_detections(
 # --- Reporting -----------------------------------------------------------------
 
 
-def write_json(results: Dict[str, object], path: str) -> None:
-    """Writes a results dict (as from `evaluate_detections`) as indented JSON."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-
-
 def write_coco_results(results: Sequence[Dict[str, object]], path: str) -> None:
     """Writes `coco_results` as the JSON list COCO's servers and ``loadRes`` take;
     through a temporary file, so an interrupted write leaves no partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        json.dump(list(results), f)
-    os.replace(partial, path)
+    write_json(list(results), path, indent=None)
 
 
 def read_coco_results(path: str) -> List[Dict[str, object]]:
@@ -702,8 +689,10 @@ def load_results(run: Union[str, Dict[str, object]]) -> Dict[str, object]:
         return run
     if os.path.isdir(run):
         run = os.path.join(run, "metrics.json")
-    with open(run) as f:
-        return json.load(f)
+    results = read_json(run, "results file")
+    if not isinstance(results, dict):
+        raise ValueError(f"results file {run} holds no evaluation results (not a JSON object).")
+    return results
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,12 +12,12 @@ and per object scale (COCO's limits, see `size_reference`).
 writes ``match_stats.json`` and two PNG plots into ``--output_dir``.
 """
 
-import json
 import os
 
 import numpy as np
 
 from keras_scb.evaluation import SCALES, pixel_box_areas, scale_of_area
+from keras_scb.fileio import write_json
 
 
 def match_counts_per_box(boxes, classes, anchors, iou_threshold=0.5):
@@ -170,9 +170,7 @@ def plot_counts(counts_by_stage, scales_by_stage, output_dir, label=""):
 def write_report(report, output_dir):
     """Writes the statistics dict as ``match_stats.json``; returns its path."""
     path = os.path.join(output_dir, "match_stats.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    write_json(report, path)
     return path
 
 
@@ -337,7 +335,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app
+    from keras_scb import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -11,13 +11,14 @@ Every flag is listed by ``python -m keras_scb.train --helpfull``.
 """
 
 import contextlib
-import json
 import math
 import os
 
 from absl import app, flags, logging
 
+from keras_scb import cli
 from keras_scb import flags as common_flags
+from keras_scb.fileio import check_writable, remove_stale_temporaries, write_json, write_text
 
 common_flags.define_data_flags()
 common_flags.define_model_flags()
@@ -155,7 +156,7 @@ def learning_rate_schedule(total_steps):
     """The flags' schedule: linear warm-up from a third of the rate, then step or cosine decay."""
     import keras
 
-    from keras_scb.callbacks import WARMUP_FACTOR, WarmupStepDecay
+    from keras_scb.schedules import WARMUP_FACTOR, WarmupStepDecay
 
     if FLAGS.lr_schedule == "step":
         return WarmupStepDecay(
@@ -189,23 +190,8 @@ def _optimizer(total_steps):
     return optimizer
 
 
-def _prepare_multi_worker_fit(model, strategy, batch):
-    """Works around Keras 3's ``fit`` under MultiWorkerMirroredStrategy.
-
-    Keras builds metrics and optimizer state from a cross-worker mean of the first
-    distributed batch, and reduces each step's scalar logs with a cross-worker
-    mean over axis 0; both fail under this strategy (keras-team/keras#20585).
-    Here the state is built from a local batch of the same shapes, and the logs
-    are reduced over this worker's replicas only. Gradients are all-reduced over
-    every worker as usual, so the weights stay identical on all workers; only the
-    printed metrics are this worker's.
-    """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    with strategy.scope():
-        model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+class TrainingDiverged(cli.UserError):
+    """The loss or the weights became non-finite; nothing non-finite was saved."""
 
 
 def _check_flags():
@@ -231,11 +217,14 @@ def train():
     """Runs training from the parsed flags; returns the final results dict or None."""
     import keras
 
+    from keras_scb import keras_compat
     from keras_scb.callbacks import (
-        AtomicBackupAndRestore,
         AtomicModelCheckpoint,
+        EpochBackup,
         PeriodicEvaluation,
+        trim_history,
     )
+    from keras_scb.checkpoints import load_checkpoint
     from keras_scb.data import pipeline
     from keras_scb.data.augment import AugmentConfig
     from keras_scb.evaluate import evaluate_detector, summary_scalars, write_report
@@ -260,11 +249,10 @@ def train():
             f"--num_classes={FLAGS.num_classes} but --dataset={FLAGS.dataset} has "
             f"{num_classes} classes {list(train_data.class_names)}."
         )
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.model_dir, "labels.txt"), "w") as f:
-        f.write("\n".join(train_data.class_names) + "\n")
-    with open(os.path.join(FLAGS.model_dir, "flags.json"), "w") as f:
-        json.dump(FLAGS.flag_values_dict(), f, indent=2, default=str)
+    check_writable(FLAGS.model_dir)
+    remove_stale_temporaries(FLAGS.model_dir)
+    write_text("\n".join(train_data.class_names) + "\n", os.path.join(FLAGS.model_dir, "labels.txt"))
+    write_json(FLAGS.flag_values_dict(), os.path.join(FLAGS.model_dir, "flags.json"), default=str)
 
     steps = FLAGS.steps_per_epoch or max(
         1, common_flags.num_images(train_data) // FLAGS.batch_size
@@ -277,6 +265,11 @@ def train():
             loss=_loss(detector),
             jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         )
+        # Resuming: the last finished epoch's weights and optimizer state.
+        backup = EpochBackup(os.path.join(FLAGS.model_dir, "backup"))
+        initial_epoch = backup.restore(detector)
+    history_path = os.path.join(FLAGS.model_dir, "history.csv")
+    trim_history(history_path, initial_epoch)
 
     train_ds = pipeline.training_pipeline(
         train_data,
@@ -292,8 +285,6 @@ def train():
     )
     # model.fit distributes the dataset over the strategy's replicas itself,
     # sharding by the policy the pipeline sets (files for TFRecords).
-    if FLAGS.strategy == "multi_worker":
-        _prepare_multi_worker_fit(detector, strategy, next(iter(train_ds)))
 
     def evaluate_val(model):
         return summary_scalars(evaluate_detector(model, val_data, FLAGS.eval_batch_size))
@@ -305,30 +296,40 @@ def train():
         AtomicModelCheckpoint(
             FLAGS.model_dir, monitor="val_coco_AP50" if FLAGS.eval_every else None
         ),
-        keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
+        keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TerminateOnNaN(),
-        AtomicBackupAndRestore(os.path.join(FLAGS.model_dir, "backup")),
+        backup,
     ]
     if keras.backend.backend() == "tensorflow":
         # After PeriodicEvaluation, so that the validation metrics are logged too.
         tensorboard = keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs"))
         callbacks.insert(1, tensorboard)
-    history = detector.fit(
-        train_ds,
-        epochs=FLAGS.epochs,
-        steps_per_epoch=steps,
-        callbacks=callbacks,
-        verbose=FLAGS.verbose,
-    )
-    if any(math.isnan(v) for v in history.history.get("loss", [])):
-        raise RuntimeError(
-            f"Training stopped on a NaN loss; see {FLAGS.model_dir}/history.csv."
+    fit_context = contextlib.nullcontext()
+    if FLAGS.strategy == "multi_worker":
+        fit_context = keras_compat.multi_worker_fit(detector, strategy, next(iter(train_ds)))
+    with fit_context:
+        history = detector.fit(
+            train_ds,
+            epochs=FLAGS.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=FLAGS.verbose,
+        )
+    losses = history.history.get("loss", [])
+    if not all(math.isfinite(v) for v in losses) or backup.saved_epoch() < FLAGS.epochs:
+        kept = backup.saved_epoch()
+        raise TrainingDiverged(
+            f"Training stopped on a non-finite loss or weights in epoch {kept + 1}; "
+            f"last.keras and {FLAGS.model_dir}/backup keep epoch {kept}, the last finite "
+            f"state (see {history_path}). Rerunning resumes from it; lower "
+            "--learning_rate or add --clipnorm."
         )
     if not FLAGS.final_eval:
         return None
     best = os.path.join(FLAGS.model_dir, "best.keras")
     final = best if os.path.exists(best) else os.path.join(FLAGS.model_dir, "last.keras")
-    model = keras.saving.load_model(final, compile=False)
+    model = load_checkpoint(final)
     results = evaluate_detector(model, val_data, FLAGS.eval_batch_size)
     results["checkpoint"] = os.path.basename(final)
     print(write_report(results, os.path.join(FLAGS.model_dir, "eval")))
@@ -346,4 +347,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from keras_scb.callbacks import (
-    AtomicBackupAndRestore,
     AtomicModelCheckpoint,
+    EpochBackup,
     WarmupStepDecay,
     atomic_write,
 )
@@ -66,12 +66,15 @@ def test_backup_restores_weights_optimizer_and_epoch(tmp_path):
     full.fit(x, y, epochs=4, batch_size=8, verbose=0, shuffle=False)
 
     first = _model()
+    first_backup = EpochBackup(backup)
     first.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False,
-              callbacks=[AtomicBackupAndRestore(backup)])
+              initial_epoch=first_backup.restore(first), callbacks=[first_backup])
     assert json.load(open(os.path.join(backup, "state.json")))["epoch"] == 2
     resumed = _model()
+    resumed_backup = EpochBackup(backup)
     history = resumed.fit(x, y, epochs=4, batch_size=8, verbose=0, shuffle=False,
-                          callbacks=[AtomicBackupAndRestore(backup)])
+                          initial_epoch=resumed_backup.restore(resumed),
+                          callbacks=[resumed_backup])
     assert len(history.history["loss"]) == 2  # only epochs 3 and 4 ran
     for a, b in zip(full.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -13,3 +13,7 @@ from keras_scb.models.factory import (
 )
 
 __all__ = ["Detector", "available_detectors", "build_detector", "register_detector"]
+
+# A checkpoint saved with its loss and optimizer needs these classes registered too;
+# importing them here makes ``import keras_scb.models`` enough to load it.
+from keras_scb import losses, refinedet_loss, schedules  # noqa: E402,F401
