@@ -229,6 +229,7 @@ def _define_flags():
 def main(argv):
     del argv
     values = flags.FLAGS
+    common.prepare_output(values.output, values.overwrite)  # fail before the conversion
     detector = common.load_detector(values.checkpoint)
     class_names = common.read_class_names(values.checkpoint, values.class_names)
     representative = None
