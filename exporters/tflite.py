@@ -133,8 +133,7 @@ def export_tflite(
             f.write(model)
     if class_names:
         labels = os.path.join(os.path.dirname(os.path.abspath(path)), common.LABELS_FILE)
-        with common.atomic_output(labels, overwrite=True) as temporary:
-            common.write_labels(class_names, temporary)
+        common.write_labels(class_names, labels)
     return path
 
 

@@ -283,8 +283,6 @@ def train():
         deterministic=FLAGS.deterministic,
         repeat=True,
     )
-    # model.fit distributes the dataset over the strategy's replicas itself,
-    # sharding by the policy the pipeline sets (files for TFRecords).
 
     def evaluate_val(model):
         return summary_scalars(evaluate_detector(model, val_data, FLAGS.eval_batch_size))
@@ -304,6 +302,8 @@ def train():
         # After PeriodicEvaluation, so that the validation metrics are logged too.
         tensorboard = keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs"))
         callbacks.insert(1, tensorboard)
+    # model.fit distributes the dataset over the strategy's replicas itself,
+    # sharding by the policy the pipeline sets (files for TFRecords).
     fit_context = contextlib.nullcontext()
     if FLAGS.strategy == "multi_worker":
         fit_context = keras_compat.multi_worker_fit(detector, strategy, next(iter(train_ds)))
