@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from exporters import common, flatbuffer
+from keras_scb import cli
 
 # Names a training loss would leave in a graph: the loss itself and the
 # segment sums that count the anchors matched per object (SCB's M_i).
@@ -218,4 +219,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)
