@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 
 from keras_scb.data import records as records_lib
+from keras_scb.fileio import write_json
 
 CROWD_POLICIES = ("ignore", "drop")
 
@@ -252,6 +253,5 @@ def write_coco(dataset: records_lib.Dataset, out_dir: str, split: str):
             with open(target, "wb") as f:
                 f.write(record.image)
     annotation_file = os.path.join(annotation_dir, f"instances_{split}.json")
-    with open(annotation_file, "w") as f:
-        json.dump(to_coco_json(dataset), f)
+    write_json(to_coco_json(dataset), annotation_file, indent=None)
     return annotation_file, image_dir

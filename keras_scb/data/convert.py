@@ -12,6 +12,7 @@ to the input pipelines.
 
 from absl import app, flags, logging
 
+from keras_scb import cli
 from keras_scb.data import coco, records, tfrecord, voc
 
 FLAGS = flags.FLAGS
@@ -72,4 +73,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_scb.data import records as records_lib
+from keras_scb.fileio import write_json
 
 RECORDS_PER_SHARD = 1024
 
@@ -139,8 +140,7 @@ def write_tfrecords(
         "issues": dataset.issues,
     }
     meta_path = f"{prefix}.json"
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
+    write_json(meta, meta_path, indent=1)
     return meta_path
 
 
