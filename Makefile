@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
 demo: $(STAMP)
 	$(PY) -m keras_scb.train --flagfile=configs/quickstart.cfg --model_dir=$(DEMO_DIR)
-	$(PY) -m keras_scb.predict --model=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
+	$(PY) -m exporters.predict --model_path=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
 		--output_dir=$(DEMO_DIR)/predictions --score_threshold=0.4
 	@echo "Metrics: $(DEMO_DIR)/eval/metrics.md  Example: $(DEMO_DIR)/predictions/"
 

@@ -100,7 +100,7 @@ def main():
     import keras
 
     from keras_scb.losses import ScaleBalancedLoss
-    from keras_scb.models import build_detector
+    from keras_scb.models import build_detector, detector_entry
 
     print(f"batch={args.batch_size} classes={args.num_classes} cpus={os.cpu_count()}")
     print(
@@ -108,7 +108,7 @@ def main():
         f"{'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'fraction':>8} {'bound img/s':>11}"
     )
     for name in args.models.split(","):
-        if name.startswith("refinedet"):
+        if detector_entry(name).output_layout != "ssd":
             raise SystemExit(f"--models: {name} is not an SSD-style model")
         for precision in args.precisions.split(","):
             keras.mixed_precision.set_global_policy(precision)

@@ -4,7 +4,7 @@
 
 Batch 1, the model's input size, post-processing included (the SSD decoder's
 defaults: score 0.01, IoU 0.45, 200 detections, 400 candidates per class).
-Keras: ``predict_on_batch`` of `keras_scb.decoding.build_inference_model`, in a
+Keras: ``predict_on_batch`` of `keras_scb.postprocess.build_inference_model`, in a
 subprocess per thread count (TensorFlow fixes its thread pools at start-up).
 TFLite: the `exporters.tflite` file in the LiteRT interpreter (XNNPACK), the
 precisions interleaved round by round. Medians in milliseconds.
@@ -43,7 +43,7 @@ def keras_worker(model, num_classes, threads, rounds, runs):
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import numpy as np
 
-    from keras_scb.decoding import build_inference_model
+    from keras_scb.postprocess import build_inference_model
     from keras_scb.models import build_detector
 
     detector = build_detector(model, num_classes)

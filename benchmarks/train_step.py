@@ -59,7 +59,7 @@ def synthetic_batch(model, num_images, seed):
     boxes, classes = random_ground_truth(rng, num_images, model.num_classes)
     size = model.image_size
     images = rng.uniform(0, 255, (num_images, size, size, 3)).astype("float32")
-    if model.name.startswith("refinedet"):
+    if model.targets == "gt":
         return images, np.concatenate([boxes, classes[..., None]], -1)
     return images, encoded_targets(boxes, classes, model.anchors)
 
@@ -80,7 +80,7 @@ def fit_input(images, targets, batch_size):
 
 def losses_for(model):
     """(SCB loss, MultiBox loss) for a detector (RefineDet: SCB on the ARM or not)."""
-    if model.name.startswith("refinedet"):
+    if model.output_layout == "refinedet":
         from keras_scb.refinedet_loss import RefineDetLoss
 
         spec = model.anchor_spec

@@ -1,4 +1,4 @@
-"""Exporters of keras-scb detectors: SavedModel, TFLite, and inference-cost comparison.
+"""Exporters of keras-scb detectors: SavedModel, TFLite, inference-cost comparison, predict.
 
 Command lines (absl flags; ``--help`` lists them):
 
@@ -6,6 +6,7 @@ Command lines (absl flags; ``--help`` lists them):
 - ``python -m exporters.tflite --checkpoint CKPT --output FILE --precision fp32|fp16|int8``
 - ``python -m exporters.accuracy --checkpoint CKPT --dataset bccd --split test``
 - ``python -m exporters.compare_cost BASELINE_CKPT SCB_CKPT``
+- ``python -m exporters.predict --model_path MODEL --images IMAGES --output_dir DIR``
 
 A checkpoint is a ``.keras`` file of a `keras_scb.models.Detector`; it is loaded
 without its loss (``compile=False``), so no export depends on how it was trained.

@@ -82,7 +82,7 @@ def evaluate_outputs(dataset, outputs):
     ]
     detections = evaluation.detections_from_decoder(
         [r.image_id for r in dataset.records],
-        outputs["detection_boxes"], outputs["detection_scores"],
+        common.corner_boxes(outputs["detection_boxes"]), outputs["detection_scores"],
         outputs["detection_classes"].astype(np.int64), outputs["num_detections"].astype(np.int64),
     )
     return evaluation.evaluate_detections(

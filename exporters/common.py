@@ -24,6 +24,8 @@ DETECTION_KEYS = (
     "detection_scores",
     "num_detections",
 )
+# Export box order from the library's [xmin, ymin, xmax, ymax] and back (a swap).
+YXYX = [1, 0, 3, 2]
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "keras_scb_export.json"
 
@@ -96,12 +98,12 @@ def read_class_names(checkpoint=None, class_names=None):
         return tuple(line.strip() for line in f if line.strip())
 
 
-def check_class_names(class_names, num_classes):
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(
-            f"{len(class_names)} class names {list(class_names)} for a model "
-            f"of {num_classes} classes."
-        )
+def export_class_names(detector, class_names=None):
+    """The class names an export writes: ``class_names`` if given, else the
+    detector's own (`keras_scb.models.Detector.class_names`); checked against its classes."""
+    from keras_scb.models.detector import check_class_names
+
+    return check_class_names(class_names or detector.class_names, detector.num_classes)
 
 
 def serving_function(detector, resize=False, single_image=False, **decoder_kwargs):
@@ -111,9 +113,9 @@ def serving_function(detector, resize=False, single_image=False, **decoder_kwarg
         detector: a `keras_scb.models.Detector`.
         resize: resize any ``H x W`` bilinearly to the model's ``S x S`` (the
             aspect ratio is not kept, as in training); otherwise ``H = W = S``.
-        single_image: the batch is one image (``B = 1``): decode it without the
-            decoder's ``tf.map_fn`` (see `decode_single_image`).
-        **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
+        single_image: the batch is one image (``B = 1``): the post-processing's
+            single-image mode, without ``tf.map_fn`` (for TFLite).
+        **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
 
     The detector is called with ``training=False`` explicitly: without it, a
     nested model behind a ``keras.layers.Resizing`` runs its BatchNorms in
@@ -121,86 +123,45 @@ def serving_function(detector, resize=False, single_image=False, **decoder_kwarg
     """
     import tensorflow as tf
 
-    from keras_scb.decoding import DetectionDecoder
+    from keras_scb.postprocess import build_postprocessor
 
     size = detector.image_size
-    decoder = DetectionDecoder(detector.anchor_spec, name="decode", **decoder_kwargs)
+    postprocessor = build_postprocessor(
+        detector, name="decode", single_image=single_image, **decoder_kwargs
+    )
 
     def detect(images):
         pixels = tf.cast(images, tf.float32)
         if resize:
             pixels = tf.image.resize(pixels, (size, size), method="bilinear")
-        predictions, anchors = ssd_predictions(detector, detector(pixels, training=False))
-        if single_image:
-            decoded = decode_single_image(decoder, predictions, anchors)
-        elif anchors is None:
-            decoded = decoder(predictions)
-        else:
-            decoded = decoder(predictions, anchors=anchors)
-        return {
-            "detection_boxes": decoded["boxes"],
-            "detection_classes": tf.cast(decoded["classes"], tf.float32),
-            "detection_scores": decoded["scores"],
-            "num_detections": tf.cast(decoded["num_detections"], tf.float32),
-        }
+        return export_outputs(postprocessor(detector(pixels, training=False)))
 
     return detect
 
 
-def ssd_predictions(detector, raw):
-    """The network output in SSD form, with the anchors to decode it against.
+def export_outputs(detections):
+    """`keras_scb.postprocess` outputs -> the export outputs (`DETECTION_KEYS`).
 
-    Args:
-        detector: a `keras_scb.models.Detector`.
-        raw: its output, SSD's ``(B, A, 4 + C + 1)`` or RefineDet's
-            ``(B, A, 10 + C + 1)`` (see `keras_scb.decoding.is_refinedet`).
-
-    Returns:
-        ``(predictions (B, A, 4 + C + 1), anchors)``: ``anchors`` is ``None`` (the
-        spec's) for SSD, the ARM-refined ``(B, A, 4)`` ``[cx, cy, w, h]`` for
-        RefineDet, whose ODM scores of ARM-filtered anchors are zeroed (as
-        `keras_scb.decoding.build_inference_model` does).
-    """
-    from keras_scb.decoding import is_refinedet
-    from keras_scb.refinedet_loss import refinedet_to_ssd_outputs
-
-    if not is_refinedet(detector):
-        return raw, None
-    anchors, predictions = refinedet_to_ssd_outputs(raw, detector.anchors)
-    return predictions, anchors
-
-
-def decode_single_image(decoder, predictions, anchors=None):
-    """``decoder(predictions)`` for a batch of one, without ``tf.map_fn``.
-
-    The ``WHILE`` op that ``tf.map_fn`` becomes in TFLite crashes TF 2.21's int8
-    calibrator (segmentation fault), and a loop of one iteration is useless in
-    a batch-1 mobile model. The parity tests hold this to the Keras decoder.
-
-    Args:
-        decoder: a `keras_scb.decoding.DetectionDecoder` (its settings are used).
-        predictions: ``(1, A, 4 + C + 1)``.
-        anchors: ``(1, A, 4)`` ``[cx, cy, w, h]``, or ``None`` for the decoder's.
-
-    Returns:
-        The decoder's output dict, batch 1.
+    The one place where the library's ``[xmin, ymin, xmax, ymax]`` becomes the TF
+    Object Detection API's ``[ymin, xmin, ymax, xmax]``, and ids and counts
+    become float32 (as ``TFLite_Detection_PostProcess`` gives them).
     """
     import tensorflow as tf
 
-    from keras_scb import decoding
-    from keras_scb.anchors import get_anchors
-    from keras_scb.matching import decode_boxes
+    return {
+        "detection_boxes": tf.gather(detections["boxes"], YXYX, axis=-1),
+        "detection_classes": tf.cast(detections["classes"], tf.float32),
+        "detection_scores": detections["scores"],
+        "num_detections": tf.cast(detections["num_detections"], tf.float32),
+    }
 
-    anchors = get_anchors(decoder.anchor_spec) if anchors is None else anchors[0]
-    corners = decode_boxes(predictions[0, :, :4], anchors, decoder.variances)
-    # (A, 4) [xmin, ymin, xmax, ymax]
-    boxes = tf.clip_by_value(tf.gather(corners, [1, 0, 3, 2], axis=-1), 0.0, 1.0)
-    probs = tf.nn.softmax(predictions[0, :, 4:], axis=-1)
-    outputs = decoding.nms_one_image(
-        probs, boxes, decoder.iou_threshold, decoder.score_threshold,
-        decoder.max_detections, decoder.pre_nms_top_k,
-    )
-    return dict(zip(("boxes", "scores", "classes", "num_detections"), (o[None] for o in outputs)))
+
+def corner_boxes(detection_boxes):
+    """Exported ``(..., 4)`` ``[ymin, xmin, ymax, xmax]`` -> numpy ``[xmin, ymin, xmax, ymax]``
+    (the inverse of `export_outputs`, for readers of exported detections)."""
+    import numpy as np
+
+    return np.asarray(detection_boxes)[..., YXYX]
 
 
 def decoder_kwargs_from_flags(values):
@@ -213,21 +174,32 @@ def decoder_kwargs_from_flags(values):
 
 
 def define_decoder_flags():
-    """The `DetectionDecoder` flags every export CLI takes (defaults: the SSD paper's)."""
+    """The `PostProcessor` flags every export CLI takes (defaults: `DECODER_DEFAULTS`)."""
     from absl import flags
 
-    flags.DEFINE_float("score_threshold", 0.01, "Detections below this score are dropped.")
-    flags.DEFINE_float("iou_threshold", 0.45, "Per-class NMS IoU threshold.")
-    flags.DEFINE_integer("max_detections", 200, "Detections kept per image.")
-    flags.DEFINE_integer("pre_nms_top_k", 400, "Candidates per class before NMS.")
+    from keras_scb.postprocess import DECODER_DEFAULTS
+
+    flags.DEFINE_float("score_threshold", DECODER_DEFAULTS["score_threshold"],
+                       "Detections below this score are dropped.")
+    flags.DEFINE_float("iou_threshold", DECODER_DEFAULTS["iou_threshold"],
+                       "Per-class NMS IoU threshold.")
+    flags.DEFINE_integer("max_detections", DECODER_DEFAULTS["max_detections"],
+                         "Detections kept per image.")
+    flags.DEFINE_integer("pre_nms_top_k", DECODER_DEFAULTS["pre_nms_top_k"],
+                         "Candidates per class before NMS.")
 
 
 def export_metadata(detector, class_names, decoder_kwargs, **extra):
-    """JSON-able description of an export (read back by `keras_scb.predict`)."""
-    from keras_scb.models.detector import anchor_spec_to_config
+    """JSON-able description of an export (read back by `exporters.predict`).
+
+    ``model`` is the registry name (`keras_scb.models.build_detector` takes it
+    back); the Keras name only for a detector built outside the registry.
+    """
+    from keras_scb.anchors import anchor_spec_to_config
 
     return {
-        "model": detector.name,
+        "model": detector.registry_name or detector.name,
+        "output_layout": detector.output_layout,
         "image_size": detector.image_size,
         "num_classes": detector.num_classes,
         "class_names": list(class_names) if class_names else None,

@@ -95,7 +95,7 @@ class KerasDetector:
 
     Args:
         detector: a Detector or the path of a checkpoint.
-        **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
+        **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
     """
 
     def __init__(self, detector, **decoder_kwargs):

@@ -60,12 +60,12 @@ def export_saved_model(
         output_dir: the folder to create (must not exist unless ``overwrite``).
         class_names: ``C`` names, written to ``labels.txt``; optional.
         any_size: add the ``serving_any_size`` signature.
-        **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
+        **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
 
     Returns:
         ``output_dir``.
     """
-    common.check_class_names(class_names, detector.num_classes)
+    class_names = common.export_class_names(detector, class_names)
     common.prepare_output(output_dir, overwrite)
     archive = build_archive(detector, any_size=any_size, **decoder_kwargs)
     with common.atomic_output(output_dir, overwrite, directory=True) as temporary:

@@ -9,7 +9,7 @@ Layout (what mobile detection runtimes expect of an SSD): one input, uint8
 (0-based), ``detection_scores`` ``(1, K)``, ``num_detections`` ``(1,)``: the
 layout of ``TFLite_Detection_PostProcess``.
 
-The post-processing is that of `keras_scb.decoding.DetectionDecoder` (box
+The post-processing is `keras_scb.postprocess.PostProcessor` in its single-image mode (box
 decoding, softmax, per-class top-k and NMS from ``NonMaxSuppressionV4``, for one
 image: no ``WHILE`` loop), converted to TFLite builtin ops, so the file gives
 the Keras model's detections. The converter is restricted to builtin ops: an op
@@ -75,7 +75,7 @@ def convert(
             a few hundred cover a dataset, tens suffice to test.
         postprocess: include the decoding and NMS; without, the one output is
             the network's ``(1, A, 4 + C + 1)`` (anchor order as in training).
-        **decoder_kwargs: `keras_scb.decoding.DetectionDecoder` options.
+        **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
 
     Returns:
         ``bytes``.
@@ -125,7 +125,7 @@ def export_tflite(
     Returns:
         ``path``.
     """
-    common.check_class_names(class_names, detector.num_classes)
+    class_names = common.export_class_names(detector, class_names)
     common.prepare_output(path, overwrite)
     model = convert(detector, precision, representative_images, postprocess, **decoder_kwargs)
     with common.atomic_output(path, overwrite) as temporary:

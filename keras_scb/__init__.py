@@ -1,8 +1,9 @@
 """keras-scb: SSD-family detectors in Keras 3 trained with the scale-balanced loss.
 
-Modules: `anchors` (priors), `matching` (assignment and box coding), `losses`
-(`ScaleBalancedLoss`, `MultiBoxLoss`), `models` (detectors), `decoding`
-(box decoding and NMS), `data` (datasets and tf.data pipelines), `evaluation`.
+Modules: `anchors` (priors), `box_coding`, `matching` (assignment), `output_layout`,
+`losses` (`ScaleBalancedLoss`, `MultiBoxLoss`), `models` (detectors), `postprocess`
+(decoding and NMS), `data` (datasets and tf.data pipelines), `evaluation` (metrics),
+`validation` (a detector on a dataset); see ``docs/architecture.md``.
 Importing the package imports none of them, so ``keras_scb.anchors``,
 ``keras_scb.losses`` and ``keras_scb.models`` load without TensorFlow.
 """

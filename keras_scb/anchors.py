@@ -252,3 +252,24 @@ def anchors_per_map(name_or_spec) -> Sequence[int]:
         f * f * k
         for f, k in zip(spec.feature_map_sizes, spec.anchors_per_location())
     ]
+
+
+def anchor_spec_to_config(name_or_spec: str | AnchorSpec) -> dict:
+    """A preset name or `AnchorSpec` -> plain JSON-able dict of the spec.
+
+    Layers, losses and models that hold a spec store this in their ``get_config``.
+    """
+    return dataclasses.asdict(get_anchor_spec(name_or_spec))
+
+
+def anchor_spec_from_config(config: dict | str | AnchorSpec) -> AnchorSpec:
+    """Inverse of `anchor_spec_to_config` (also accepts a name or a spec)."""
+    if not isinstance(config, dict):
+        return get_anchor_spec(config)
+
+    def as_tuple(value):
+        if isinstance(value, (list, tuple)):
+            return tuple(as_tuple(v) for v in value)
+        return value
+
+    return AnchorSpec(**{k: as_tuple(v) for k, v in config.items()})

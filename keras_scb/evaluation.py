@@ -12,8 +12,7 @@ Inputs, one record per image:
   there: COCO's annotation ``area`` (the segmentation's) where the source has
   one, else the box's (see `pixel_box_areas`, exact for annotated corners).
 - `ImageDetections`: boxes are relative ``[xmin, ymin, xmax, ymax]`` too (what
-  `keras_scb.matching.decode_boxes` gives; `detections_from_decoder` converts the
-  ``[ymin, xmin, ymax, xmax]`` output of `keras_scb.decoding`). Scores are
+  `keras_scb.postprocess.PostProcessor` gives). Scores are
   assumed to be final: per-class NMS (IoU 0.45) and the top-200 cut are the
   decoder's job and are not redone here.
 
@@ -130,12 +129,11 @@ class ImageDetections:
 
 
 def detections_from_decoder(image_ids, boxes, scores, classes, num_detections):
-    """`ImageDetections` from a batch of `keras_scb.decoding` outputs.
+    """`ImageDetections` from a batch of `keras_scb.postprocess` outputs.
 
     Args:
         image_ids: ``B`` ids, in batch order.
-        boxes: ``(B, K, 4)`` relative ``[ymin, xmin, ymax, xmax]`` (the decoder's
-            TF/TFLite order), swapped here to ``[xmin, ymin, xmax, ymax]``.
+        boxes: ``(B, K, 4)`` relative ``[xmin, ymin, xmax, ymax]``.
         scores: ``(B, K)``.
         classes: ``(B, K)`` ids ``0..C-1``.
         num_detections: ``(B,)``; rows past it are padding and dropped.
@@ -143,7 +141,7 @@ def detections_from_decoder(image_ids, boxes, scores, classes, num_detections):
     Returns:
         A list of ``B`` `ImageDetections`.
     """
-    boxes = np.asarray(boxes)[..., [1, 0, 3, 2]]
+    boxes = np.asarray(boxes)
     scores, classes = np.asarray(scores), np.asarray(classes)
     return [
         ImageDetections(image_id, boxes[b, :n], scores[b, :n], classes[b, :n])

@@ -1,8 +1,9 @@
-"""Anchor matching, the project's one IoU, and SSD box coding.
+"""Anchor matching (which ground-truth box each anchor learns, SSD's rule) and
+the project's one IoU.
 
-`encode_targets`, `iou` and `decode_boxes` are TensorFlow, so they run inside
+`encode_targets` and `iou` are TensorFlow, so they run inside
 ``tf.data.Dataset.map`` whatever the Keras backend (the input pipeline always
-runs on TensorFlow). Their core (`to_corners`, `pairwise_iou`, `argmax_first`,
+runs on TensorFlow). Their core (`pairwise_iou`, `argmax_first`,
 `match_anchors`, `encode_matches`, `match_and_encode`) is written against a
 numpy-like namespace, so that the RefineDet loss can match and encode refined
 anchors with ``keras.ops`` under any backend, and evaluation can use the same
@@ -10,51 +11,28 @@ IoU in numpy.
 
 Box formats: ground-truth and decoded boxes are relative corners
 ``[xmin, ymin, xmax, ymax]``; anchors are relative ``[cx, cy, w, h]``
-(see `keras_scb.anchors`).
+(see `keras_scb.anchors`). The box coding itself (`to_corners`, the offsets,
+`tf_ops`) is `keras_scb.box_coding`.
 """
-
-import functools
-import types
 
 import numpy as np
 
+# Re-exported: the box-coding names callers of the matching use with it.
+from keras_scb.box_coding import VARIANCES, encode_offsets, tf_ops, to_corners
 
-@functools.lru_cache(maxsize=None)
-def tf_ops():
-    """The subset of the ``keras.ops`` API that `match_anchors` uses, in plain TF.
-
-    Imported lazily so that `match_anchors` (used by the RefineDet loss with
-    ``keras.ops``) does not need TensorFlow.
-    """
-    import tensorflow as tf
-
-    return types.SimpleNamespace(
-        arange=tf.range,
-        cast=tf.cast,
-        concatenate=lambda xs, axis: tf.concat(xs, axis=axis),
-        expand_dims=tf.expand_dims,
-        log=tf.math.log,
-        max=lambda x, axis: tf.reduce_max(x, axis=axis),
-        maximum=tf.maximum,
-        min=lambda x, axis: tf.reduce_min(x, axis=axis),
-        minimum=tf.minimum,
-        one_hot=lambda x, n: tf.one_hot(x, n),
-        shape=tf.shape,
-        stack=lambda xs, axis: tf.stack(xs, axis=axis),
-        take_along_axis=tf.experimental.numpy.take_along_axis,
-        where=tf.where,
-    )
-
-
-def to_corners(boxes, ops):
-    """``(..., 4)`` ``[cx, cy, w, h]`` -> ``[xmin, ymin, xmax, ymax]``.
-
-    Args:
-        boxes: ``(..., 4)`` centre form, e.g. anchors.
-        ops: ``keras.ops``, `tf_ops()` or numpy.
-    """
-    centre, size = boxes[..., :2], boxes[..., 2:]
-    return ops.concatenate([centre - size / 2.0, centre + size / 2.0], axis=-1)
+__all__ = [
+    "VARIANCES",
+    "argmax_first",
+    "box_areas",
+    "encode_matches",
+    "encode_targets",
+    "iou",
+    "match_and_encode",
+    "match_anchors",
+    "pairwise_iou",
+    "tf_ops",
+    "to_corners",
+]
 
 
 def box_areas(boxes, ops=np):
@@ -172,15 +150,6 @@ def match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold, ops):
     return ops.where(forced > 0, forced - 1, matched)
 
 
-def _encode(matched_boxes, anchors, variances, ops):
-    """Corners ``(..., A, 4)`` -> SSD offsets against ``[cx, cy, w, h]`` anchors."""
-    centre = (matched_boxes[..., :2] + matched_boxes[..., 2:]) / 2.0
-    size = ops.maximum(matched_boxes[..., 2:] - matched_boxes[..., :2], 1e-8)
-    d_centre = (centre - anchors[..., :2]) / (variances[0] * anchors[..., 2:])
-    d_size = ops.log(size / anchors[..., 2:]) / variances[1]
-    return ops.concatenate([d_centre, d_size], axis=-1)
-
-
 def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
     """Builds the ``(B, A, 6)`` target tensor from a matching.
 
@@ -200,7 +169,7 @@ def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
     index = ops.maximum(matched, 0)
     boxes = ops.take_along_axis(gt_boxes, ops.expand_dims(index, -1), 1)
     classes = ops.take_along_axis(gt_classes, index, 1)
-    offsets = _encode(boxes, anchors, variances, ops)
+    offsets = encode_offsets(boxes, anchors, variances, ops)
     offsets = ops.where(ops.expand_dims(positive, -1), offsets, 0.0)
     class_target = ops.where(positive, classes + 1, 0)
     return ops.concatenate(
@@ -234,7 +203,7 @@ def match_and_encode(gt_boxes, gt_classes, anchors, iou_threshold, variances, op
 
 
 def encode_targets(
-    gt_boxes, gt_classes, anchors, iou_threshold=0.5, variances=(0.1, 0.2)
+    gt_boxes, gt_classes, anchors, iou_threshold=0.5, variances=VARIANCES
 ):
     """Encodes ground truth against anchors for SSD training.
 
@@ -263,21 +232,3 @@ def encode_targets(
     )
     return targets[0] if single else targets
 
-
-def decode_boxes(offsets, anchors, variances=(0.1, 0.2)):
-    """Inverse of the SSD box coding.
-
-    Args:
-        offsets: ``(..., A, 4)`` ``[dcx, dcy, dw, dh]``.
-        anchors: ``(A, 4)`` (or broadcastable) relative ``[cx, cy, w, h]``.
-
-    Returns:
-        ``(..., A, 4)`` float32 relative corners ``[xmin, ymin, xmax, ymax]``.
-    """
-    import tensorflow as tf
-
-    offsets = tf.cast(offsets, tf.float32)
-    anchors = tf.convert_to_tensor(anchors, tf.float32)
-    centre = anchors[..., :2] + offsets[..., :2] * variances[0] * anchors[..., 2:]
-    size = anchors[..., 2:] * tf.exp(offsets[..., 2:] * variances[1])
-    return tf.concat([centre - size / 2.0, centre + size / 2.0], axis=-1)

@@ -1,4 +1,4 @@
-"""RefineDet's two-step loss, and the ARM anchor refinement shared with inference.
+"""RefineDet's two-step loss (the ARM refinement itself is `keras_scb.box_coding.refine_anchors`).
 
 RefineDet (Zhang et al. 2018) outputs ``(B, A, 4 + 2 + 4 + C + 1)`` per anchor:
 ARM offsets and (background, object) logits, then ODM offsets and ``C + 1``
@@ -48,70 +48,14 @@ Departures from the Caffe code:
 import keras
 from keras import ops
 
-from keras_scb.anchors import get_anchors
+from keras_scb.anchors import anchor_spec_from_config, anchor_spec_to_config, get_anchors
+from keras_scb.box_coding import refine_anchors, to_corners
 from keras_scb.losses import DetectionLoss, check_options, multibox_loss
-from keras_scb.matching import argmax_first, encode_matches, pairwise_iou, to_corners
-from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
+from keras_scb.matching import argmax_first, encode_matches, pairwise_iou
+from keras_scb.output_layout import split_refinedet_outputs
 
-ARM_DEPTH = 6  # 4 offsets + (background, object) logits
 # Caffe's MatchBBox keeps only overlaps above this as candidate pairs.
 _MIN_OVERLAP = 1e-6
-# Bound on the decoded log size change, as torchvision's box decoding: a diverging
-# ARM must not make refined anchors of infinite or zero size (NaN targets).
-_MAX_LOG_SCALE = 4.135166556742356  # log(1000 / 16)
-
-
-def split_refinedet_outputs(raw):
-    """``(B, A, 10 + C + 1)`` -> ``(arm (B, A, 6), odm (B, A, 4 + C + 1))``."""
-    return raw[..., :ARM_DEPTH], raw[..., ARM_DEPTH:]
-
-
-def refine_anchors(arm_offsets, anchors, variances=(0.1, 0.2)):
-    """Applies ARM offsets to the anchors (SSD box decoding, in ``[cx, cy, w, h]``).
-
-    Args:
-        arm_offsets: ``(B, A, 4)`` ``[dcx, dcy, dw, dh]``.
-        anchors: ``(A, 4)`` relative ``[cx, cy, w, h]``.
-
-    Returns:
-        ``(B, A, 4)`` float32 refined anchors ``[cx, cy, w, h]``.
-    """
-    arm_offsets = ops.cast(arm_offsets, "float32")
-    anchors = ops.convert_to_tensor(anchors, "float32")
-    centre = anchors[..., :2] + arm_offsets[..., :2] * variances[0] * anchors[..., 2:]
-    log_scale = ops.clip(
-        arm_offsets[..., 2:] * variances[1], -_MAX_LOG_SCALE, _MAX_LOG_SCALE
-    )
-    return ops.concatenate([centre, anchors[..., 2:] * ops.exp(log_scale)], axis=-1)
-
-
-def arm_background_probability(arm):
-    """``(B, A, 6)`` ARM output -> ``(B, A)`` softmax probability of background."""
-    return ops.softmax(ops.cast(arm[..., 4:], "float32"), axis=-1)[..., 0]
-
-
-def refinedet_to_ssd_outputs(
-    raw, anchors, variances=(0.1, 0.2), negative_filter_threshold=0.99
-):
-    """RefineDet output -> per-image anchors and SSD-form ODM predictions.
-
-    Anchors filtered out by the ARM (background probability above the
-    threshold) get foreground logits of -1e9, so after the softmax their
-    foreground scores are 0, as the authors' detection output zeroes them.
-
-    Args:
-        raw: ``(B, A, 10 + C + 1)`` model output.
-        anchors: ``(A, 4)`` relative ``[cx, cy, w, h]``.
-
-    Returns:
-        ``(refined_anchors (B, A, 4) [cx, cy, w, h], odm (B, A, 4 + C + 1))``:
-        decode ``odm`` against ``refined_anchors`` as an SSD output.
-    """
-    arm, odm = split_refinedet_outputs(ops.cast(raw, "float32"))
-    refined = refine_anchors(arm[..., :4], anchors, variances)
-    filtered = arm_background_probability(arm) > negative_filter_threshold
-    foreground = ops.where(ops.expand_dims(filtered, -1), -1e9, odm[..., 5:])
-    return refined, ops.concatenate([odm[..., :5], foreground], axis=-1)
 
 
 def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: float = 0.5):

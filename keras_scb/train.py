@@ -202,9 +202,13 @@ def _check_flags():
         common_flags.check_backbone_weights()
     except (ValueError, RuntimeError) as error:
         raise app.UsageError(str(error)) from None
-    if FLAGS.loss == "refinedet" and not FLAGS.model.startswith("refinedet"):
+    from keras_scb.models import detector_entry
+    from keras_scb.output_layout import REFINEDET
+
+    refinedet = detector_entry(FLAGS.model).output_layout == REFINEDET
+    if FLAGS.loss == "refinedet" and not refinedet:
         raise app.UsageError(f"--loss=refinedet needs a RefineDet --model; got {FLAGS.model!r}.")
-    if FLAGS.model.startswith("refinedet") and FLAGS.loss != "refinedet":
+    if refinedet and FLAGS.loss != "refinedet":
         raise app.UsageError(f"--model={FLAGS.model} trains with --loss=refinedet.")
     if FLAGS.lr_schedule == "cosine" and FLAGS.lr_decay_steps:
         raise app.UsageError("--lr_decay_steps belongs to --lr_schedule=step, not cosine.")
@@ -227,8 +231,8 @@ def train():
     from keras_scb.checkpoints import load_checkpoint
     from keras_scb.data import pipeline
     from keras_scb.data.augment import AugmentConfig
-    from keras_scb.evaluate import evaluate_detector, summary_scalars, write_report
     from keras_scb.models import build_detector
+    from keras_scb.validation import evaluate_detector, summary_scalars, write_report
 
     _check_flags()
     # Multi-worker collectives must be set up before TensorFlow runs anything.
@@ -259,7 +263,10 @@ def train():
     )
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        detector = build_detector(FLAGS.model, num_classes, **common_flags.model_kwargs())
+        detector = build_detector(
+            FLAGS.model, num_classes, class_names=train_data.class_names,
+            **common_flags.model_kwargs(),
+        )
         detector.compile(
             optimizer=_optimizer(total_steps=steps * FLAGS.epochs),
             loss=_loss(detector),
@@ -276,7 +283,7 @@ def train():
         detector.anchors,
         batch_size=FLAGS.batch_size,
         image_size=detector.image_size,
-        targets="gt" if FLAGS.loss == "refinedet" else "ssd",
+        targets=detector.targets,
         augment=AugmentConfig() if FLAGS.augment else None,
         max_boxes=FLAGS.max_boxes,
         seed=FLAGS.seed,

@@ -60,15 +60,11 @@ def save_checkpoint(detector, path, loss=None):
 
 
 def keras_detections(detector, images, **decoder_kwargs):
-    """The Keras inference model's (`build_inference_model`) detections under
-    the export output names (`exporters.common.DETECTION_KEYS`)."""
-    from keras_scb.decoding import build_inference_model
+    """The Keras inference model's (`build_inference_model`) detections as the
+    exports give them (`exporters.common.export_outputs`)."""
+    from exporters.common import export_outputs
+    from keras_scb.postprocess import build_inference_model
 
     model = build_inference_model(detector, **{**DECODER, **decoder_kwargs})
     out = model.predict(np.asarray(images, np.float32), verbose=0)
-    return {
-        "detection_boxes": out["boxes"],
-        "detection_classes": out["classes"].astype(np.float32),
-        "detection_scores": out["scores"],
-        "num_detections": out["num_detections"].astype(np.float32),
-    }
+    return {k: np.asarray(v) for k, v in export_outputs(out).items()}

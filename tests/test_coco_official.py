@@ -30,7 +30,7 @@ def subset():
 
 @pytest.fixture(scope="module")
 def subset_ground_truths(subset):
-    from keras_scb.evaluate import source_ground_truths
+    from keras_scb.validation import source_ground_truths
 
     return source_ground_truths(subset)
 
@@ -159,7 +159,7 @@ def test_evaluate_detector_writes_the_results_file(subset, tmp_path):
     """`--results_json` path with a real (untrained) network's detections."""
     import keras
 
-    from keras_scb.evaluate import evaluate_detector
+    from keras_scb.validation import evaluate_detector
     from keras_scb.models import build_detector
 
     keras.utils.set_random_seed(0)

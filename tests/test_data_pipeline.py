@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_scb import anchors as anchors_lib
 from keras_scb import data
-from keras_scb.matching import decode_boxes
+from keras_scb.box_coding import decode_offsets, tf_ops
 
 TINY_ANCHORS = anchors_lib.AnchorSpec(
     image_size=64, feature_map_sizes=(4, 2), min_sizes=(16, 32), max_sizes=(32, 64),
@@ -59,7 +59,7 @@ def test_pipelines_turn_the_tf_data_autotuner_off(bccd_val):
 
 
 def test_ssd_targets_decode_back_to_the_augmented_ground_truth(bccd_val):
-    """decode_boxes of every positive anchor's offsets gives its matched GT box."""
+    """decode_offsets of every positive anchor's offsets gives its matched GT box."""
     priors = anchors_lib.get_anchors("ssd300")
     encode = data.ssd_targets("ssd300")
 
@@ -70,7 +70,7 @@ def test_ssd_targets_decode_back_to_the_augmented_ground_truth(bccd_val):
         _subset(bccd_val, 12), "ssd300", batch_size=4, targets=targets, seed=3)
     for _, batch in _batches(pipeline, 3):
         ssd, boxes, classes = batch["ssd"], batch["boxes"], batch["classes"]
-        decoded = decode_boxes(ssd[..., :4], priors).numpy()
+        decoded = decode_offsets(ssd[..., :4], priors, ops=tf_ops()).numpy()
         for b in range(len(ssd)):
             positive = ssd[b, :, 4] > 0
             matched = ssd[b, positive, 5].astype(int)

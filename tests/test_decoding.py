@@ -1,4 +1,4 @@
-"""Decoding + per-class NMS against a numpy reference; the inference model."""
+"""Post-processing (decoding + per-class NMS) against a numpy reference; the inference model."""
 
 import keras
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from keras_scb.anchors import AnchorSpec, get_anchors
-from keras_scb.decoding import DetectionDecoder, build_inference_model
 from keras_scb.matching import encode_targets
 from keras_scb.models import build_detector
+from keras_scb.postprocess import PostProcessor, build_inference_model
 
 SMALL_SPEC = AnchorSpec(
     image_size=64,
@@ -20,7 +20,7 @@ SMALL_SPEC = AnchorSpec(
 
 
 def _iou(a, b):
-    """IoU of two [ymin, xmin, ymax, xmax] boxes; 0 for empty boxes, as TF's NMS."""
+    """IoU of two corner boxes; 0 for empty boxes, as TF's NMS."""
     area_a = (a[2] - a[0]) * (a[3] - a[1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
     if area_a <= 0 or area_b <= 0:
@@ -36,7 +36,7 @@ def reference_detections(
     """One image, float64 loops: SSD decoding, softmax, greedy NMS class by class.
 
     Returns:
-        (boxes (N, 4) [ymin, xmin, ymax, xmax], scores (N,), classes (N,)), N <= K.
+        (boxes (N, 4) [xmin, ymin, xmax, ymax], scores (N,), classes (N,)), N <= K.
     """
     p = prediction.astype(np.float64)
     a = anchors.astype(np.float64)
@@ -44,7 +44,7 @@ def reference_detections(
     cy = a[:, 1] + p[:, 1] * variances[0] * a[:, 3]
     w = a[:, 2] * np.exp(p[:, 2] * variances[1])
     h = a[:, 3] * np.exp(p[:, 3] * variances[1])
-    boxes = np.clip(np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1), 0, 1)
+    boxes = np.clip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), 0, 1)
     logits = p[:, 4:]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -86,7 +86,7 @@ def test_nms_matches_numpy_reference(options):
         ],
         axis=-1,
     ).astype(np.float32)
-    out = DetectionDecoder(SMALL_SPEC, **options)(predictions)
+    out = PostProcessor(SMALL_SPEC, **options)(predictions)
     out = {k: v.numpy() for k, v in out.items()}
     k = options["max_detections"]
     assert out["boxes"].shape == (batch, k, 4) and out["classes"].dtype == np.int32
@@ -120,13 +120,13 @@ def test_decoding_inverts_the_encoding():
     logits = 10.0 * np.eye(num_classes + 1)[targets[:, 4].astype(int)]
     predictions = np.concatenate([targets[:, :4], logits], -1)[None].astype(np.float32)
 
-    out = DetectionDecoder("ssd300")(predictions)
+    out = PostProcessor("ssd300")(predictions)
     n = int(out["num_detections"][0])
     assert n == num_boxes
     boxes, classes = out["boxes"][0, :n].numpy(), out["classes"][0, :n].numpy()
     for box, cls in zip(gt, gt_classes):
         (row,) = np.flatnonzero(classes == cls)
-        np.testing.assert_allclose(boxes[row], box[[1, 0, 3, 2]], atol=1e-5)
+        np.testing.assert_allclose(boxes[row], box, atol=1e-5)
     np.testing.assert_allclose(
         out["scores"][0, :n], np.exp(10) / (np.exp(10) + num_classes), rtol=1e-5
     )
@@ -140,7 +140,7 @@ def test_inference_model_resizes_any_image_and_decodes(tmp_path):
     assert out["boxes"].shape == (2, 50, 4) and out["num_detections"].shape == (2,)
 
     raw = detector.predict(tf.image.resize(images, (320, 320)).numpy(), verbose=0)
-    want = DetectionDecoder(detector.anchor_spec, max_detections=50, score_threshold=0.2)(raw)
+    want = PostProcessor(detector.anchor_spec, max_detections=50, score_threshold=0.2)(raw)
     for key in ("boxes", "scores", "classes", "num_detections"):
         np.testing.assert_allclose(out[key], want[key].numpy(), atol=1e-5)
 
@@ -155,25 +155,35 @@ def test_inference_model_resizes_any_image_and_decodes(tmp_path):
 def test_decoder_computes_in_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        decoder = DetectionDecoder("ssd300")
+        decoder = PostProcessor("ssd300")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert decoder.compute_dtype == "float32"
 
 
+def _assert_matches_reference(out, b, want):
+    boxes, scores, classes = want
+    n = len(scores)
+    assert int(out["num_detections"][b]) == n
+    np.testing.assert_array_equal(np.asarray(out["classes"])[b, :n], classes)
+    np.testing.assert_allclose(np.asarray(out["scores"])[b, :n], scores, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["boxes"])[b, :n], boxes, atol=1e-5)
+
+
 def test_refinedet_outputs_decode_against_refined_anchors():
     """RefineDet: ODM offsets decode against the ARM-refined anchors, and anchors
     the ARM calls background (p > 0.99) yield no detections."""
-    from keras_scb.decoding import is_refinedet, raw_output_decoder
     from keras_scb.models import Detector
+    from keras_scb.postprocess import DECODER_DEFAULTS, build_postprocessor, decode_function
 
     spec = AnchorSpec(64, (4,), (16,), None, ((2,),))
     anchors = get_anchors(spec).astype(np.float64)
     num_classes = 2
     inputs = keras.Input((len(anchors), 3))
     fake = Detector(inputs, keras.layers.Dense(11 + num_classes)(inputs),
-                    anchor_spec=spec, num_classes=num_classes)
-    assert is_refinedet(fake)
+                    anchor_spec=spec, num_classes=num_classes, output_layout="refinedet")
+    assert fake.output_layout == "refinedet" and fake.targets == "gt"
+    assert build_postprocessor(fake).output_layout == "refinedet"
 
     rng = np.random.default_rng(0)
     raw = rng.normal(0, 1, (2, len(anchors), 11 + num_classes)).astype(np.float32)
@@ -187,14 +197,19 @@ def test_refinedet_outputs_decode_against_refined_anchors():
     odm = raw[..., 6:].copy()
     odm[0, :10, 5:] = -1e9
 
-    want = DetectionDecoder(spec).call(tf.constant(odm), anchors=tf.constant(refined))
-    got = raw_output_decoder(fake)(tf.constant(raw))
-    for key in ("boxes", "scores", "classes", "num_detections"):
-        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5, err_msg=key)
+    got = decode_function(fake)(tf.constant(raw))
+    for b in range(2):
+        _assert_matches_reference(
+            got, b, reference_detections(odm[b], refined[b], **DECODER_DEFAULTS)
+        )
     assert int(got["num_detections"][0]) > 0
     # No detection comes from a filtered anchor: its decoded box would be there.
-    plain = DetectionDecoder(spec).call(tf.constant(raw[..., 6:]), anchors=tf.constant(refined))
-    assert not np.array_equal(plain["scores"].numpy()[0], got["scores"].numpy()[0])
+    plain = reference_detections(raw[0, :, 6:], refined[0], **DECODER_DEFAULTS)[1]
+    assert not np.array_equal(plain, got["scores"].numpy()[0, : len(plain)])
+    # The single-image mode (TFLite, no tf.map_fn) gives the batch mode's detections.
+    single = build_postprocessor(fake, single_image=True)(raw[1:])
+    for key, value in single.items():
+        np.testing.assert_allclose(value.numpy()[0], got[key].numpy()[1], atol=1e-5, err_msg=key)
 
 
 def test_inference_model_called_on_a_tensor_keeps_batchnorm_statistics():

@@ -365,10 +365,10 @@ def test_evaluate_write_compare_round_trip(tmp_path):
     assert "| COCO AR_L | 25.00 | - | - |" in ev.compare(_results(0.25, 377), b)
 
 
-def test_detections_from_decoder_swaps_to_xy_and_drops_padding():
+def test_detections_from_decoder_keeps_boxes_and_drops_padding():
     boxes = np.zeros((2, 3, 4))
-    boxes[0, 0] = [0.1, 0.2, 0.3, 0.4]  # ymin, xmin, ymax, xmax
-    boxes[1, :2] = [[0.5, 0.6, 0.7, 0.8], [0.0, 0.1, 0.2, 0.3]]
+    boxes[0, 0] = [0.2, 0.1, 0.4, 0.3]  # xmin, ymin, xmax, ymax
+    boxes[1, :2] = [[0.6, 0.5, 0.8, 0.7], [0.1, 0.0, 0.3, 0.2]]
     scores = np.array([[0.9, 0, 0], [0.8, 0.7, 0]])
     classes = np.array([[2, 0, 0], [1, 0, 0]])
     dets = ev.detections_from_decoder(["a", "b"], boxes, scores, classes, [1, 2])
@@ -380,7 +380,7 @@ def test_detections_from_decoder_swaps_to_xy_and_drops_padding():
 
 
 def test_summary_scalars_name_every_class_and_keep_undefined_as_nan():
-    from keras_scb.evaluate import summary_scalars
+    from keras_scb.validation import summary_scalars
 
     gts = [_gt("a", SIZED_BOXES[:2], [0, 1])]
     dets = [_det("a", SIZED_BOXES[:1], [0.9], [0])]

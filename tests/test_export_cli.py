@@ -89,7 +89,7 @@ def test_predict_cli_on_saved_model(model_dir, tmp_path):
     _run("exporters.saved_model", f"--checkpoint={model_dir / 'best.keras'}", f"--output={export}", "--noany_size")
     image = tmp_path / "image.png"
     tf.io.write_file(str(image), tf.io.encode_png(export_testing.images(1, size=200)[0]))
-    _run("keras_scb.predict", f"--model={export}", f"--images={image}", f"--output_dir={tmp_path / 'out'}",
+    _run("exporters.predict", f"--model_path={export}", f"--images={image}", f"--output_dir={tmp_path / 'out'}",
          "--score_threshold=0.5")
     with open(tmp_path / "out" / "detections.json") as f:
         (result,) = json.load(f)

@@ -88,7 +88,7 @@ def test_metadata_and_labels(export_dir, detector):
     assert metadata["num_classes"] == export_testing.NUM_CLASSES
     assert metadata["decoder"] == export_testing.DECODER
     from keras_scb.anchors import get_anchors
-    from keras_scb.models.detector import anchor_spec_from_config
+    from keras_scb.anchors import anchor_spec_from_config
 
     anchors = get_anchors(anchor_spec_from_config(metadata["anchor_spec"]))
     np.testing.assert_array_equal(anchors, detector.anchors)

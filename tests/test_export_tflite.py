@@ -84,7 +84,7 @@ def test_builtin_ops_only(fp32_model):
     ops = flatbuffer.op_histogram(fp32_model)
     assert not [op for op in ops if op.startswith("CUSTOM:") or op.startswith("Flex")]
     assert "NON_MAX_SUPPRESSION_V4" in ops
-    assert "WHILE" not in ops  # batch of one: no map_fn loop (see decode_single_image)
+    assert "WHILE" not in ops  # batch of one: no map_fn loop (PostProcessor single_image mode)
 
 
 def test_fp16_weights_and_agreement(detector, images, keras_outputs):

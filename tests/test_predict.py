@@ -1,4 +1,4 @@
-"""`python -m keras_scb.predict`: detections JSON against the runner, PNGs, class names.
+"""`python -m exporters.predict`: detections JSON against the runner, PNGs, class names.
 
 Budget: ~40 s on 2 cores (one detector, one TFLite conversion, one CLI run).
 """
@@ -13,8 +13,7 @@ import pytest
 import tensorflow as tf
 
 import export_testing
-from exporters import common, runtime, tflite
-from keras_scb import predict
+from exporters import common, predict, runtime, tflite
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 LABELS = ("circle", "square", "triangle")
@@ -109,7 +108,7 @@ def test_predict_tflite_agrees(model_dir, image_dir, tmp_path):
 
 def test_cli(model_dir, image_dir, tmp_path):
     command = [
-        sys.executable, "-m", "keras_scb.predict", f"--model={model_dir / 'best.keras'}",
+        sys.executable, "-m", "exporters.predict", f"--model_path={model_dir / 'best.keras'}",
         f"--images={image_dir / 'wide.jpg'}", f"--output_dir={tmp_path}",
         f"--score_threshold={THRESHOLD}",
     ]

@@ -11,16 +11,12 @@ import tensorflow as tf
 
 import caffe_refinedet_reference as caffe
 from keras_scb.anchors import AnchorSpec, get_anchor_spec, get_anchors
+from keras_scb.box_coding import refine_anchors, to_corners
 from keras_scb.losses import WEIGHTINGS, multibox_loss
-from keras_scb.matching import encode_matches, to_corners
+from keras_scb.matching import encode_matches
 from keras_scb.models import Detector, build_detector
-from keras_scb.refinedet_loss import (
-    RefineDetLoss,
-    caffe_match_anchors,
-    refine_anchors,
-    refinedet_loss,
-    refinedet_to_ssd_outputs,
-)
+from keras_scb.output_layout import refinedet_to_ssd_outputs
+from keras_scb.refinedet_loss import RefineDetLoss, caffe_match_anchors, refinedet_loss
 
 NUM_CLASSES = 3
 DEPTH = 4 + 2 + 4 + NUM_CLASSES + 1

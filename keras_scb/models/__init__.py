@@ -9,10 +9,17 @@ from keras_scb.models.detector import Detector
 from keras_scb.models.factory import (
     available_detectors,
     build_detector,
+    detector_entry,
     register_detector,
 )
 
-__all__ = ["Detector", "available_detectors", "build_detector", "register_detector"]
+__all__ = [
+    "Detector",
+    "available_detectors",
+    "build_detector",
+    "detector_entry",
+    "register_detector",
+]
 
 # A checkpoint saved with its loss and optimizer needs these classes registered too;
 # importing them here makes ``import keras_scb.models`` enough to load it.

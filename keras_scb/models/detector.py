@@ -1,59 +1,68 @@
-"""`Detector`: a functional Keras model that knows its anchors.
+"""`Detector`: a functional Keras model that knows its anchors and what it is.
 
 Every builder returns a `Detector`, so the training and inference code can ask a
-model (including one loaded from a ``.keras`` file) for its anchors, input size
-and number of classes.
+model (including one loaded from a ``.keras`` file) for its anchors, input size,
+number of classes, registry name, output layout and training targets.
 """
 
-import dataclasses
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
 
-from keras_scb.anchors import AnchorSpec, get_anchor_spec, get_anchors
-
-
-def anchor_spec_to_config(name_or_spec: str | AnchorSpec) -> dict:
-    """A preset name or `AnchorSpec` -> plain JSON-able dict of the spec."""
-    return dataclasses.asdict(get_anchor_spec(name_or_spec))
-
-
-def anchor_spec_from_config(config: dict | str | AnchorSpec) -> AnchorSpec:
-    """Inverse of `anchor_spec_to_config` (also accepts a name or a spec)."""
-    if not isinstance(config, dict):
-        return get_anchor_spec(config)
-
-    def as_tuple(value):
-        if isinstance(value, (list, tuple)):
-            return tuple(as_tuple(v) for v in value)
-        return value
-
-    return AnchorSpec(**{k: as_tuple(v) for k, v in config.items()})
+from keras_scb.anchors import (
+    AnchorSpec,
+    anchor_spec_from_config,
+    anchor_spec_to_config,
+    get_anchors,
+)
+from keras_scb.output_layout import SSD, TARGETS, check_layout
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
 class Detector(keras.Model):
-    """A functional model ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
+    """A functional model ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, D)``.
 
     Build it like a functional model, ``Detector(inputs, outputs,
     anchor_spec=..., num_classes=..., name=...)``; the extra arguments are saved
     in its config, so ``keras.saving.load_model`` gives back a `Detector`.
+    `keras_scb.models.build_detector` sets ``registry_name``, ``output_layout``
+    and ``targets`` from the registry entry.
 
     Attributes:
         anchor_spec: the `AnchorSpec` whose anchor order the output follows.
         anchors: float32 ``(A, 4)`` relative ``[cx, cy, w, h]``.
         image_size: side ``S`` of the square input.
         num_classes: number of foreground classes ``C``.
+        registry_name: the `build_detector` name that builds it again (e.g.
+            ``"mobilenetv2-ssdlite300"``; the Keras ``name`` may differ), or None.
+        output_layout: ``"ssd"`` (``D = 4 + C + 1``) or ``"refinedet"``
+            (``D = 10 + C + 1``); see `keras_scb.output_layout`.
+        targets: what it trains on, ``"ssd"`` (encoded anchors) or ``"gt"``
+            (padded ground truth); the ``targets`` of `keras_scb.data.pipeline`.
+        class_names: ``C`` class names (the label map), or None.
     """
 
     # *args/**kwargs keep the functional signature, which Keras needs to rebuild
     # the graph from the config.
     def __init__(
-        self, *args, anchor_spec: str | AnchorSpec | dict, num_classes: int, **kwargs
+        self,
+        *args,
+        anchor_spec: str | AnchorSpec | dict,
+        num_classes: int,
+        registry_name: Optional[str] = None,
+        output_layout: str = SSD,
+        targets: Optional[str] = None,
+        class_names: Optional[Sequence[str]] = None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
         self.num_classes = int(num_classes)
+        self.registry_name = registry_name
+        self.output_layout = check_layout(output_layout)
+        self.targets = TARGETS[self.output_layout] if targets is None else targets
+        self.class_names = check_class_names(class_names, self.num_classes)
 
     @property
     def anchors(self) -> np.ndarray:
@@ -68,4 +77,23 @@ class Detector(keras.Model):
             **super().get_config(),
             "anchor_spec": anchor_spec_to_config(self.anchor_spec),
             "num_classes": self.num_classes,
+            "registry_name": self.registry_name,
+            "output_layout": self.output_layout,
+            "targets": self.targets,
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
+
+
+def check_class_names(
+    class_names: Optional[Sequence[str]], num_classes: int
+) -> Optional[tuple]:
+    """``class_names`` as a tuple of ``num_classes`` strings (or None); raises otherwise."""
+    if class_names is None:
+        return None
+    class_names = tuple(str(name) for name in class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names {list(class_names)} for a model "
+            f"of {num_classes} classes."
+        )
+    return class_names

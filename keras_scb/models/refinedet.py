@@ -16,8 +16,8 @@ Model output, one tensor so that ``compile(loss=RefineDetLoss(...))`` and the
 data pipeline handle it like the SSD output: ``(B, A, 4 + 2 + 4 + C + 1)`` =
 ``[ARM offsets, ARM logits (background, object), ODM offsets, ODM logits
 (background first)]`` in the anchor order of the ``refinedet320/512`` presets.
-`keras_scb.refinedet_loss` splits it, trains it and turns it into SSD form for
-decoding.
+`keras_scb.refinedet_loss` trains it; `keras_scb.output_layout` splits it and
+turns it into SSD form for `keras_scb.postprocess`.
 """
 
 import functools
@@ -140,6 +140,6 @@ def refinedet_vgg16(
 
 
 for _size in (320, 512):
-    register_detector(f"refinedet{_size}")(
+    register_detector(f"refinedet{_size}", output_layout="refinedet")(
         functools.partial(refinedet_vgg16, image_size=_size)
     )

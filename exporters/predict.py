@@ -1,9 +1,9 @@
 """Detect objects in images and draw them: boxes labelled with class and score.
 
-    python -m keras_scb.predict --model export/model.tflite --images photos/ --output_dir out/
-    python -m keras_scb.predict --model model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
+    python -m exporters.predict --model_path export/model.tflite --images photos/ --output_dir out/
+    python -m exporters.predict --model_path model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
 
-``--model`` is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
+``--model_path`` is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
 ``.keras`` checkpoint. Each image (any size; resized to the model's input as in
 training, the boxes map back to the original) gives ``<output_dir>/<name>.png``,
 and ``<output_dir>/detections.json`` lists every detection above the threshold:
@@ -18,8 +18,9 @@ Drawing uses matplotlib (Agg), from the ``dev`` extra.
 import json
 import os
 
-import numpy as np
 from absl import app, flags
+
+from exporters import common, runtime
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -59,14 +60,13 @@ def image_detections(outputs, index, height, width, score_threshold, class_names
     count = int(outputs["num_detections"][index])
     detections = []
     for box, class_id, score in zip(
-        outputs["detection_boxes"][index, :count],
+        common.corner_boxes(outputs["detection_boxes"][index, :count]),
         outputs["detection_classes"][index, :count].astype(int),
         outputs["detection_scores"][index, :count],
     ):
         if score < score_threshold:
             continue
-        ymin, xmin, ymax, xmax = (float(v) for v in box)
-        relative = [xmin, ymin, xmax, ymax]
+        xmin, ymin, xmax, ymax = relative = [float(v) for v in box]
         detections.append({
             "class_id": int(class_id),
             "class_name": class_name(class_names, class_id),
@@ -136,14 +136,12 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
         The list written to ``detections.json``: per image ``{"image", "width",
         "height", "png", "detections"}``.
     """
-    from exporters.runtime import resize_images
-
     os.makedirs(output_dir, exist_ok=True)
     results = []
     for path in image_paths:
         image = read_image(path)
         height, width = image.shape[:2]
-        outputs = runner(resize_images(image, runner.image_size))
+        outputs = runner(runtime.resize_images(image, runner.image_size))
         detections = image_detections(outputs, 0, height, width, score_threshold, class_names)
         png = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         if draw_images:
@@ -159,23 +157,22 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
 
 
 def _define_flags():
-    flags.DEFINE_string("model", None, "A .tflite file, a SavedModel folder or a .keras checkpoint.")
+    flags.DEFINE_string("model_path", None,
+                        "A .tflite file, a SavedModel folder or a .keras checkpoint.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
     flags.DEFINE_string("output_dir", "predictions", "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Detections below this score are left out.")
     flags.DEFINE_string("class_names", None, "Comma-separated class names (default: labels.txt).")
     flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
     flags.DEFINE_bool("draw", True, "Write the PNGs (otherwise only detections.json).")
-    flags.mark_flags_as_required(["model", "images"])
+    flags.mark_flags_as_required(["model_path", "images"])
 
 
 def main(argv):
     del argv
-    from exporters import common, runtime
-
     values = flags.FLAGS
-    runner = runtime.load_runner(values.model, values.num_threads)
-    class_names = common.read_class_names(values.model, values.class_names)
+    runner = runtime.load_runner(values.model_path, values.num_threads)
+    class_names = common.read_class_names(values.model_path, values.class_names)
     paths = list_images(values.images)
     results = predict(
         runner, paths, values.output_dir, values.score_threshold, class_names, values.draw

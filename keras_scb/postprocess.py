@@ -1,0 +1,249 @@
+"""Post-processing: a detector's raw output -> boxes, scores and classes after NMS.
+
+The one inference path of the library: evaluation (`keras_scb.validation`), the
+Keras inference model (`build_inference_model`), the SavedModel and TFLite
+exports and ``exporters.predict`` all decode with `PostProcessor`, built for a
+detector by `build_postprocessor` (its anchors and output layout, the
+`DECODER_DEFAULTS` unless overridden).
+
+TensorFlow only (runs under the TensorFlow backend, or as ``tf.function`` of
+``PostProcessor.call`` on the output of any backend). NMS is TF's
+``NonMaxSuppressionV4`` with padded output, which converts to a TFLite builtin;
+``combined_non_max_suppression`` and keras-cv's NMS would need Flex ops.
+
+Output, for ``K = max_detections``:
+
+- ``boxes``: float32 ``(B, K, 4)`` relative ``[xmin, ymin, xmax, ymax]`` (the
+  library's box layout; the exports swap it once, to the TF Object Detection
+  API's ``[ymin, xmin, ymax, xmax]``, in `exporters.common.export_outputs`),
+  clipped to ``[0, 1]``;
+- ``scores``: float32 ``(B, K)`` softmax probabilities, descending;
+- ``classes``: int32 ``(B, K)`` foreground class ids ``0..C-1``;
+- ``num_detections``: int32 ``(B,)``; rows ``>= num_detections`` are zeros.
+"""
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from keras_scb.anchors import anchor_spec_from_config, anchor_spec_to_config, get_anchors
+from keras_scb.box_coding import VARIANCES, decode_offsets, tf_ops
+from keras_scb.output_layout import (
+    NEGATIVE_FILTER_THRESHOLD,
+    REFINEDET,
+    SSD,
+    check_layout,
+    refinedet_to_ssd_outputs,
+)
+
+# The SSD paper's: per-class NMS at IoU 0.45, scores from 0.01, 200 detections an
+# image, 400 candidates a class before NMS (Caffe's ``nms_param.top_k``).
+DECODER_DEFAULTS = dict(
+    iou_threshold=0.45, score_threshold=0.01, max_detections=200, pre_nms_top_k=400
+)
+OUTPUT_KEYS = ("boxes", "scores", "classes", "num_detections")
+
+
+def nms_one_image(
+    probs: tf.Tensor,
+    boxes: tf.Tensor,
+    iou_threshold: float,
+    score_threshold: float,
+    max_detections: int,
+    pre_nms_top_k: int,
+):
+    """Per-class NMS of one image.
+
+    Args:
+        probs: ``(A, C + 1)`` class probabilities, background at 0.
+        boxes: ``(A, 4)`` corners in ``[0, 1]`` (either coordinate order: NMS
+            only compares boxes with each other).
+
+    Returns:
+        ``(boxes (K, 4), scores (K,), classes (K,) int32, num_detections ())``.
+    """
+    num_anchors = probs.shape[0]
+    num_classes = probs.shape[1] - 1
+    top_k = min(pre_nms_top_k, num_anchors)
+    # (C, top_k) best candidates of each class, as Caffe's per-class top_k.
+    scores, indices = tf.math.top_k(tf.transpose(probs[:, 1:]), k=top_k)
+    candidates = tf.gather(boxes, indices)  # (C, top_k, 4)
+    classes = tf.broadcast_to(
+        tf.range(num_classes, dtype=tf.int32)[:, None], [num_classes, top_k]
+    )
+    # Shifting each class's boxes by 2 * class id (boxes lie in [0, 1]) makes
+    # boxes of different classes disjoint, so one NMS over all candidates is
+    # per-class NMS followed by a global top-K by score.
+    shift = 2.0 * tf.cast(classes, tf.float32)[..., None]
+    scores = tf.reshape(scores, [-1])
+    selected, count = tf.raw_ops.NonMaxSuppressionV4(
+        boxes=tf.reshape(candidates + shift, [-1, 4]),
+        scores=scores,
+        max_output_size=max_detections,
+        iou_threshold=iou_threshold,
+        score_threshold=score_threshold,
+        pad_to_max_output_size=True,
+    )
+    valid = tf.range(max_detections) < count
+    candidates = tf.reshape(candidates, [-1, 4])
+    return (
+        tf.where(valid[:, None], tf.gather(candidates, selected), 0.0),
+        tf.where(valid, tf.gather(scores, selected), 0.0),
+        tf.where(valid, tf.gather(tf.reshape(classes, [-1]), selected), 0),
+        count,
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_scb")
+class PostProcessor(keras.layers.Layer):
+    """Raw detector output ``(B, A, D)`` -> NMS'd detections (TF backend only).
+
+    For the ``"refinedet"`` layout, first refines the anchors with the ARM
+    offsets and zeroes the scores of the anchors the ARM filters out
+    (`keras_scb.output_layout.refinedet_to_ssd_outputs`). Then decodes the
+    offsets against the (refined) anchors, takes the softmax, keeps per class
+    the ``pre_nms_top_k`` best anchors, runs per-class NMS and keeps the
+    ``max_detections`` best.
+
+    Args:
+        anchor_spec: preset name, `AnchorSpec` or its config dict.
+        output_layout: ``"ssd"`` (``D = 4 + C + 1``) or ``"refinedet"`` (``D = 10 + C + 1``).
+        variances: the SSD box coding variances.
+        single_image: the batch is one image (``B = 1``): no ``tf.map_fn``. The
+            ``WHILE`` op that ``tf.map_fn`` becomes in TFLite crashes TF 2.21's
+            int8 calibrator (segmentation fault), and a loop of one iteration
+            is useless in a batch-1 mobile model.
+        negative_filter_threshold: RefineDet's ARM background probability above
+            which an anchor gives no detection.
+
+    Call: ``raw (B, A, D)`` -> dict described in the module docstring.
+    """
+
+    def __init__(
+        self,
+        anchor_spec,
+        output_layout: str = SSD,
+        variances: Sequence[float] = VARIANCES,
+        iou_threshold: float = DECODER_DEFAULTS["iou_threshold"],
+        score_threshold: float = DECODER_DEFAULTS["score_threshold"],
+        max_detections: int = DECODER_DEFAULTS["max_detections"],
+        pre_nms_top_k: int = DECODER_DEFAULTS["pre_nms_top_k"],
+        single_image: bool = False,
+        negative_filter_threshold: float = NEGATIVE_FILTER_THRESHOLD,
+        **kwargs,
+    ):
+        # float32 whatever the global policy: a mixed policy would otherwise
+        # cast the offsets and logits to 16 bits before `call`.
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.anchor_spec = anchor_spec_from_config(anchor_spec)
+        self.output_layout = check_layout(output_layout)
+        self.variances = tuple(variances)
+        self.iou_threshold = iou_threshold
+        self.score_threshold = score_threshold
+        self.max_detections = max_detections
+        self.pre_nms_top_k = pre_nms_top_k
+        self.single_image = single_image
+        self.negative_filter_threshold = negative_filter_threshold
+
+    def call(self, raw):
+        raw = tf.cast(raw, tf.float32)
+        anchors = get_anchors(self.anchor_spec)  # (A, 4) [cx, cy, w, h]
+        if self.output_layout == REFINEDET:
+            anchors, raw = refinedet_to_ssd_outputs(
+                raw, anchors, self.variances, self.negative_filter_threshold, tf_ops()
+            )  # anchors: (B, A, 4) refined
+        corners = decode_offsets(raw[..., :4], anchors, self.variances, tf_ops())
+        boxes = tf.clip_by_value(corners, 0.0, 1.0)  # (B, A, 4) [xmin, ymin, xmax, ymax]
+        probs = tf.nn.softmax(raw[..., 4:], axis=-1)
+        options = (
+            self.iou_threshold, self.score_threshold, self.max_detections, self.pre_nms_top_k
+        )
+        if self.single_image:
+            outputs = [o[None] for o in nms_one_image(probs[0], boxes[0], *options)]
+        else:
+            k = self.max_detections
+            outputs = tf.map_fn(
+                lambda args: nms_one_image(args[0], args[1], *options),
+                (probs, boxes),
+                fn_output_signature=(
+                    tf.TensorSpec([k, 4], tf.float32),
+                    tf.TensorSpec([k], tf.float32),
+                    tf.TensorSpec([k], tf.int32),
+                    tf.TensorSpec([], tf.int32),
+                ),
+            )
+        return dict(zip(OUTPUT_KEYS, outputs))
+
+    def compute_output_spec(self, raw):
+        batch, k = raw.shape[0], self.max_detections
+        return {
+            "boxes": keras.KerasTensor((batch, k, 4), "float32"),
+            "scores": keras.KerasTensor((batch, k), "float32"),
+            "classes": keras.KerasTensor((batch, k), "int32"),
+            "num_detections": keras.KerasTensor((batch,), "int32"),
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "anchor_spec": anchor_spec_to_config(self.anchor_spec),
+            "output_layout": self.output_layout,
+            "variances": self.variances,
+            "iou_threshold": self.iou_threshold,
+            "score_threshold": self.score_threshold,
+            "max_detections": self.max_detections,
+            "pre_nms_top_k": self.pre_nms_top_k,
+            "single_image": self.single_image,
+            "negative_filter_threshold": self.negative_filter_threshold,
+        }
+
+
+def build_postprocessor(detector: Any, **options) -> PostProcessor:
+    """The `PostProcessor` of ``detector`` (its anchors and output layout).
+
+    Args:
+        detector: a `keras_scb.models.Detector`.
+        **options: `PostProcessor` options (thresholds, ``max_detections``,
+            ``single_image``...); the rest are `DECODER_DEFAULTS`.
+    """
+    return PostProcessor(
+        detector.anchor_spec, output_layout=detector.output_layout, **options
+    )
+
+
+def build_inference_model(detector: Any, **options) -> keras.Model:
+    """Wraps a detector into ``images of any size -> detections``.
+
+    Preprocessing: each batch of images ``(B, H, W, 3)`` float RGB in ``[0, 255]``
+    (any ``H, W``, same within a batch) is resized bilinearly to ``S x S``
+    without keeping the aspect ratio, as in training; relative output boxes
+    therefore apply to the original image unchanged.
+
+    Args:
+        detector: a `keras_scb.models.Detector`.
+        **options: `PostProcessor` options (thresholds, ``max_detections``...).
+
+    Returns:
+        ``keras.Model`` ``images (B, H, W, 3)`` -> dict of `PostProcessor` outputs.
+    """
+    size = detector.image_size
+    images = keras.Input((None, None, 3), name="images")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(
+        images
+    )
+    # training=False: called on a tensor, a nested model would otherwise run
+    # BatchNorm in training mode and overwrite its moving statistics.
+    raw = detector(x, training=False)
+    detections = build_postprocessor(detector, name="decode", **options)(raw)
+    return keras.Model(images, detections, name=f"{detector.name}_inference")
+
+
+def decode_function(detector: Any, **options):
+    """A ``tf.function`` raw output ``(B, A, D)`` -> `PostProcessor` outputs.
+
+    For decoding outputs computed elsewhere (``predict_on_batch`` under any
+    Keras backend): runs ``PostProcessor.call`` as TF graph code, outside Keras.
+    """
+    return tf.function(build_postprocessor(detector, **options).call)
