@@ -226,6 +226,30 @@ def test_mixed_bfloat16_output_is_float32():
     assert np.isfinite(keras.ops.convert_to_numpy(out)).all()
 
 
+def test_detector_identity_survives_the_keras_file(tmp_path):
+    model = build_detector(
+        "mobilenetv2-ssdlite300", NUM_CLASSES, class_names=("a", "b", "c"), backbone_weights=None
+    )
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    for m in (model, keras.saving.load_model(path)):
+        assert m.registry_name == "mobilenetv2-ssdlite300" != m.name
+        assert (m.output_layout, m.targets) == ("ssd", "ssd")
+        assert m.class_names == ("a", "b", "c")
+    with pytest.raises(ValueError, match="2 class names"):
+        build_detector("ssd300", NUM_CLASSES, class_names=("a", "b"), backbone_weights=None)
+
+
+def test_loss_and_postprocessing_import_no_architecture(python_subprocess):
+    python_subprocess(
+        "import sys, keras_scb.refinedet_loss, keras_scb.box_coding, keras_scb.output_layout\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "import keras_scb.postprocess\n"
+        "assert not [m for m in sys.modules if m.startswith('keras_scb.models')]",
+        env={"KERAS_BACKEND": "jax"},
+    )
+
+
 def test_package_imports_without_tensorflow(python_subprocess):
     python_subprocess(
         "import sys, keras_scb.models; assert 'tensorflow' not in sys.modules",

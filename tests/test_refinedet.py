@@ -297,6 +297,7 @@ def _check_network(name, tmp_path):
     model = build_detector(name, NUM_CLASSES)
     spec = get_anchor_spec(name)
     assert isinstance(model, Detector) and model.anchor_spec == spec
+    assert (model.registry_name, model.output_layout, model.targets) == (name, "refinedet", "gt")
     assert model.output_shape == (None, spec.num_anchors(), DEPTH)
     assert model.get_layer("fc6").dilation_rate == (3, 3)
     assert model.get_layer("pool5").strides == (2, 2)
@@ -315,6 +316,7 @@ def _check_network(name, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, Detector) and loaded.anchor_spec == spec
+    assert (loaded.registry_name, loaded.output_layout) == (name, "refinedet")
     assert isinstance(loaded.loss, RefineDetLoss)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), after)
 
