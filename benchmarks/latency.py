@@ -43,8 +43,8 @@ def keras_worker(model, num_classes, threads, rounds, runs):
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import numpy as np
 
-    from keras_scb.postprocess import build_inference_model
     from keras_scb.models import build_detector
+    from keras_scb.postprocess import build_inference_model
 
     detector = build_detector(model, num_classes)
     inference = build_inference_model(detector)
