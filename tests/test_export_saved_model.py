@@ -87,8 +87,10 @@ def test_metadata_and_labels(export_dir, detector):
     assert metadata["image_size"] == 300
     assert metadata["num_classes"] == export_testing.NUM_CLASSES
     assert metadata["decoder"] == export_testing.DECODER
-    from keras_scb.anchors import get_anchors
-    from keras_scb.anchors import anchor_spec_from_config
+    # The registry key, which build_detector takes back (not the Keras name).
+    assert metadata["model"] == "mobilenetv2-ssdlite300" != detector.name
+    assert metadata["output_layout"] == "ssd"
+    from keras_scb.anchors import anchor_spec_from_config, get_anchors
 
     anchors = get_anchors(anchor_spec_from_config(metadata["anchor_spec"]))
     np.testing.assert_array_equal(anchors, detector.anchors)
