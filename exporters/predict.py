@@ -15,12 +15,12 @@ writes ``model_dir/labels.txt``; exports copy it), else ``class <id>``.
 Drawing uses matplotlib (Agg), from the ``dev`` extra.
 """
 
-import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from exporters import common, runtime
+from keras_scb import cli
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -150,9 +150,7 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
             "image": os.path.abspath(path), "width": width, "height": height,
             "png": png if draw_images else None, "detections": detections,
         })
-    with open(os.path.join(output_dir, "detections.json"), "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    common.write_json(results, os.path.join(output_dir, "detections.json"))
     return results
 
 
@@ -184,4 +182,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)
