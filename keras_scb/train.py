@@ -30,6 +30,11 @@ flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "SGD with momentum, as t
 flags.DEFINE_float("learning_rate", 1e-3, "Learning rate after warm-up.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (not applied to biases and BatchNorm).")
+flags.DEFINE_enum("weight_decay_mode", "l2", ["l2", "decoupled"],
+                  "SGD's weight decay. 'l2': weight_decay * w added to the gradient before "
+                  "the momentum, as Caffe and PyTorch (the references); 'decoupled': Keras's "
+                  "weight_decay (w -= lr * weight_decay * w outside the momentum, about 10x "
+                  "weaker at momentum 0.9). AdamW's decay is always decoupled.")
 flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from learning_rate / 3.")
 flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine"],
                   "After warm-up: 'step' multiplies the rate by lr_decay at lr_decay_steps "
@@ -178,15 +183,18 @@ def learning_rate_schedule(total_steps):
 def _optimizer(total_steps):
     import keras
 
+    from keras_scb.optimizers import NO_DECAY_NAMES, CoupledDecaySGD
+
     schedule = learning_rate_schedule(total_steps)
-    common = dict(learning_rate=schedule, weight_decay=FLAGS.weight_decay or None,
-                  clipnorm=FLAGS.clipnorm)
+    common = dict(learning_rate=schedule, clipnorm=FLAGS.clipnorm)
+    if FLAGS.optimizer == "sgd" and FLAGS.weight_decay_mode == "l2":
+        return CoupledDecaySGD(l2=FLAGS.weight_decay, momentum=FLAGS.momentum, **common)
+    common["weight_decay"] = FLAGS.weight_decay or None
     if FLAGS.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=FLAGS.momentum, **common)
     else:
         optimizer = keras.optimizers.AdamW(**common)
-    # Caffe's SSD gives biases no decay; BatchNorm's scale and shift have none either.
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     return optimizer
 
 

@@ -6,6 +6,9 @@ Importing this package registers every detector with `build_detector`.
 # Imported for their `register_detector` side effect.
 from keras_scb.models import dssd, fssd, refinedet, ssd, ssdlite  # noqa: F401
 from keras_scb.models.detector import Detector
+# Registers the trainer's optimizer, so a checkpoint saved with its optimizer
+# state loads with this import alone.
+from keras_scb import optimizers  # noqa: E402,F401
 from keras_scb.models.factory import (
     available_detectors,
     build_detector,
