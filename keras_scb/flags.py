@@ -21,8 +21,13 @@ def define_data_flags():
                       "coco: the dataset root holding annotations/ and <split>/; "
                       "tfrecord: the folder of shards written by keras_scb.data.convert. "
                       "Ignored for bccd and synthetic.")
-    flags.DEFINE_list("train_split", ["train"], "Training split(s), e.g. trainval or train2017.")
-    flags.DEFINE_string("val_split", "test", "Evaluation split, e.g. test or val2017.")
+    flags.DEFINE_list("train_split", ["train"],
+                      "Training split(s), e.g. trainval or train2017. voc: a plain name is "
+                      "read from every --data_dir folder, <folder>/<split> from that folder "
+                      "only (VOC07+12: VOC2007/trainval,VOC2012/trainval).")
+    flags.DEFINE_string("val_split", "test",
+                        "Evaluation split, e.g. val2017; voc as --train_split (VOC07 test: "
+                        "VOC2007/test, since VOC2012 has no public test split).")
     flags.DEFINE_integer("synthetic_images", 256, "Images of the synthetic dataset's training split.")
     flags.DEFINE_enum("bad_input", "raise", ["raise", "skip"],
                       "On a corrupt image or annotation: stop with an error naming the file, "

@@ -54,6 +54,10 @@ flags.DEFINE_enum("scb_on", "arm", ["arm", "odm", "both", "none"],
                   "--loss=refinedet: which RefineDet branch gets SCB (the paper: arm).")
 flags.DEFINE_integer("max_boxes", 100, "Boxes per image kept by the input pipeline (padding size).")
 flags.DEFINE_bool("augment", True, "SSD data augmentation.")
+flags.DEFINE_bool("keep_difficult", False,
+                  "Train on VOC 'difficult' (COCO crowd) boxes too, as Caffe SSD/RefineDet "
+                  "(use_difficult_gt) and PytorchSSD do; ssd.pytorch drops them (the default). "
+                  "Evaluation ignores them either way.")
 flags.DEFINE_integer("seed", 0, "Seed of weights, augmentation and shuffling.")
 flags.DEFINE_bool("deterministic", False, "Deterministic input pipeline and TF ops (slower).")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
@@ -293,6 +297,7 @@ def train():
         image_size=detector.image_size,
         targets=detector.targets,
         augment=AugmentConfig() if FLAGS.augment else None,
+        keep_difficult=FLAGS.keep_difficult,
         max_boxes=FLAGS.max_boxes,
         seed=FLAGS.seed,
         deterministic=FLAGS.deterministic,

@@ -3,7 +3,10 @@
 Layout of each root: ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg`` (or
 ``.jpeg`` / ``.png``; decoded by content) and ``ImageSets/Main/<split>.txt`` (one
 id per line). Several roots and splits are joined in order, e.g. VOC07+12
-trainval is ``read_voc([voc2007, voc2012], "trainval", VOC_CLASSES)``.
+trainval is ``read_voc([voc2007, voc2012], "trainval", VOC_CLASSES)``. A split
+written ``<folder>/<split>`` is read from the root of that folder name only: VOC07
+test is ``read_voc([voc2007, voc2012], "VOC2007/test")`` (VOC2012 has no public
+test split).
 
 The label map (class names in id order) belongs to the dataset, not to a split,
 so that train and val agree on every id (`dataset_class_names`): given
@@ -44,6 +47,31 @@ def _split_ids(root, split):
         raise FileNotFoundError(f"{path}: no such split file (split {split!r} of {root}).")
     with open(path) as f:
         return [line.split()[0] for line in f if line.strip()]
+
+
+def _folder_name(root):
+    return os.path.basename(os.path.normpath(root))
+
+
+def _check_split_folders(roots, splits):
+    """Every ``"<folder>/<split>"`` must name one of ``roots`` by its last component."""
+    names = [_folder_name(root) for root in _as_list(roots)]
+    for split in _as_list(splits):
+        folder = split.rpartition("/")[0]
+        if folder and folder not in names:
+            raise FileNotFoundError(
+                f"split {split!r} names the folder {folder!r}, which is none of the "
+                f"roots {_as_list(roots)}."
+            )
+
+
+def _splits_of(root, splits):
+    """The split names to read from ``root``: the plain ones, and ``"<folder>/<split>"``
+    where ``<folder>`` is ``root``'s last component."""
+    for split in _as_list(splits):
+        folder, _, name = split.rpartition("/")
+        if not folder or folder == _folder_name(root):
+            yield name
 
 
 def read_labels_file(path: str) -> Tuple[str, ...]:
@@ -187,7 +215,9 @@ def read_voc(
 
     Args:
         roots: one VOC-style folder or several (e.g. VOC2007 and VOC2012).
-        splits: split names under ``ImageSets/Main`` (e.g. ``"trainval"``).
+        splits: split names under ``ImageSets/Main`` (e.g. ``"trainval"``), read
+            from every root, or ``"<folder>/<split>"`` (e.g. ``"VOC2007/test"``),
+            read from the root named ``<folder>`` only.
         class_names: the label space, in id order. ``None`` takes
             `dataset_class_names` of ``roots`` (a ``labels.txt``, else the names
             in every split's annotations), so every split of a dataset agrees.
@@ -201,8 +231,9 @@ def read_voc(
     """
     issues = records_lib.IssueLog(bad_files, bad_objects)
     parsed = []
+    _check_split_folders(roots, splits)
     for root in _as_list(roots):
-        for split in _as_list(splits):
+        for split in _splits_of(root, splits):
             for image_name in _split_ids(root, split):
                 xml = os.path.join(root, "Annotations", f"{image_name}.xml")
                 annotation = _parse_annotation(xml, issues)
