@@ -78,3 +78,19 @@ def test_trainer_flag_selects_the_decay(mode, expected):
         assert optimizer.l2 == pytest.approx(5e-4) and optimizer.weight_decay is None
     else:
         assert optimizer.weight_decay == pytest.approx(5e-4)
+
+
+def test_checkpoint_with_this_optimizer_loads_with_the_models_import(tmp_path, python_subprocess):
+    """A .keras file saved with its optimizer names CoupledDecaySGD; ``import
+    keras_scb.models`` (what every loader does) registers it."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=CoupledDecaySGD(l2=1e-3, learning_rate=0.1, momentum=0.9), loss="mse")
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    out = python_subprocess(
+        "import keras, keras_scb.models\n"
+        f"m = keras.saving.load_model({str(path)!r})\n"
+        "print(type(m.optimizer).__name__, m.optimizer.l2, int(m.optimizer.iterations))\n"
+    )
+    assert out.split() == ["CoupledDecaySGD", "0.001", "1"]
