@@ -81,7 +81,16 @@ COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66
 # Images per split of the tiny layouts, and the split files each VOC year has.
 IMAGES_PER_SPLIT = 4
 VOC_YEARS = {"VOC2007": ("trainval", "test"), "VOC2012": ("trainval",)}
-COCO_SPLITS = ("train2017", "val2017", "test-dev2017")
+COCO_SPLITS = ("train2017", "val2017", "test2017")
+# docs/reproduce.md's preparation of test-dev, run on the tiny layout as written there:
+# the image-info file gets an explicit empty annotation list (a file without one is
+# refused, lest a training split be read with no boxes) and the images folder the
+# split's name.
+TEST_DEV_PREPARATION = (
+    """python -c "import json; d = json.load(open('annotations/image_info_test-dev2017.json')); """
+    """d['annotations'] = []; json.dump(d, open('annotations/instances_test-dev2017.json', 'w'))"\n"""
+    "ln -s test2017 test-dev2017\n"
+)
 
 
 def parse_name(path):
@@ -140,8 +149,9 @@ def make_voc(root):
 
 
 def make_coco(root):
-    """``root/coco/annotations/instances_<split>.json`` and ``root/coco/<split>/``;
-    test-dev has image entries only, as COCO's image_info file."""
+    """``root/coco/annotations/instances_{train,val}2017.json`` and the image folders
+    as COCO's archives extract; test-dev's ``image_info_test-dev2017.json`` has no
+    annotations, and is prepared as docs/reproduce.md says."""
     base = os.path.join(root, "coco")
     os.makedirs(os.path.join(base, "annotations"), exist_ok=True)
     categories = [{"id": c, "name": f"category{c}", "supercategory": "thing"}
@@ -160,10 +170,13 @@ def make_coco(root):
                                     "category_id": category, "bbox": box,
                                     "area": box[2] * box[3], "iscrowd": 0})
         content = {"images": images, "categories": categories}
-        if split != "test-dev2017":
+        name = "image_info_test-dev2017" if split == "test2017" else f"instances_{split}"
+        if split != "test2017":
             content["annotations"] = annotations
-        with open(os.path.join(base, "annotations", f"instances_{split}.json"), "w") as f:
+        with open(os.path.join(base, "annotations", f"{name}.json"), "w") as f:
             json.dump(content, f)
+    subprocess.run(["bash", "-e", "-c", TEST_DEV_PREPARATION], cwd=base, check=True,
+                   env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"))
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +229,9 @@ def test_config_reads_its_splits_and_follows_its_reference(config_flags, request
         assert (FLAGS.train_split, FLAGS.val_split) == (["train2017"], "val2017")
         assert len(train.class_names) == len(val.class_names) == 80
         assert [r.image_id for r in val.records] == [1001, 1002, 1003, 1004]
+        # Table 5's test-dev split, prepared as docs/reproduce.md says, for --results_json.
+        test_dev = common_flags.load_split("test-dev2017")
+        assert (len(test_dev), test_dev.num_boxes()) == (4, 0)
     assert FLAGS.num_classes in (0, len(train.class_names))
 
     reference = REFERENCES[(family(model), dataset)]
@@ -271,6 +287,13 @@ def test_initialisation_resolves_to_the_references_imagenet_file(
     common_flags.check_backbone_weights()  # what train runs before reading data
     assert backbones.weights_path("imagenet", stand_in) == str(
         keras_home / "models" / expected.file_name)
+
+
+def test_docs_prepare_test_dev_as_tested():
+    with open(os.path.join(REPO, "docs", "reproduce.md")) as f:
+        docs = f.read()
+    for line in TEST_DEV_PREPARATION.splitlines():
+        assert line in docs, line
 
 
 def test_voc2012_has_no_test_split_so_plain_test_fails(data_root):
