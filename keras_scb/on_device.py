@@ -1,0 +1,95 @@
+"""Anchor matching and target encoding inside the loss, on the accelerator.
+
+By default the SSD-family losses take targets encoded per image on the CPU by the
+input pipeline (`keras_scb.data.pipeline`, ``targets="ssd"``): ``(B, A, 6)``
+``[dcx, dcy, dw, dh, class_target, matched_gt]``. Matching is the most expensive
+stage of that pipeline, so a fast accelerator can need more CPU cores than a
+host has (``benchmarks/input_stages.py``). `MatchOnDevice` moves it into the
+compiled train step: the pipeline gives the padded ground truth
+(``targets="gt"``) and the wrapper matches and encodes it with ``keras.ops``
+(the same `keras_scb.matching.match_anchors` / `encode_matches` code the
+pipeline runs in TensorFlow) before calling the wrapped loss, as the RefineDet
+loss already does. The targets and so the loss are the same either way.
+"""
+
+import keras
+from keras import ops
+
+from keras_scb.anchors import get_anchors
+from keras_scb.matching import _corners, encode_matches, match_anchors
+from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
+
+
+def encode_ground_truth(y_true, anchors, iou_threshold=0.5, variances=(0.1, 0.2)):
+    """Padded ground truth -> SSD targets, with ``keras.ops`` (any backend, jittable).
+
+    Args:
+        y_true: ``(B, G, 5)`` ``[xmin, ymin, xmax, ymax, class]``: relative corners,
+            class ``0..C-1`` or ``-1`` on padding rows (the ``targets="gt"``
+            pipeline output).
+        anchors: ``(A, 4)`` relative ``[cx, cy, w, h]``.
+        iou_threshold, variances: as `keras_scb.matching.encode_targets`.
+
+    Returns:
+        ``(B, A, 6)`` float32 ``[dcx, dcy, dw, dh, class_target, matched_gt]``,
+        equal to `keras_scb.matching.encode_targets` of the same boxes.
+    """
+    y_true = ops.cast(y_true, "float32")
+    boxes = y_true[..., :4]
+    classes = ops.cast(y_true[..., 4], "int32")
+    anchors = ops.convert_to_tensor(anchors, "float32")
+    matched = match_anchors(boxes, classes, _corners(anchors, ops), iou_threshold, ops)
+    return encode_matches(boxes, classes, anchors, matched, variances, ops)
+
+
+@keras.saving.register_keras_serializable(package="keras_scb")
+class MatchOnDevice(keras.losses.Loss):
+    """Wraps an SSD loss so that it takes padded ground truth and matches itself.
+
+    ``MatchOnDevice(ScaleBalancedLoss(), model.anchor_spec)(y_true, y_pred)``
+    equals ``ScaleBalancedLoss()(encode_targets(boxes, classes, anchors), y_pred)``.
+    Feed it the ``targets="gt"`` pipeline (train CLI: ``--match_on=device``).
+
+    Args:
+        loss: a loss taking ``(B, A, 6)`` targets (`ScaleBalancedLoss`,
+            `MultiBoxLoss`), or its serialised config.
+        anchor_spec: preset name, `keras_scb.anchors.AnchorSpec` or its config
+            dict (the model's ``anchor_spec``).
+        iou_threshold, variances: as `keras_scb.matching.encode_targets`.
+
+    Call: ``y_true`` ``(B, G, 5)`` as `encode_ground_truth`; ``y_pred``
+    ``(B, A, 4 + C + 1)``.
+    """
+
+    def __init__(
+        self,
+        loss,
+        anchor_spec,
+        iou_threshold=0.5,
+        variances=(0.1, 0.2),
+        name=None,
+        **kwargs,
+    ):
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        if not callable(loss):
+            raise TypeError(f"MatchOnDevice needs a loss object; got {loss!r}.")
+        super().__init__(name=name or f"{getattr(loss, 'name', 'loss')}_on_device", **kwargs)
+        self.loss = loss
+        self.anchor_spec = anchor_spec_from_config(anchor_spec)
+        self.anchors = get_anchors(self.anchor_spec)
+        self.iou_threshold = float(iou_threshold)
+        self.variances = tuple(float(v) for v in variances)
+
+    def call(self, y_true, y_pred):
+        targets = encode_ground_truth(y_true, self.anchors, self.iou_threshold, self.variances)
+        return self.loss(targets, y_pred)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "loss": keras.saving.serialize_keras_object(self.loss),
+            "anchor_spec": anchor_spec_to_config(self.anchor_spec),
+            "iou_threshold": self.iou_threshold,
+            "variances": self.variances,
+        }
