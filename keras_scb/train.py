@@ -52,6 +52,11 @@ flags.DEFINE_enum("apply_to", "classification", ["classification", "both"],
 flags.DEFINE_integer("neg_pos_ratio", 3, "Hard negatives kept per positive.")
 flags.DEFINE_enum("scb_on", "arm", ["arm", "odm", "both", "none"],
                   "--loss=refinedet: which RefineDet branch gets SCB (the paper: arm).")
+flags.DEFINE_enum("match_on", "cpu", ["cpu", "device"],
+                  "Where --loss=scb/multibox match anchors to the ground truth: 'cpu', in the "
+                  "input pipeline; 'device', inside the compiled train step (keras_scb.on_device), "
+                  "so the CPUs only decode and augment. Same targets either way. RefineDet "
+                  "always matches in its loss.")
 flags.DEFINE_integer("max_boxes", 100, "Boxes per image kept by the input pipeline (padding size).")
 flags.DEFINE_bool("augment", True, "SSD data augmentation.")
 flags.DEFINE_bool("keep_difficult", False,
@@ -135,14 +140,19 @@ def _set_data_parallel():
 
 def _loss(detector):
     from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
+    from keras_scb.on_device import MatchOnDevice
 
-    if FLAGS.loss == "multibox":
-        return MultiBoxLoss(neg_pos_ratio=FLAGS.neg_pos_ratio)
-    if FLAGS.loss == "scb":
-        return ScaleBalancedLoss(
-            alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
-            apply_to=FLAGS.apply_to, weighting=FLAGS.weighting,
-        )
+    if FLAGS.loss in ("multibox", "scb"):
+        if FLAGS.loss == "multibox":
+            loss = MultiBoxLoss(neg_pos_ratio=FLAGS.neg_pos_ratio)
+        else:
+            loss = ScaleBalancedLoss(
+                alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
+                apply_to=FLAGS.apply_to, weighting=FLAGS.weighting,
+            )
+        if FLAGS.match_on == "device":
+            return MatchOnDevice(loss, detector.anchor_spec)
+        return loss
     from keras_scb.refinedet_loss import RefineDetLoss
 
     def branch_weighting(branch):
@@ -295,7 +305,8 @@ def train():
         detector.anchors,
         batch_size=FLAGS.batch_size,
         image_size=detector.image_size,
-        targets=detector.targets,
+        # Matching in the train step (MatchOnDevice) takes the padded ground truth.
+        targets="gt" if FLAGS.match_on == "device" else detector.targets,
         augment=AugmentConfig() if FLAGS.augment else None,
         keep_difficult=FLAGS.keep_difficult,
         max_boxes=FLAGS.max_boxes,

@@ -1,5 +1,6 @@
 """Matching inside the loss (`keras_scb.on_device`) equals matching in the input pipeline."""
 
+import csv
 import json
 import os
 
@@ -197,3 +198,16 @@ def test_config_round_trip_and_short_fit(tmp_path):
 def test_not_a_loss_is_named():
     with pytest.raises(TypeError, match="needs a loss object; got 'scb'"):
         MatchOnDevice("scb", "ssd300")
+
+
+@pytest.mark.slow
+def test_train_cli_matches_on_device(tmp_path):
+    import keras_scb.callbacks  # noqa: F401  (the checkpoint's learning-rate schedule)
+    from test_train import assert_ok, run, train_command
+
+    result = run(train_command(tmp_path, "--match_on=device", "--loss=scb"))
+    assert_ok(result)
+    with open(os.path.join(tmp_path, "history.csv")) as f:
+        assert np.isfinite(float(list(csv.DictReader(f))[0]["loss"]))
+    model = keras.saving.load_model(os.path.join(tmp_path, "last.keras"))
+    assert isinstance(model.loss, MatchOnDevice) and isinstance(model.loss.loss, ScaleBalancedLoss)
