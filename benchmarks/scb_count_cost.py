@@ -1,0 +1,137 @@
+"""Where SCB's extra time goes: the matched-anchor counts M_i against the whole loss step.
+
+    python benchmarks/scb_count_cost.py [--repeats 40] [--backend tensorflow|jax]
+
+SCB differs from MultiBox only by `keras_scb.losses.matched_anchor_counts` (a
+segment sum over the B * A anchors and a gather back, both one scalar per anchor)
+and the elementwise weights. For the shapes of ``benchmarks/loss_overhead.py``
+and RefineDet320's ARM, interleaved medians of:
+  step       ScaleBalancedLoss forward + backward (as loss_overhead.py)
+  counts     matched_anchor_counts alone, compiled as the step is
+  positives  (TensorFlow only) the same counts over the positive anchors only
+             (tf.where + a segment sum of P << B * A ids + scatter_nd), a
+             candidate replacement: dynamic shapes, so only for non-XLA graphs
+Reported: milliseconds and counts / step, the share of SCB's overhead it explains.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+# (anchor preset, logits incl. background); refinedet320 with 2 logits is its ARM,
+# the branch SCB weights in the paper's RefineDet setting.
+SHAPES = (("ssd300", 21), ("ssd300", 81), ("ssd512", 21), ("refinedet320", 2))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    args = parser.parse_args()
+    os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import keras
+    import numpy as np
+    from keras import ops
+
+    from keras_scb.anchors import get_anchors
+    from keras_scb.losses import ScaleBalancedLoss, matched_anchor_counts
+    from keras_scb.matching import _corners, encode_matches, match_anchors
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from reference import random_boxes  # noqa: E402
+
+    def targets(preset, depth, seed):
+        """``(B, A, 6)`` targets of random boxes; ``depth == 2``: one "object" class (ARM)."""
+        rng = np.random.default_rng(seed)
+        images = [random_boxes(rng, max_boxes=10, max_pad=0) for _ in range(args.batch)]
+        g = max(1, max(len(c) for _, c in images))
+        boxes = np.zeros((args.batch, g, 4), np.float32)
+        classes = -np.ones((args.batch, g), np.int32)
+        for i, (b, c) in enumerate(images):
+            boxes[i, : len(c)], classes[i, : len(c)] = b, c
+        if depth == 2:
+            classes = np.where(classes >= 0, 0, -1).astype(np.int32)
+        anchors = ops.convert_to_tensor(get_anchors(preset))
+        matched = match_anchors(boxes, classes, _corners(anchors, ops), 0.5, ops)
+        return ops.convert_to_numpy(
+            encode_matches(boxes, classes, anchors, matched, (0.1, 0.2), ops)
+        )
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def compiled(fn, *inputs):
+            jitted = jax.jit(fn)
+            return lambda: jax.block_until_ready(jitted(*inputs))
+
+        def step(loss, y_true, y_pred):
+            return compiled(jax.grad(lambda p: loss(y_true, p)), y_pred)
+
+        variants = {}
+    else:
+        import tensorflow as tf
+
+        def compiled(fn, *inputs):
+            inputs = [tf.constant(x) for x in inputs]
+            traced = tf.function(fn)
+            return lambda: traced(*inputs).numpy()
+
+        def step(loss, y_true, y_pred):
+            y_pred, y_true = tf.Variable(y_pred), tf.constant(y_true)
+
+            @tf.function
+            def grad():
+                with tf.GradientTape() as tape:
+                    value = loss(y_true, y_pred)
+                return tape.gradient(value, y_pred)
+
+            return lambda: grad().numpy()
+
+        def positive_counts(matched, positive):
+            index = tf.where(positive)  # (P, 2)
+            num_anchors = tf.cast(tf.shape(matched)[1], tf.int64)
+            box = index[:, 0] * num_anchors + tf.cast(tf.gather_nd(matched, index), tf.int64)
+            counts = tf.math.unsorted_segment_sum(
+                tf.ones_like(box, tf.float32), box, tf.size(matched, tf.int64))
+            return tf.scatter_nd(index, tf.gather(counts, box), tf.shape(matched, tf.int64))
+
+        variants = {"positives": positive_counts}
+
+    print(f"backend={keras.backend.backend()} batch={args.batch} repeats={args.repeats}")
+    print(f"{'shape':<26}{'step ms':>9}{'counts ms':>11}{'counts/step':>13}"
+          + "".join(f"{name + ' ms':>14}" for name in variants))
+    for preset, depth in SHAPES:
+        y_true = targets(preset, depth, seed=0)
+        y_pred = np.random.default_rng(1).normal(size=y_true.shape[:2] + (4 + depth,))
+        matched = y_true[..., 5].astype("int32")
+        positive = y_true[..., 4] > 0
+        runs = {
+            "step": step(ScaleBalancedLoss(), y_true, y_pred.astype("float32")),
+            "counts": compiled(matched_anchor_counts, matched, positive),
+        }
+        want = runs["counts"]()
+        for name, fn in variants.items():
+            runs[name] = compiled(fn, matched, positive)
+            assert np.array_equal(runs[name](), want), name
+        for run in runs.values():
+            run()  # trace / compile
+        times = {name: [] for name in runs}
+        for i in range(args.repeats):
+            for name in list(runs) if i % 2 == 0 else list(runs)[::-1]:
+                start = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - start)
+        ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+        shape = f"{preset} {y_true.shape[:2] + (4 + depth,)}"
+        print(f"{shape:<26}{ms['step']:>9.2f}{ms['counts']:>11.3f}"
+              f"{ms['counts'] / ms['step']:>13.4f}"
+              + "".join(f"{ms[name]:>14.3f}" for name in variants), flush=True)
+
+
+if __name__ == "__main__":
+    main()
