@@ -2,12 +2,12 @@
 
     python benchmarks/scb_count_cost.py [--repeats 40] [--backend tensorflow|jax]
 
-SCB differs from MultiBox only by `keras_scb.losses.matched_anchor_counts` (a
+SCB differs from MultiBox only by `keras_scb.losses.match_count_per_anchor` (a
 segment sum over the B * A anchors and a gather back, both one scalar per anchor)
 and the elementwise weights. For the shapes of ``benchmarks/loss_overhead.py``
 and RefineDet320's ARM, interleaved medians of:
   step       ScaleBalancedLoss forward + backward (as loss_overhead.py)
-  counts     matched_anchor_counts alone, compiled as the step is
+  counts     match_count_per_anchor alone, compiled as the step is
   positives  (TensorFlow only) the same counts over the positive anchors only
              (tf.where + a segment sum of P << B * A ids + scatter_nd), a
              candidate replacement: dynamic shapes, so only for non-XLA graphs
@@ -17,7 +17,6 @@ Reported: milliseconds and counts / step, the share of SCB's overhead it explain
 import argparse
 import os
 import statistics
-import sys
 import time
 
 # (anchor preset, logits incl. background); refinedet320 with 2 logits is its ARM,
@@ -36,31 +35,16 @@ def main():
 
     import keras
     import numpy as np
-    from keras import ops
 
     from keras_scb.anchors import get_anchors
-    from keras_scb.losses import ScaleBalancedLoss, matched_anchor_counts
-    from keras_scb.matching import _corners, encode_matches, match_anchors
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from reference import random_boxes  # noqa: E402
+    from keras_scb.losses import ScaleBalancedLoss, match_count_per_anchor
+    from synthetic import encoded_targets, random_ground_truth
 
     def targets(preset, depth, seed):
         """``(B, A, 6)`` targets of random boxes; ``depth == 2``: one "object" class (ARM)."""
-        rng = np.random.default_rng(seed)
-        images = [random_boxes(rng, max_boxes=10, max_pad=0) for _ in range(args.batch)]
-        g = max(1, max(len(c) for _, c in images))
-        boxes = np.zeros((args.batch, g, 4), np.float32)
-        classes = -np.ones((args.batch, g), np.int32)
-        for i, (b, c) in enumerate(images):
-            boxes[i, : len(c)], classes[i, : len(c)] = b, c
-        if depth == 2:
-            classes = np.where(classes >= 0, 0, -1).astype(np.int32)
-        anchors = ops.convert_to_tensor(get_anchors(preset))
-        matched = match_anchors(boxes, classes, _corners(anchors, ops), 0.5, ops)
-        return ops.convert_to_numpy(
-            encode_matches(boxes, classes, anchors, matched, (0.1, 0.2), ops)
-        )
+        boxes, classes = random_ground_truth(
+            np.random.default_rng(seed), args.batch, max(1, depth - 1))
+        return encoded_targets(boxes, classes, get_anchors(preset))
 
     if keras.backend.backend() == "jax":
         import jax
@@ -112,7 +96,7 @@ def main():
         positive = y_true[..., 4] > 0
         runs = {
             "step": step(ScaleBalancedLoss(), y_true, y_pred.astype("float32")),
-            "counts": compiled(matched_anchor_counts, matched, positive),
+            "counts": compiled(match_count_per_anchor, matched, positive),
         }
         want = runs["counts"]()
         for name, fn in variants.items():

@@ -2,25 +2,34 @@
 
 By default the SSD-family losses take targets encoded per image on the CPU by the
 input pipeline (`keras_scb.data.pipeline`, ``targets="ssd"``): ``(B, A, 6)``
-``[dcx, dcy, dw, dh, class_target, matched_gt]``. Matching is the most expensive
-stage of that pipeline, so a fast accelerator can need more CPU cores than a
-host has (``benchmarks/input_stages.py``). `MatchOnDevice` moves it into the
-compiled train step: the pipeline gives the padded ground truth
-(``targets="gt"``) and the wrapper matches and encodes it with ``keras.ops``
-(the same `keras_scb.matching.match_anchors` / `encode_matches` code the
-pipeline runs in TensorFlow) before calling the wrapped loss, as the RefineDet
-loss already does. The targets and so the loss are the same either way.
+``[dcx, dcy, dw, dh, class_target, matched_gt]``. Matching is a large share of
+that pipeline's CPU time per image (``benchmarks/input_pipeline.py --threads 1``
+measures each stage), so a fast accelerator needs that many more CPU cores.
+`MatchOnDevice` moves it into the compiled train step: the pipeline gives the
+padded ground truth (``targets="gt"``) and the wrapper matches and encodes it
+with ``keras.ops`` (`keras_scb.matching.match_and_encode`, the code the pipeline
+runs in TensorFlow) before calling the wrapped loss, as the RefineDet loss
+already does. The targets, and so the loss, are the same either way.
 """
+
+from typing import Any, Callable, Sequence
 
 import keras
 from keras import ops
 
-from keras_scb.anchors import get_anchors
-from keras_scb.matching import _corners, encode_matches, match_anchors
+from keras_scb.anchors import AnchorSpec, get_anchors
+from keras_scb.matching import match_and_encode
 from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
+Tensor = Any
 
-def encode_ground_truth(y_true, anchors, iou_threshold=0.5, variances=(0.1, 0.2)):
+
+def encode_ground_truth(
+    y_true: Tensor,
+    anchors: Tensor,
+    iou_threshold: float = 0.5,
+    variances: Sequence[float] = (0.1, 0.2),
+) -> Tensor:
     """Padded ground truth -> SSD targets, with ``keras.ops`` (any backend, jittable).
 
     Args:
@@ -38,8 +47,7 @@ def encode_ground_truth(y_true, anchors, iou_threshold=0.5, variances=(0.1, 0.2)
     boxes = y_true[..., :4]
     classes = ops.cast(y_true[..., 4], "int32")
     anchors = ops.convert_to_tensor(anchors, "float32")
-    matched = match_anchors(boxes, classes, _corners(anchors, ops), iou_threshold, ops)
-    return encode_matches(boxes, classes, anchors, matched, variances, ops)
+    return match_and_encode(boxes, classes, anchors, iou_threshold, variances, ops)
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
@@ -63,11 +71,11 @@ class MatchOnDevice(keras.losses.Loss):
 
     def __init__(
         self,
-        loss,
-        anchor_spec,
-        iou_threshold=0.5,
-        variances=(0.1, 0.2),
-        name=None,
+        loss: Callable | dict,
+        anchor_spec: str | AnchorSpec | dict,
+        iou_threshold: float = 0.5,
+        variances: Sequence[float] = (0.1, 0.2),
+        name: str | None = None,
         **kwargs,
     ):
         if isinstance(loss, dict):
@@ -81,11 +89,11 @@ class MatchOnDevice(keras.losses.Loss):
         self.iou_threshold = float(iou_threshold)
         self.variances = tuple(float(v) for v in variances)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         targets = encode_ground_truth(y_true, self.anchors, self.iou_threshold, self.variances)
         return self.loss(targets, y_pred)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "loss": keras.saving.serialize_keras_object(self.loss),
