@@ -4,7 +4,8 @@
         [--dataset bccd|coco] [--repeats 5] [--batches 10] [--split trainval]
 
 Per core: ``--threads 1`` runs every ``tf.data`` map in a one-thread pool and
-TensorFlow's ops on one thread (run it under ``taskset -c 0`` on an idle machine).
+TensorFlow's ops on one thread. Run it under ``taskset -c 0`` on an idle machine:
+that also pins XLA's own thread pool (the on-device matching under JAX).
 
 Variants, each timed once per repeat in turn (fresh iterator, 2 warm-up batches),
 for each anchor preset (which sets the image size):
@@ -163,12 +164,11 @@ def main():
 
     from keras_scb import data
 
-    if args.dataset == "bccd":
-        dataset = data.load_bccd(args.split or "trainval")
-    else:
-        dataset = data.load_coco_subset(args.split or "val2017")
+    split = args.split or ("trainval" if args.dataset == "bccd" else "val2017")
+    load = data.load_bccd if args.dataset == "bccd" else data.load_coco_subset
+    dataset = load(split)
     boxes = sum(len(r.classes) for r in dataset.records) / len(dataset)
-    print(f"{args.dataset} {args.split or ''}: {len(dataset)} images, {boxes:.1f} boxes/image, "
+    print(f"{args.dataset} {split}: {len(dataset)} images, {boxes:.1f} boxes/image, "
           f"batch {args.batch_size}, {args.repeats} x {args.batches} batches, "
           f"threads {args.threads or 'all'} of {os.cpu_count()} CPUs, TF {tf.__version__}")
     for anchors in args.anchors.split(","):
