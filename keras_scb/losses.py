@@ -94,7 +94,9 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
     """Per anchor, ``M_i`` of the box it is assigned to, counted per image.
 
     The per-box view of the same count (over a dataset, for statistics) is
-    `keras_scb.match_stats.match_counts_per_box`.
+    `keras_scb.match_stats.match_counts_per_box`. In TensorFlow graphs not
+    compiled by XLA it is counted over the positive anchors only
+    (`_count_over_positives`), elsewhere by a segment sum over every anchor.
 
     Args:
         matched: ``(B, A)`` int32 box index per anchor (ignored where not positive).
@@ -104,6 +106,8 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
         ``(B, A)`` float32: for a positive anchor, the number of positive anchors
         of its image assigned to the same box; 0 elsewhere.
     """
+    if _tensorflow_graph_without_xla():
+        return _count_over_positives(matched, positive)
     batch, num_anchors = ops.shape(matched)[0], ops.shape(matched)[1]
     image = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
     # One segment per (image, box); box indices are < A, so b * A + i is unique.
@@ -113,6 +117,41 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
     counts = ops.segment_sum(ones, segment, num_segments=batch * num_anchors)
     per_anchor = ops.reshape(ops.take(counts, segment), (batch, num_anchors))
     return ops.where(positive, per_anchor, 0.0)
+
+
+def _tensorflow_graph_without_xla() -> bool:
+    """True under the TensorFlow backend unless XLA compiles the current function.
+
+    TensorFlow has no public way to ask; ``tf.function(jit_compile=True)`` (and
+    so Keras's ``jit_compile``) traces inside an XLA control-flow context.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    graph = tf.compat.v1.get_default_graph()
+    return not control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def _count_over_positives(matched: Tensor, positive: Tensor) -> Tensor:
+    """`match_count_per_anchor` over the P positive anchors only, in TensorFlow.
+
+    TensorFlow's CPU scatter and gather kernels cost about 10 ns per scalar
+    element, so the dense segment sum and gather over all B * A anchors were most
+    of SCB's time over MultiBox (``benchmarks/scb_count_cost.py``); P is a few
+    hundred. Not under XLA: it pads the dynamic P to B * A and is slower there.
+    """
+    import tensorflow as tf
+
+    matched = tf.convert_to_tensor(matched, tf.int32)
+    index = tf.where(positive)  # (P, 2) int64 [image, anchor]
+    num_anchors = tf.shape(matched, out_type=tf.int64)[1]
+    box = index[:, 0] * num_anchors + tf.cast(tf.gather_nd(matched, index), tf.int64)
+    counts = tf.math.unsorted_segment_sum(
+        tf.ones_like(box, tf.float32), box, tf.size(matched, out_type=tf.int64)
+    )
+    return tf.scatter_nd(index, tf.gather(counts, box), tf.shape(matched, out_type=tf.int64))
 
 
 def _smooth_l1(diff):

@@ -103,6 +103,27 @@ def test_match_count_per_anchor_brute_force(batch):
             assert got[b, a] == want
 
 
+@pytest.mark.parametrize("seed", [0, 4, 9])
+def test_match_count_per_anchor_same_in_graph_and_under_xla(seed):
+    """TF graphs count over the positives only, XLA over every anchor: same counts."""
+    y_true, _ = make_batch(seed, images=4)
+    y_true[1, :, 4:] = [0, -1]  # an image without positives
+    matched = tf.constant(y_true[..., 5].astype(np.int32))
+    positive = tf.constant(y_true[..., 4] > 0)
+    eager = match_count_per_anchor(matched, positive).numpy()
+    spec = (tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None, None), tf.bool))
+    graph = tf.function(match_count_per_anchor, input_signature=spec)
+    xla = tf.function(match_count_per_anchor, jit_compile=True)
+    np.testing.assert_array_equal(graph(matched, positive).numpy(), eager)
+    np.testing.assert_array_equal(xla(matched, positive).numpy(), eager)
+
+    def ops_of(function):
+        traced = function.get_concrete_function(matched, positive).graph
+        return {op.type for op in traced.get_operations()}
+
+    assert "ScatterNd" in ops_of(graph) and "ScatterNd" not in ops_of(xla)
+
+
 def test_graph_uses_unsorted_segment_sum(batch):
     y_true, y_pred = batch
     loss = ScaleBalancedLoss()
