@@ -18,6 +18,11 @@ Default semantics follow the authors' code, not the paper's Eq. 2:
   ``max(1, sum_b P_b)`` instead, as the Caffe ``MultiBoxLossLayer`` of the
   RefineDet authors (`keras_scb.refinedet_loss`).
 
+Two controls separate SCB's effects (`WEIGHTINGS`): ``"uniform_beta"`` weights
+every positive ``beta`` (all positives up, no scale balance), and
+``"scb_mean_normalised"`` keeps SCB's balance between objects at MultiBox's total
+positive weight (`mean_normalise_per_image`).
+
 Hard negative mining keeps, per image, the ``min(neg_pos_ratio * P_b, #negatives)``
 negatives with the largest cross-entropy; negatives have weight 1. An optional
 ``negative_mask`` removes anchors from the candidate negatives (RefineDet's
@@ -34,7 +39,15 @@ from keras import ops
 # A tensor of the Keras backend, or an array ``keras.ops`` converts (numpy).
 Tensor = Any
 
-WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb")
+WEIGHTINGS = (
+    "uniform",
+    "inverse_log",
+    "inverse_sqrt",
+    "inverse",
+    "scb",
+    "uniform_beta",
+    "scb_mean_normalised",
+)
 APPLY_TO = ("classification", "both")
 NORMALIZATIONS = ("per_image", "valid")
 
@@ -71,7 +84,11 @@ def scale_balanced_weights(
             treated as 1; they only occur on background anchors).
         weighting: one of `WEIGHTINGS`: ``"uniform"`` 1, ``"inverse_log"``
             ``1 / (ln M + 1)``, ``"inverse_sqrt"`` ``1 / sqrt(M)``, ``"inverse"``
-            ``1 / M``, ``"scb"`` ``beta * (ln M + alpha) / M``.
+            ``1 / M``, ``"scb"`` ``beta * (ln M + alpha) / M``, ``"uniform_beta"``
+            ``beta`` (the control "every positive up", no scale balance).
+            ``"scb_mean_normalised"`` is not a function of ``M`` alone: this
+            returns its unnormalised ``"scb"`` weights, and
+            `mean_normalise_per_image` rescales them.
 
     Returns:
         Weights, same shape as ``num_matches``.
@@ -85,9 +102,43 @@ def scale_balanced_weights(
         return 1.0 / ops.sqrt(m)
     if weighting == "inverse":
         return 1.0 / m
-    if weighting == "scb":
+    if weighting in ("scb", "scb_mean_normalised"):
         return beta * (ops.log(m) + alpha) / m
+    if weighting == "uniform_beta":
+        return beta * ops.ones_like(m)
     raise ValueError(f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}.")
+
+
+def mean_normalise_per_image(weights: Tensor, positive: Tensor) -> Tensor:
+    """Rescales each image's weights so that their mean over its positive anchors is 1.
+
+    This is ``"scb_mean_normalised"``, the control that separates SCB's two effects:
+    with ``"scb"`` the positives of an image carry a total classification weight
+    ``beta * sum_i (ln M_i + alpha)`` instead of MultiBox's ``P`` (its number of
+    positive anchors), so SCB both re-balances objects and changes how much the
+    positives weigh against the ``3 P`` hard negatives. Normalising the mean over
+    the positive *anchors* (not over the objects) keeps the total at ``P``, exactly
+    MultiBox's, so only the split of that total between objects changes (object
+    ``i`` gets the share ``(ln M_i + alpha) / sum_j (ln M_j + alpha)``). A mean of
+    1 over the image's objects would instead make the total depend on the mix of
+    object sizes (two objects with ``M = 1`` and ``100``: 12.5 instead of
+    ``P = 101``), mixing the two effects again.
+
+    Args:
+        weights: ``(B, A)`` float32 per-anchor weights (those of anchors that
+            are not positive are ignored).
+        positive: ``(B, A)`` bool.
+
+    Returns:
+        ``(B, A)`` float32; an image without positives keeps all-zero weights.
+    """
+    positive_f = ops.cast(positive, "float32")
+    weights = weights * positive_f
+    num_pos = ops.sum(positive_f, axis=1, keepdims=True)
+    total = ops.sum(weights, axis=1, keepdims=True)
+    # An image without positives has total 0 and weights 0: any finite scale works.
+    scale = num_pos / ops.where(total > 0.0, total, 1.0)
+    return weights * scale
 
 
 def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
@@ -222,8 +273,10 @@ def multibox_loss(
         weights = positive_f  # (B, A); MultiBox needs no counts
     else:
         counts = match_count_per_anchor(matched, positive)
-        weights = scale_balanced_weights(counts, alpha, beta, weighting)
-        weights = ops.stop_gradient(weights * positive_f)
+        weights = scale_balanced_weights(counts, alpha, beta, weighting) * positive_f
+        if weighting == "scb_mean_normalised":
+            weights = mean_normalise_per_image(weights, positive)
+        weights = ops.stop_gradient(weights)
 
     logits = y_pred[..., 4:]
     log_probs = ops.log_softmax(logits, axis=-1)

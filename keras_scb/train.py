@@ -45,8 +45,11 @@ flags.DEFINE_float("clipnorm", None, "Optional gradient-norm clipping.")
 flags.DEFINE_enum("loss", "scb", ["multibox", "scb", "refinedet"], "Training loss.")
 flags.DEFINE_float("alpha", 1.0, "SCB alpha in beta * (ln M + alpha) / M.")
 flags.DEFINE_float("beta", 3.0, "SCB beta.")
-flags.DEFINE_enum("weighting", "scb", ["uniform", "inverse_log", "inverse_sqrt", "inverse", "scb"],
-                  "Object weighting of --loss=scb (the paper's Table 1 forms).")
+flags.DEFINE_enum("weighting", "scb", ["uniform", "inverse_log", "inverse_sqrt", "inverse", "scb",
+                                       "uniform_beta", "scb_mean_normalised"],
+                  "Object weighting of --loss=scb: the paper's Table 1 forms, and the controls "
+                  "'uniform_beta' (every positive weighs beta) and 'scb_mean_normalised' (SCB "
+                  "rescaled to mean 1 over an image's positive anchors); see keras_scb.losses.")
 flags.DEFINE_enum("apply_to", "classification", ["classification", "both"],
                   "'classification': the authors' code; 'both': the paper's Eq. 2.")
 flags.DEFINE_integer("neg_pos_ratio", 3, "Hard negatives kept per positive.")

@@ -58,6 +58,8 @@ def weight(m, weighting, alpha=1.0, beta=3.0):
         "inverse_sqrt": 1.0 / math.sqrt(m),
         "inverse": 1.0 / m,
         "scb": beta * (math.log(m) + alpha) / m,
+        "scb_mean_normalised": beta * (math.log(m) + alpha) / m,  # before the rescaling
+        "uniform_beta": beta,
     }[weighting]
 
 
@@ -81,8 +83,13 @@ def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
             top = logits.max()
             log_z = top + math.log(np.exp(logits - top).sum())
             ce.append(log_z - logits[labels[a]])
+        anchor_weights = {a: weight(counts[matched[a]], weighting, alpha, beta) for a in positives}
+        if weighting == "scb_mean_normalised" and positives:
+            # Mean 1 over the image's positive anchors (keras_scb.losses.mean_normalise_per_image).
+            mean = sum(anchor_weights.values()) / len(positives)
+            anchor_weights = {a: w / mean for a, w in anchor_weights.items()}
         for a in positives:
-            w = weight(counts[matched[a]], weighting, alpha, beta)
+            w = anchor_weights[a]
             diff = y_pred[b, a, :4] - y_true[b, a, :4]
             box = sum(0.5 * d * d if abs(d) < 1 else abs(d) - 0.5 for d in diff)
             total += w * ce[a] + (w if apply_to == "both" else 1.0) * box
