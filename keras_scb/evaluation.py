@@ -45,6 +45,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from keras_scb.calibration import calibration_bins
 from keras_scb.fileio import read_json, write_json
 from keras_scb.matching import pairwise_iou
 
@@ -419,9 +420,21 @@ def _voc_labels(gt_boxes, gt_difficult, det_boxes, det_scores, iou_threshold):
         ``(K,)`` int8: 1 true positive, 0 false positive, -1 ignored (its best
         overlap is a difficult object), in the order of ``det_boxes``.
     """
+    return _voc_match(gt_boxes, gt_difficult, det_boxes, det_scores, iou_threshold)[0]
+
+
+def _voc_match(gt_boxes, gt_difficult, det_boxes, det_scores, iou_threshold):
+    """`_voc_labels` and, per detection, the index of the object it matched.
+
+    Returns:
+        ``(labels (K,) int8, matched (K,) int64)``: ``matched`` is the row of
+        ``gt_boxes`` a true positive or ignored detection hit, -1 for a false
+        positive.
+    """
     labels = np.zeros(len(det_boxes), np.int8)
+    matched = -np.ones(len(det_boxes), np.int64)
     if len(gt_boxes) == 0:
-        return labels
+        return labels, matched
     overlaps = pairwise_iou(det_boxes, gt_boxes)
     best = overlaps.argmax(axis=1)
     taken = np.zeros(len(gt_boxes), bool)
@@ -430,10 +443,10 @@ def _voc_labels(gt_boxes, gt_difficult, det_boxes, det_scores, iou_threshold):
         if not _hits(overlaps[k, j], iou_threshold):
             continue
         if gt_difficult[j]:
-            labels[k] = -1
+            labels[k], matched[k] = -1, j
         elif not taken[j]:
-            labels[k], taken[j] = 1, True
-    return labels
+            labels[k], taken[j], matched[k] = 1, True, j
+    return labels, matched
 
 
 def voc07_metrics(
@@ -556,6 +569,109 @@ def recall_by_scale(
     }
 
 
+def match_detections(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    iou_threshold: float = 0.5,
+) -> Dict[str, np.ndarray]:
+    """Labels every detection true / false positive with VOC07's per-class greedy
+    matching (`voc07_metrics`' rules), and gives it a scale.
+
+    A true positive's scale is its object's (`scale_of_area` of
+    `ImageGroundTruth.areas`); a false positive's is that of its own box in
+    pixels of the same ``height x width`` (so with the ground truth sized on the
+    network input, both are sized there). This is COCO's convention for AP_S/M/L:
+    a matched detection belongs to its object's range, an unmatched one to its
+    own area's.
+
+    Returns:
+        ``{"scores": (D,) float, "labels": (D,) int8 (1 TP, 0 FP, -1 ignored: it
+        hit a difficult object), "scales": (D,) indices into SCALES,
+        "num_images": int}`` over all images' detections.
+    """
+    scores, labels, scales, num_images = [], [], [], 0
+    for gt, det in _pair_up(ground_truths, detections):
+        num_images += 1
+        gt_pixels = _annotated_pixel_boxes(gt.boxes, gt.height, gt.width)
+        det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
+        det_areas = np.prod(np.maximum(det_pixels[:, 2:] - det_pixels[:, :2], 0.0), axis=1)
+        gt_scales = scale_of_area(gt.areas)
+        for k in np.unique(det.classes):
+            is_gt, is_det = gt.classes == k, det.classes == k
+            class_labels, matched = _voc_match(
+                gt_pixels[is_gt], gt.difficult[is_gt], det_pixels[is_det],
+                det.scores[is_det], iou_threshold,
+            )
+            det_scales = scale_of_area(det_areas[is_det])
+            hit = matched >= 0
+            det_scales[hit] = gt_scales[is_gt][matched[hit]]
+            scores.append(det.scores[is_det])
+            labels.append(class_labels)
+            scales.append(det_scales)
+    return {
+        "scores": np.concatenate(scores) if scores else np.zeros(0),
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int8),
+        "scales": np.concatenate(scales) if scales else np.zeros(0, np.int64),
+        "num_images": num_images,
+    }
+
+
+def precision_by_scale(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
+    iou_threshold: float = 0.5,
+) -> Dict[str, object]:
+    """True and false positives by scale at each score threshold, the other half
+    of `recall_by_scale`: if a loss only shifts every score up, recall at a
+    threshold rises and so do the false positives.
+
+    Detections with score >= ``t`` are labelled by `match_detections` (class-aware,
+    IoU > ``iou_threshold``, one true positive per object, hits on difficult
+    objects ignored). Greedy matching goes in decreasing score, so the labels of
+    the detections above ``t`` do not depend on those below it.
+
+    Returns:
+        ``{"iou_threshold", "num_images", "thresholds": {str(t): {scale:
+        {"true_positives": int, "false_positives": int}}}}`` with scales `SCALES`
+        and ``"all"``. Precision is ``TP / (TP + FP)``, false positives per image
+        ``FP / num_images``.
+    """
+    matches = match_detections(ground_truths, detections, iou_threshold)
+    scores, labels, scales = matches["scores"], matches["labels"], matches["scales"]
+    thresholds = {}
+    for t in score_thresholds:
+        kept = scores >= t
+        counts = {}
+        for s, name in [*enumerate(SCALES), (None, "all")]:
+            here = kept if s is None else kept & (scales == s)
+            counts[name] = {
+                "true_positives": int(np.count_nonzero(here & (labels == 1))),
+                "false_positives": int(np.count_nonzero(here & (labels == 0))),
+            }
+        thresholds[str(t)] = counts
+    return {
+        "iou_threshold": iou_threshold,
+        "num_images": matches["num_images"],
+        "thresholds": thresholds,
+    }
+
+
+def detection_calibration(
+    ground_truths: Sequence[ImageGroundTruth],
+    detections: Sequence[ImageDetections],
+    num_bins: int = 10,
+    iou_threshold: float = 0.5,
+) -> Dict[str, list]:
+    """`keras_scb.calibration.calibration_bins` of the detections labelled by
+    `match_detections` (hits on difficult objects left out)."""
+    matches = match_detections(ground_truths, detections, iou_threshold)
+    counted = matches["labels"] >= 0
+    return calibration_bins(
+        matches["scores"][counted], matches["labels"][counted] == 1, num_bins
+    )
+
+
 NON_FINITE_POLICIES = ("raise", "drop")
 
 
@@ -629,7 +745,8 @@ def evaluate_detections(
     class_aware_recall: bool = True,
     non_finite: str = "raise",
 ) -> Dict[str, object]:
-    """All metrics of one run: ``{"coco": ..., "voc07": ..., "recall_by_scale": ...}``.
+    """All metrics of one run: ``{"coco": ..., "voc07": ..., "recall_by_scale": ...,
+    "precision_by_scale": ..., "calibration": ...}``.
 
     ``class_names`` fixes ``C`` (default: inferred from the largest id seen);
     see `coco_metrics`, `voc07_metrics` and `recall_by_scale`. The inputs are
@@ -650,6 +767,8 @@ def evaluate_detections(
         "recall_by_scale": recall_by_scale(
             ground_truths, detections, score_thresholds, class_aware=class_aware_recall
         ),
+        "precision_by_scale": precision_by_scale(ground_truths, detections, score_thresholds),
+        "calibration": detection_calibration(ground_truths, detections),
     }
     if non_finite == "drop":
         results["dropped_non_finite"] = dropped

@@ -23,6 +23,7 @@ from keras_scb.evaluation import (
     evaluate_detections,
     markdown_table,
     read_coco_results,
+    precision_by_scale,
     recall_by_scale,
     write_coco_results,
     write_json,
@@ -135,6 +136,7 @@ def evaluate_detector(
         dataclasses.replace(gt, height=size, width=size, areas=None) for gt in ground_truths
     ]
     results["recall_by_scale_at_input"] = recall_by_scale(at_input, detections)
+    results["precision_by_scale_at_input"] = precision_by_scale(at_input, detections)
     return results
 
 

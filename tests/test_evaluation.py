@@ -346,7 +346,7 @@ def test_markdown_table_formats_percent_and_counts():
 def test_evaluate_write_compare_round_trip(tmp_path):
     gts, dets = _recall_case()
     results = ev.evaluate_detections(gts, dets, class_names=["x", "y"])
-    assert set(results) == {"coco", "voc07", "recall_by_scale"}
+    assert set(results) == {"coco", "voc07", "recall_by_scale", "precision_by_scale", "calibration"}
     path = tmp_path / "run" / "metrics.json"
     ev.write_json(results, str(path))
     assert ev.load_results(str(tmp_path / "run")) == results
