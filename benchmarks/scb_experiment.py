@@ -1,27 +1,54 @@
-"""Baseline vs SCB (and other settings) with identical budgets, several seeds.
+"""The controlled SCB experiment (issue 15): arms x seeds (x runs), resumable.
 
     python benchmarks/scb_experiment.py --config configs/quickstart.cfg \
-        --variant multibox:--loss=multibox --variant scb:--loss=scb --seeds 0,1,2 \
-        --output runs/scb_experiment
+        --seeds 0,1,2,3,4 --output runs/scb_experiment
 
-Each variant is a name and extra train flags (``name:--flag=v,--flag2=v``); each
-(variant, seed) trains with ``python -m keras_scb.train`` into
-``OUTPUT/NAME/seedS`` (a finished run is not redone, so the script resumes) and
-is evaluated on the config's validation split. The summary (mean and sample
-standard deviation over seeds of AP, AP50, AP_S and the recall of small / medium
-/ large objects at score >= 0.01 / 0.1 / 0.3, sized on the original image and on
-the network input) goes to ``OUTPUT/summary.md`` and ``summary.json``.
+trains the four default arms, identical but for the loss's object weighting:
+
+- ``multibox``: every positive weighs 1 (``--loss=multibox``);
+- ``scb``: ``beta (ln M + 1) / M``, beta 3;
+- ``uniform_beta``: every positive weighs beta (the "all positives up" control);
+- ``scb_mean_normalised``: SCB rescaled to mean 1 over each image's positive
+  anchors (only the balance between objects changes);
+
+``--variant NAME:--flag=v,--flag=v`` (repeatable) replaces them with other arms.
+Each (arm, seed, run) trains with ``python -m keras_scb.train`` into
+``OUTPUT/ARM/seedS`` (run 0) or ``OUTPUT/ARM/seedS_runR`` and is evaluated on the
+config's validation split; a run whose ``eval/metrics.json`` exists is not redone,
+so the script resumes after an interruption. ``--runs_per_seed 2`` repeats every
+seed (TF CPU kernels are not deterministic: the quickstart's 10-run table is
+``--variant scb:--loss=scb --seeds 0,1,2,3,4 --runs_per_seed 2``).
+
+Writes ``OUTPUT/summary.md`` (Markdown tables for docs/results.md: per arm the
+mean and its 95 % Student-t interval over runs, the paired difference to the
+first arm (``multibox`` by default; pairs share seed and run), the per-run table
+with per-class AP and wall time, the calibration), ``summary.json``, and one
+reliability diagram per arm, ``OUTPUT/calibration_ARM.png``, from the detections
+of all its runs. ``--report_only`` summarises the finished runs and trains nothing.
 """
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import experiment_stats  # noqa: E402
+
+DEFAULT_ARMS = (
+    "multibox:--loss=multibox",
+    "scb:--loss=scb,--weighting=scb",
+    "uniform_beta:--loss=scb,--weighting=uniform_beta",
+    "scb_mean_normalised:--loss=scb,--weighting=scb_mean_normalised",
+)
 SCALES = ("small", "medium", "large", "all")
+THRESHOLDS = ("0.01", "0.1", "0.3")
+# (results key, label): objects sized on the original image / on the network input.
+SIZINGS = (("", "orig"), ("_at_input", "input"))
+HEADLINE = ("AP", "AP50", "AP_S", "AP_M", "AP_L", "voc07_mAP")
 
 
 def parse_variant(text):
@@ -29,10 +56,17 @@ def parse_variant(text):
     return name, [f for f in flags.split(",") if f]
 
 
+def run_dir(output, arm, seed, run):
+    """``OUTPUT/ARM/seedS`` for run 0 (the layout of earlier experiments), else ``_runR``."""
+    return os.path.join(output, arm, f"seed{seed}" + (f"_run{run}" if run else ""))
+
+
 def run_one(config, flags, model_dir, log):
+    """Trains and evaluates one run unless its metrics exist; returns the metrics
+    path. The wall time is kept in ``MODEL_DIR/wall_time.json``."""
     metrics = os.path.join(model_dir, "eval", "metrics.json")
     if os.path.exists(metrics):
-        return metrics, None
+        return metrics
     cmd = [sys.executable, "-m", "keras_scb.train", f"--flagfile={config}",
            f"--model_dir={model_dir}", "--verbose=2", *flags]
     start = time.time()
@@ -41,94 +75,196 @@ def run_one(config, flags, model_dir, log):
         out.flush()
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    return metrics, time.time() - start
+    # A resumed run's time is that of its last part only; the file says so.
+    with open(os.path.join(model_dir, "wall_time.json"), "w") as f:
+        json.dump({"seconds": time.time() - start, "command": cmd}, f)
+    return metrics
+
+
+def _fraction(numerator, denominator):
+    return numerator / denominator if denominator else None
 
 
 def scalars(results):
+    """The flat metrics of one run's results dict (fractions; None if undefined).
+
+    Per-class AP is VOC07's; recall ``R``, precision ``P`` and false positives
+    per image ``FPI`` are per scale and score threshold, with objects sized on
+    the original image (``orig``) and on the network input (``input``). Runs
+    evaluated before precision was reported have no ``P``/``FPI`` keys.
+    """
     coco = results["coco"]
-    row = {"AP": coco["AP"], "AP50": coco["AP50"], "AP_S": coco["AP_S"],
-           "voc07_mAP": results["voc07"]["mAP"]}
-    for key, prefix in (("recall_by_scale", "orig"), ("recall_by_scale_at_input", "input")):
-        for t, counts in results[key]["thresholds"].items():
+    row = {key: coco.get(key) for key in HEADLINE if key in coco}
+    row["voc07_mAP"] = results["voc07"]["mAP"]
+    for name, ap in results["voc07"]["per_class"].items():
+        row[f"AP_{name}"] = ap
+    for suffix, label in SIZINGS:
+        recall = results.get("recall_by_scale" + suffix)
+        for t, counts in (recall or {}).get("thresholds", {}).items():
             for scale in SCALES:
                 c = counts[scale]
-                row[f"R{prefix}_{scale}@{t}"] = c["recalled"] / c["total"] if c["total"] else None
-                row[f"N{prefix}_{scale}"] = c["total"]
+                row[f"R_{label}_{scale}@{t}"] = _fraction(c["recalled"], c["total"])
+        precision = results.get("precision_by_scale" + suffix)
+        for t, counts in (precision or {}).get("thresholds", {}).items():
+            for scale in SCALES:
+                tp, fp = counts[scale]["true_positives"], counts[scale]["false_positives"]
+                row[f"P_{label}_{scale}@{t}"] = _fraction(tp, tp + fp)
+                row[f"FPI_{label}_{scale}@{t}"] = fp / precision["num_images"]
     return row
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def summarise(runs, baseline):
+    """``runs``: ``{arm: {(seed, run): row}}`` -> ``{arm: {metric: {"interval",
+    "paired"}}}``; ``paired`` (the difference to ``baseline``) is absent for the
+    baseline itself."""
+    summary = {}
+    for arm, rows in runs.items():
+        keys = []
+        for row in rows.values():
+            keys += [k for k in row if k not in keys]
+        summary[arm] = {}
+        for key in keys:
+            values = {k: row.get(key) for k, row in rows.items()}
+            entry = {"interval": experiment_stats.mean_interval(list(values.values()))}
+            if arm != baseline and baseline in runs:
+                base = {k: row.get(key) for k, row in runs[baseline].items()}
+                entry["paired"] = experiment_stats.paired_difference(values, base)
+            summary[arm][key] = entry
+    return summary
 
 
-def summarise(rows_by_variant):
-    """``{variant: [row, ...]}`` -> ``{variant: {key: [mean, std, n]}}``."""
-    return {
-        variant: {
-            key: [*mean_std([r[key] for r in rows]), len(rows)]
-            for key in rows[0]
-        }
-        for variant, rows in rows_by_variant.items()
-    }
+def _metric_keys(summary):
+    first = next(iter(summary.values()), {})
+    keys = [k for k in HEADLINE if k in first]
+    keys += [k for k in first if k.startswith("AP_") and k not in keys]
+    for _, label in SIZINGS:
+        for kind in ("R", "P", "FPI"):
+            for t in THRESHOLDS:
+                keys += [f"{kind}_{label}_{s}@{t}" for s in SCALES
+                         if f"{kind}_{label}_{s}@{t}" in first]
+    return keys
 
 
-def markdown(summary, seconds):
-    variants = list(summary)
-    keys = ["AP", "AP50", "AP_S", "voc07_mAP"]
-    for prefix in ("orig", "input"):
-        for t in ("0.01", "0.1", "0.3"):
-            keys += [f"R{prefix}_{s}@{t}" for s in SCALES]
-    lines = ["| metric (%) | " + " | ".join(variants) + " |",
-             "|---" * (len(variants) + 1) + "|"]
+def _cell(stats, key):
+    # False positives per image are counts, the rest fractions shown in percent.
+    return experiment_stats.format_interval(stats, scale=1.0 if key.startswith("FPI") else 100.0,
+                                            digits=2 if key.startswith("FPI") else 1)
+
+
+def markdown(summary, runs, baseline, calibration, seconds):
+    """The Markdown tables of ``summary.md``."""
+    arms = list(summary)
+    keys = _metric_keys(summary)
+    lines = [
+        "Mean over runs with its 95 % Student-t interval (percent; FPI: false positives "
+        "per image). R / P / FPI: recall / precision / false positives at score >= t, "
+        "objects sized on the original image (orig) or the network input (input).",
+        "",
+        "| metric | " + " | ".join(arms) + " |",
+        "|---" * (len(arms) + 1) + "|",
+    ]
     for key in keys:
-        cells = []
-        for v in variants:
-            mean, std, n = summary[v].get(key, [None, None, 0])
-            cells.append("n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}")
+        cells = [_cell(summary[a][key]["interval"], key) if key in summary[a] else "n/a"
+                 for a in arms]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    counts = {k: summary[variants[0]][k][0] for k in summary[variants[0]] if k.startswith("N")}
-    lines.append("")
-    lines.append("Objects (test split, difficult excluded): " + ", ".join(
-        f"{k[1:]}={int(v)}" for k, v in counts.items()))
-    lines.append("Runs per variant: " + ", ".join(
-        f"{v}={summary[v]['AP'][2]}" for v in variants))
-    if seconds:
-        lines.append("Median wall time of a run (s): " + ", ".join(
-            f"{v}={statistics.median(s):.0f}" for v, s in seconds.items() if s))
+    others = [a for a in arms if a != baseline and baseline in summary]
+    if others:
+        lines += [
+            "",
+            f"Paired difference to `{baseline}` (same seed and run), mean with its 95 % "
+            "interval; an interval that contains 0 does not separate the arms.",
+            "",
+            "| metric | " + " | ".join(f"{a} - {baseline}" for a in others) + " |",
+            "|---" * (len(others) + 1) + "|",
+        ]
+        for key in keys:
+            cells = [_cell(summary[a][key]["paired"], key) if key in summary[a] else "n/a"
+                     for a in others]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    classes = [k for k in keys if k.startswith("AP_") and k not in HEADLINE]
+    lines += ["", "Every run (percent):", "",
+              "| arm | seed | run | AP | AP50 | " + " | ".join(classes) + " | wall time (s) |",
+              "|---" * (6 + len(classes)) + "|"]
+    for arm in arms:
+        for (seed, run), row in sorted(runs[arm].items()):
+            values = [row.get("AP"), row.get("AP50")] + [row.get(k) for k in classes]
+            cells = ["-" if v is None else f"{100 * v:.1f}" for v in values]
+            took = seconds.get(arm, {}).get((seed, run))
+            lines.append(f"| {arm} | {seed} | {run} | " + " | ".join(cells)
+                         + f" | {'-' if took is None else f'{took:.0f}'} |")
+    lines += ["", "Calibration of the detections (all runs of an arm pooled; correct = true "
+              "positive at IoU 0.5):", "", "| arm | detections | ECE | diagram |", "|---|---|---|---|"]
+    for arm in arms:
+        if arm in calibration:
+            bins, ece, path = calibration[arm]
+            lines.append(f"| {arm} | {sum(bins['count'])} | "
+                         f"{'n/a' if ece is None else f'{ece:.3f}'} | {os.path.basename(path)} |")
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.cfg")
-    parser.add_argument("--variant", action="append", required=True,
-                        help="NAME:--flag=value,--flag=value (repeatable)")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variant", action="append",
+                        help="NAME:--flag=value,--flag=value (repeatable); default: the four "
+                             "arms of the module docstring. The first is the paired baseline.")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--runs_per_seed", type=int, default=1)
     parser.add_argument("--output", default="runs/scb_experiment")
-    args = parser.parse_args()
+    parser.add_argument("--report_only", action="store_true",
+                        help="Summarise the runs that exist; train nothing.")
+    args = parser.parse_args(argv)
+    if args.runs_per_seed < 1:
+        parser.error(f"--runs_per_seed must be >= 1; got {args.runs_per_seed}.")
+    from keras_scb import calibration as calibration_lib
+
+    variants = [parse_variant(v) for v in (args.variant or DEFAULT_ARMS)]
+    baseline = variants[0][0]
     os.makedirs(args.output, exist_ok=True)
     log = os.path.join(args.output, "train.log")
-    rows, seconds = {}, {}
-    for text in args.variant:
-        name, flags = parse_variant(text)
+    runs, seconds, bins = {}, {}, {}
+    for name, flags in variants:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            model_dir = os.path.join(args.output, name, f"seed{seed}")
-            metrics, took = run_one(args.config, [*flags, f"--seed={seed}"], model_dir, log)
-            with open(metrics) as f:
-                rows.setdefault(name, []).append(scalars(json.load(f)))
-            seconds.setdefault(name, [])
-            if took is not None:
-                seconds[name].append(took)
-            print(f"{name} seed {seed}: AP50={rows[name][-1]['AP50']:.4f}"
-                  + (f" ({took:.0f} s)" if took else " (cached)"), flush=True)
-    summary = summarise(rows)
+            for run in range(args.runs_per_seed):
+                model_dir = run_dir(args.output, name, seed, run)
+                metrics = os.path.join(model_dir, "eval", "metrics.json")
+                if not args.report_only:
+                    run_one(args.config, [*flags, f"--seed={seed}"], model_dir, log)
+                if not os.path.exists(metrics):
+                    continue
+                with open(metrics) as f:
+                    results = json.load(f)
+                runs.setdefault(name, {})[(seed, run)] = scalars(results)
+                if "calibration" in results:
+                    bins.setdefault(name, []).append(results["calibration"])
+                timing = os.path.join(model_dir, "wall_time.json")
+                if os.path.exists(timing):
+                    with open(timing) as f:
+                        seconds.setdefault(name, {})[(seed, run)] = json.load(f)["seconds"]
+                print(f"{name} seed {seed} run {run}: AP50 {runs[name][(seed, run)]['AP50']:.4f}",
+                      flush=True)
+    if not runs:
+        print("No finished runs.")
+        return
+    calibration = {}
+    for name, parts in bins.items():
+        merged = calibration_lib.merge_bins(parts)
+        path = calibration_lib.plot_reliability_diagram(
+            merged, os.path.join(args.output, f"calibration_{name}.png"),
+            f"{name}: {len(parts)} runs, {sum(merged['count'])} detections",
+        )
+        calibration[name] = (merged, calibration_lib.expected_calibration_error(merged), path)
+    summary = summarise(runs, baseline)
     with open(os.path.join(args.output, "summary.json"), "w") as f:
-        json.dump({"config": args.config, "variants": args.variant, "seeds": args.seeds,
-                   "summary": summary, "runs": rows}, f, indent=2)
-    text = markdown(summary, seconds)
+        json.dump({
+            "config": args.config, "variants": [f"{n}:{','.join(fl)}" for n, fl in variants],
+            "seeds": args.seeds, "runs_per_seed": args.runs_per_seed, "baseline": baseline,
+            "summary": summary,
+            "runs": {a: {f"seed{s}_run{r}": row for (s, r), row in rows.items()}
+                     for a, rows in runs.items()},
+            "calibration": {a: {"bins": b, "ece": e} for a, (b, e, _) in calibration.items()},
+        }, f, indent=2)
+    text = markdown(summary, runs, baseline, calibration, seconds)
     with open(os.path.join(args.output, "summary.md"), "w") as f:
         f.write(text)
     print(text)

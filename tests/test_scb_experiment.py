@@ -1,0 +1,95 @@
+"""benchmarks/scb_experiment.py and its statistics: intervals and paired
+differences against hand-computed cases; the report from finished runs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_scb import calibration
+from keras_scb import evaluation as ev
+from test_precision_calibration import hand_case
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import experiment_stats as stats  # noqa: E402
+import scb_experiment  # noqa: E402
+
+
+@pytest.mark.parametrize("probability, dof, want", [
+    (0.975, 4, 2.7764), (0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 9, 2.2622),
+    (0.975, 30, 2.0423), (0.95, 3, 2.3534), (0.995, 10, 3.1693),
+])
+def test_t_quantile_table_values(probability, dof, want):
+    assert stats.t_quantile(probability, dof) == pytest.approx(want, abs=1e-4)
+
+
+def test_mean_interval_hand_case():
+    # [1..5]: mean 3, sd sqrt(2.5) = 1.5811, half-width 2.7764 * 1.5811 / sqrt(5) = 1.9632
+    got = stats.mean_interval([1, 2, 3, None, 4, 5])
+    assert got["n"] == 5 and got["mean"] == pytest.approx(3.0)
+    assert got["sd"] == pytest.approx(1.5811, abs=1e-4)
+    assert got["half_width"] == pytest.approx(1.9632, abs=1e-4)
+    assert (got["low"], got["high"]) == pytest.approx((1.0368, 4.9632), abs=1e-4)
+    one = stats.mean_interval([0.7])
+    assert one["mean"] == 0.7 and one["half_width"] is None
+    assert stats.format_interval(one) == "70.0" and stats.format_interval(got, 1, 2) == "3.00 [1.04, 4.96]"
+    assert stats.mean_interval([])["mean"] is None
+
+
+def test_paired_difference_pairs_by_key():
+    # Differences over the shared keys (0, 1), (1, 0), (2, 0): 2, 3, 2 -> mean 7/3,
+    # sd 0.5774, half-width 4.3027 * 0.5774 / sqrt(3) = 1.4342. Unshared keys drop out.
+    arm = {(0, 1): 3.0, (1, 0): 5.0, (2, 0): 4.0, (3, 0): 1.0}
+    base = {(0, 1): 1.0, (1, 0): 2.0, (2, 0): 2.0, (4, 0): 9.0}
+    got = stats.paired_difference(arm, base)
+    assert got["pairs"] == [(0, 1), (1, 0), (2, 0)]
+    assert got["mean"] == pytest.approx(7 / 3)
+    assert got["half_width"] == pytest.approx(1.4342, abs=1e-4)
+    # Pairing removes the seed effect that an unpaired comparison keeps.
+    assert got["half_width"] < stats.mean_interval(list(arm.values()))["half_width"]
+
+
+def _fake_results(ap50):
+    gts, dets = hand_case()
+    results = ev.evaluate_detections(gts, dets, class_names=["RBC", "WBC"])
+    results["recall_by_scale_at_input"] = ev.recall_by_scale(gts, dets)
+    results["precision_by_scale_at_input"] = ev.precision_by_scale(gts, dets)
+    results["coco"]["AP50"] = ap50
+    return results
+
+
+def test_report_from_finished_runs(tmp_path, monkeypatch):
+    ap50 = {"multibox": [0.60, 0.70, 0.65], "scb": [0.66, 0.75, 0.69]}
+    for arm, values in ap50.items():
+        for seed, value in enumerate(values):
+            for run in (0, 1):
+                folder = os.path.join(scb_experiment.run_dir(str(tmp_path), arm, seed, run), "eval")
+                os.makedirs(folder)
+                with open(os.path.join(folder, "metrics.json"), "w") as f:
+                    json.dump(_fake_results(value + 0.01 * run), f)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(subprocess, "run", no_training)
+    scb_experiment.main(["--variant", "multibox:--loss=multibox", "--variant", "scb:--loss=scb",
+                         "--seeds", "0,1,2", "--runs_per_seed", "2", "--output", str(tmp_path)])
+    text = (tmp_path / "summary.md").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # AP50 differences per (seed, run): 0.06, 0.05, 0.04 twice -> mean 0.05.
+    paired = summary["summary"]["scb"]["AP50"]["paired"]
+    assert paired["n"] == 6 and paired["mean"] == pytest.approx(0.05)
+    # Deviations +-0.01 four times: sd = sqrt(4e-4 / 5); half-width t(0.975, 5) sd / sqrt(6).
+    assert paired["half_width"] == pytest.approx(2.5706 * math.sqrt(4e-4 / 5) / math.sqrt(6), rel=1e-4)
+    assert "| AP50 | 65.5 [" in text  # multibox: mean of 0.60, 0.61, 0.70, 0.71, 0.65, 0.66
+    assert "| scb - multibox |" in text and "| P_input_small@0.3 |" in text
+    assert "| FPI_orig_all@0.01 | 1.50 [1.50, 1.50] |" in text  # 3 FPs on 2 images, every run
+    assert "| AP_WBC |" in text and "| scb | 2 | 1 |" in text
+    assert (tmp_path / "calibration_scb.png").stat().st_size > 0
+    # Six identical runs pooled: the ECE of one.
+    one = ev.evaluate_detections(*hand_case())["calibration"]
+    assert summary["calibration"]["scb"]["ece"] == pytest.approx(
+        calibration.expected_calibration_error(one))
