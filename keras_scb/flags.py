@@ -29,6 +29,11 @@ def define_data_flags():
                         "Evaluation split, e.g. val2017; voc as --train_split (VOC07 test: "
                         "VOC2007/test, since VOC2012 has no public test split).")
     flags.DEFINE_integer("synthetic_images", 256, "Images of the synthetic dataset's training split.")
+    flags.DEFINE_float("synthetic_small_fraction", None,
+                       "Synthetic data: probability that an object is under 32x32 px on the "
+                       "300x300 image (= a 300 px network input); default: sizes log-uniform.")
+    flags.DEFINE_integer("synthetic_clutter", 0,
+                         "Synthetic data: up to this many distractor crosses (not objects) per image.")
     flags.DEFINE_enum("bad_input", "raise", ["raise", "skip"],
                       "On a corrupt image or annotation: stop with an error naming the file, "
                       "or skip it and count it (the counts are printed at the end).")
@@ -167,6 +172,8 @@ def _read_split(splits):
         return synthetic.make_synthetic(
             FLAGS.synthetic_images if train else max(1, FLAGS.synthetic_images // 4),
             seed=0 if train else 1,
+            small_fraction=FLAGS.synthetic_small_fraction,
+            clutter=(0, FLAGS.synthetic_clutter),
         )
     if len(splits) != 1:
         raise ValueError(f"--dataset={FLAGS.dataset} takes one split; got {splits}.")
