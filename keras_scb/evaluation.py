@@ -885,7 +885,25 @@ def markdown_table(results: Dict[str, object]) -> str:
             f"**Recall by scale** (IoU > {recall['iou_threshold']}, {kind})\n\n"
             + _table(["threshold"] + scales, body)
         )
+    if "precision_by_scale" in results:
+        precision = results["precision_by_scale"]
+        body = [
+            [f"score >= {t}"] + [_precision_text(c, precision["num_images"]) for c in counts.values()]
+            for t, counts in precision["thresholds"].items()
+        ]
+        scales = list(next(iter(precision["thresholds"].values()), {}))
+        sections.append(
+            f"**Precision by scale** (IoU > {precision['iou_threshold']}; cells: precision "
+            "(TP/(TP+FP)), false positives per image)\n\n"
+            + _table(["threshold"] + scales, body)
+        )
     return "\n\n".join(sections) + "\n"
+
+
+def _precision_text(counts, num_images):
+    tp, fp = counts["true_positives"], counts["false_positives"]
+    fpi = f"{fp / num_images:.2f} FP/img" if num_images else "-"
+    return f"- ({fpi})" if tp + fp == 0 else f"{100.0 * tp / (tp + fp):.2f} ({fpi})"
 
 
 def compare(

@@ -159,7 +159,10 @@ def write_report(results: Dict[str, Any], output_dir: str) -> str:
     write_json(results, os.path.join(output_dir, "metrics.json"))
     text = markdown_table(results)
     if "recall_by_scale_at_input" in results:
-        at_input = markdown_table({"recall_by_scale": results["recall_by_scale_at_input"]})
+        at_input = markdown_table({
+            key: results[key + "_at_input"] for key in ("recall_by_scale", "precision_by_scale")
+            if key + "_at_input" in results
+        })
         text += "\nObjects sized on the network input instead of the original image:\n\n"
         text += at_input
     with open(os.path.join(output_dir, "metrics.md"), "w") as f:

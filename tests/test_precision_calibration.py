@@ -102,3 +102,21 @@ def test_reliability_diagram_png(tmp_path):
     calibration.plot_reliability_diagram(calibration.calibration_bins([], []),
                                          str(tmp_path / "empty.png"))
     assert os.path.getsize(tmp_path / "empty.png") > 0
+
+
+def test_markdown_shows_precision_and_false_positives_per_image():
+    gts, dets = hand_case()
+    text = ev.markdown_table({"precision_by_scale": ev.precision_by_scale(gts, dets)})
+    # score >= 0.01: small 1 TP / 2 FP -> 33.33 %, 1.00 FP per image (2 images).
+    assert "| score >= 0.01 | 33.33 (1.00 FP/img) | 0.00 (0.50 FP/img) | 100.00 (0.00 FP/img) |" in text
+
+
+def test_report_has_precision_on_both_sizings(tmp_path):
+    from keras_scb.evaluate import write_report
+
+    gts, dets = hand_case()
+    results = ev.evaluate_detections(gts, dets, class_names=["x", "y"])
+    results["recall_by_scale_at_input"] = ev.recall_by_scale(gts, dets)
+    results["precision_by_scale_at_input"] = ev.precision_by_scale(gts, dets)
+    text = write_report(results, str(tmp_path))
+    assert text.count("**Precision by scale**") == 2 and text.count("**Recall by scale**") == 2
