@@ -38,6 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import experiment_stats  # noqa: E402
 
+from keras_scb.fileio import write_json, write_text  # noqa: E402
+
 DEFAULT_ARMS = (
     "multibox:--loss=multibox",
     "scb:--loss=scb,--weighting=scb",
@@ -76,8 +78,8 @@ def run_one(config, flags, model_dir, log):
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     # A resumed run's time is that of its last part only; the file says so.
-    with open(os.path.join(model_dir, "wall_time.json"), "w") as f:
-        json.dump({"seconds": time.time() - start, "command": cmd}, f)
+    write_json({"seconds": time.time() - start, "command": cmd},
+               os.path.join(model_dir, "wall_time.json"))
     return metrics
 
 
@@ -255,18 +257,16 @@ def main(argv=None):
         )
         calibration[name] = (merged, calibration_lib.expected_calibration_error(merged), path)
     summary = summarise(runs, baseline)
-    with open(os.path.join(args.output, "summary.json"), "w") as f:
-        json.dump({
+    write_json({
             "config": args.config, "variants": [f"{n}:{','.join(fl)}" for n, fl in variants],
             "seeds": args.seeds, "runs_per_seed": args.runs_per_seed, "baseline": baseline,
             "summary": summary,
             "runs": {a: {f"seed{s}_run{r}": row for (s, r), row in rows.items()}
                      for a, rows in runs.items()},
             "calibration": {a: {"bins": b, "ece": e} for a, (b, e, _) in calibration.items()},
-        }, f, indent=2)
+        }, os.path.join(args.output, "summary.json"))
     text = markdown(summary, runs, baseline, calibration, seconds)
-    with open(os.path.join(args.output, "summary.md"), "w") as f:
-        f.write(text)
+    write_text(text, os.path.join(args.output, "summary.md"))
     print(text)
 
 
