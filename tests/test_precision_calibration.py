@@ -112,7 +112,7 @@ def test_markdown_shows_precision_and_false_positives_per_image():
 
 
 def test_report_has_precision_on_both_sizings(tmp_path):
-    from keras_scb.evaluate import write_report
+    from keras_scb.validation import write_report
 
     gts, dets = hand_case()
     results = ev.evaluate_detections(gts, dets, class_names=["x", "y"])
