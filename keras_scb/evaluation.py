@@ -47,7 +47,12 @@ import numpy as np
 
 from keras_scb.calibration import calibration_bins
 from keras_scb.fileio import read_json, write_json
-from keras_scb.matching import pairwise_iou
+from keras_scb.matching import (
+    annotated_pixel_boxes,
+    pairwise_iou,
+    pixel_box_areas,
+    pixel_boxes,
+)
 
 # COCO's object scale limits, on box area in pixels of the original image.
 SMALL_AREA = 32.0**2
@@ -150,37 +155,6 @@ def detections_from_decoder(image_ids, boxes, scores, classes, num_detections):
     ]
 
 
-def _pixel_boxes(boxes, height, width):
-    """Relative corners ``(N, 4)`` -> pixel corners of a ``height x width`` image."""
-    return boxes * np.array([width, height, width, height], np.float64)
-
-
-# Annotated corners lie on a grid of 0.001 px or coarser (VOC: whole pixels; COCO
-# JSON: at most 3 decimals). Relative float32 corners times the image size miss
-# it by up to ``size * 2**-25`` px, so rounding back to it recovers the annotated
-# pixels exactly for images up to 8000 px.
-_PIXEL_DECIMALS = 3
-
-
-def _annotated_pixel_boxes(boxes, height, width):
-    """Ground-truth relative corners -> pixel corners back on the annotation grid."""
-    return np.round(_pixel_boxes(boxes, height, width), _PIXEL_DECIMALS)
-
-
-def pixel_box_areas(boxes, height, width):
-    """Annotated relative corners ``(N, 4)`` -> ``(N,)`` exact pixel areas.
-
-    Sides are rounded to the annotation grid before multiplying, so a VOC box
-    of 32x32 pixels has area exactly ``32**2`` whatever the image size (the
-    plain product of relative floats and sizes lands either side of it).
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    pixels = _annotated_pixel_boxes(boxes, height, width)
-    # Rounded again: the difference of two grid values is off the grid by an ulp.
-    sides = np.round(np.maximum(pixels[:, 2:] - pixels[:, :2], 0.0), _PIXEL_DECIMALS)
-    return np.round(sides[:, 0] * sides[:, 1], 2 * _PIXEL_DECIMALS)
-
-
 def scale_of_area(areas):
     """Pixel areas ``(N,)`` -> ``(N,)`` indices into `SCALES`: the paper's rule,
     ``32**2`` itself medium and ``96**2`` large (pycocotools counts each limit in
@@ -274,7 +248,7 @@ def coco_results(
     results = []
     pairs = zip(_coco_image_ids(ground_truths), _pair_up(ground_truths, detections))
     for coco_id, (gt, det) in pairs:
-        boxes = _coco_boxes(_pixel_boxes(det.boxes, gt.height, gt.width))
+        boxes = _coco_boxes(pixel_boxes(det.boxes, gt.height, gt.width))
         for box, cls, score in zip(boxes, det.classes, det.scores):
             results.append({
                 "image_id": coco_id, "category_id": category_ids[cls],
@@ -363,7 +337,7 @@ def coco_metrics(
     # pycocotools marks "unmatched" with annotation id 0, so ids start at 1.
     for coco_id, gt in zip(_coco_image_ids(ground_truths), ground_truths):
         images.append({"id": coco_id, "height": gt.height, "width": gt.width})
-        boxes = _coco_boxes(_annotated_pixel_boxes(gt.boxes, gt.height, gt.width))
+        boxes = _coco_boxes(annotated_pixel_boxes(gt.boxes, gt.height, gt.width))
         for box, cls, hard, area in zip(boxes, gt.classes, gt.difficult, gt.areas):
             gt_anns.append({
                 "id": len(gt_anns) + 1, "image_id": coco_id,
@@ -479,8 +453,8 @@ def voc07_metrics(
     labels = [[] for _ in range(num_classes)]
     positives = np.zeros(num_classes, np.int64)
     for gt, det in _pair_up(ground_truths, detections):
-        gt_pixels = _annotated_pixel_boxes(gt.boxes, gt.height, gt.width)
-        det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
+        gt_pixels = annotated_pixel_boxes(gt.boxes, gt.height, gt.width)
+        det_pixels = pixel_boxes(det.boxes, gt.height, gt.width)
         for k in range(num_classes):
             is_gt, is_det = gt.classes == k, det.classes == k
             positives[k] += np.count_nonzero(is_gt & ~gt.difficult)
@@ -537,8 +511,8 @@ def recall_by_scale(
     best_scores, scales = [], []
     for gt, det in _pair_up(ground_truths, detections):
         keep = ~gt.difficult
-        gt_pixels = _annotated_pixel_boxes(gt.boxes[keep], gt.height, gt.width)
-        det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
+        gt_pixels = annotated_pixel_boxes(gt.boxes[keep], gt.height, gt.width)
+        det_pixels = pixel_boxes(det.boxes, gt.height, gt.width)
         hits = _hits(pairwise_iou(det_pixels, gt_pixels), iou_threshold)  # (K, N)
         if class_aware:
             hits &= det.classes[:, None] == gt.classes[keep][None, :]
@@ -592,8 +566,8 @@ def match_detections(
     scores, labels, scales, num_images = [], [], [], 0
     for gt, det in _pair_up(ground_truths, detections):
         num_images += 1
-        gt_pixels = _annotated_pixel_boxes(gt.boxes, gt.height, gt.width)
-        det_pixels = _pixel_boxes(det.boxes, gt.height, gt.width)
+        gt_pixels = annotated_pixel_boxes(gt.boxes, gt.height, gt.width)
+        det_pixels = pixel_boxes(det.boxes, gt.height, gt.width)
         det_areas = np.prod(np.maximum(det_pixels[:, 2:] - det_pixels[:, :2], 0.0), axis=1)
         gt_scales = scale_of_area(gt.areas)
         for k in np.unique(det.classes):

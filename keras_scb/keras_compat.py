@@ -1,4 +1,4 @@
-"""The only place that uses private Keras API, behind a version check.
+"""The only place that uses private Keras (and TensorFlow) API, behind a version check.
 
 Tested with Keras 3.15 (the pinned 3.15.x; any patch release of 3.15 is
 accepted). On another version the private API may have moved or changed
@@ -57,3 +57,21 @@ def multi_worker_fit(model, strategy, batch):
     finally:
         tf_trainer._collective_all_reduce_multi_worker = original
         del model._maybe_symbolic_build  # the instance attribute; the method is back
+
+
+def tensorflow_graph_without_xla() -> bool:
+    """True under the TensorFlow backend unless XLA compiles the current function.
+
+    TensorFlow has no public way to ask; ``tf.function(jit_compile=True)`` (and
+    so Keras's ``jit_compile``) traces inside an XLA control-flow context, which
+    its private ``control_flow_util`` reports.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    graph = tf.compat.v1.get_default_graph()
+    return not control_flow_util.GraphOrParentsInXlaContext(graph)

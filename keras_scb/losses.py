@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
+from keras_scb import keras_compat
+
 # A tensor of the Keras backend, or an array ``keras.ops`` converts (numpy).
 Tensor = Any
 
@@ -157,7 +159,7 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
         ``(B, A)`` float32: for a positive anchor, the number of positive anchors
         of its image assigned to the same box; 0 elsewhere.
     """
-    if _tensorflow_graph_without_xla():
+    if keras_compat.tensorflow_graph_without_xla():
         return _count_over_positives(matched, positive)
     batch, num_anchors = ops.shape(matched)[0], ops.shape(matched)[1]
     image = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
@@ -168,21 +170,6 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
     counts = ops.segment_sum(ones, segment, num_segments=batch * num_anchors)
     per_anchor = ops.reshape(ops.take(counts, segment), (batch, num_anchors))
     return ops.where(positive, per_anchor, 0.0)
-
-
-def _tensorflow_graph_without_xla() -> bool:
-    """True under the TensorFlow backend unless XLA compiles the current function.
-
-    TensorFlow has no public way to ask; ``tf.function(jit_compile=True)`` (and
-    so Keras's ``jit_compile``) traces inside an XLA control-flow context.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    graph = tf.compat.v1.get_default_graph()
-    return not control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
 def _count_over_positives(matched: Tensor, positive: Tensor) -> Tensor:

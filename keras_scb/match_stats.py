@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from keras_scb.evaluation import SCALES, pixel_box_areas, scale_of_area
+from keras_scb.evaluation import SCALES, scale_of_area
+from keras_scb.matching import pixel_box_areas
 from keras_scb.fileio import write_json
 
 

@@ -232,3 +232,33 @@ def encode_targets(
     )
     return targets[0] if single else targets
 
+
+def pixel_boxes(boxes, height, width):
+    """Relative corners ``(N, 4)`` -> pixel corners of a ``height x width`` image."""
+    return boxes * np.array([width, height, width, height], np.float64)
+
+
+# Annotated corners lie on a grid of 0.001 px or coarser (VOC: whole pixels; COCO
+# JSON: at most 3 decimals). Relative float32 corners times the image size miss
+# it by up to ``size * 2**-25`` px, so rounding back to it recovers the annotated
+# pixels exactly for images up to 8000 px.
+_PIXEL_DECIMALS = 3
+
+
+def annotated_pixel_boxes(boxes, height, width):
+    """Ground-truth relative corners ``(N, 4)`` -> pixel corners back on the annotation grid."""
+    return np.round(pixel_boxes(boxes, height, width), _PIXEL_DECIMALS)
+
+
+def pixel_box_areas(boxes, height, width):
+    """Annotated relative corners ``(N, 4)`` -> ``(N,)`` exact pixel areas.
+
+    Sides are rounded to the annotation grid before multiplying, so a VOC box
+    of 32x32 pixels has area exactly ``32**2`` whatever the image size (the
+    plain product of relative floats and sizes lands either side of it).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    pixels = annotated_pixel_boxes(boxes, height, width)
+    # Rounded again: the difference of two grid values is off the grid by an ulp.
+    sides = np.round(np.maximum(pixels[:, 2:] - pixels[:, :2], 0.0), _PIXEL_DECIMALS)
+    return np.round(sides[:, 0] * sides[:, 1], 2 * _PIXEL_DECIMALS)

@@ -17,9 +17,13 @@ from typing import Any, Callable, Sequence
 import keras
 from keras import ops
 
-from keras_scb.anchors import AnchorSpec, get_anchors
+from keras_scb.anchors import (
+    AnchorSpec,
+    anchor_spec_from_config,
+    anchor_spec_to_config,
+    get_anchors,
+)
 from keras_scb.matching import match_and_encode
-from keras_scb.models.detector import anchor_spec_from_config, anchor_spec_to_config
 
 Tensor = Any
 

@@ -353,7 +353,8 @@ def test_private_keras_api_only_in_keras_compat():
                     continue
                 text = open(os.path.join(folder, name)).read()
                 for marker in ("keras.src", "_symbolic_build", "_initial_epoch",
-                               "BackupAndRestore", "_collective_all_reduce"):
+                               "BackupAndRestore", "_collective_all_reduce",
+                               "tensorflow.python"):
                     if marker in text:
                         offenders.append(f"{name}: {marker}")
     assert not offenders, offenders

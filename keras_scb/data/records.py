@@ -59,7 +59,7 @@ class Record:
         areas: float64 ``(N,)`` object areas in original-image pixels, for the
             evaluation's size bins: COCO's annotation ``area`` (the
             segmentation's) where the source has one, else the box's pixel area
-            (`keras_scb.evaluation.pixel_box_areas`; VOC: the devkit's count).
+            (`keras_scb.matching.pixel_box_areas`; VOC: the devkit's count).
     """
 
     image: Union[str, bytes]
@@ -112,7 +112,7 @@ def make_record(
 ):
     """Builds a `Record`, converting the arrays to their documented dtypes and
     shapes; ``areas`` default to the boxes' pixel areas."""
-    from keras_scb.evaluation import pixel_box_areas
+    from keras_scb.matching import pixel_box_areas
 
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if areas is None:
