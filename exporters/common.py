@@ -145,15 +145,28 @@ def export_outputs(detections):
     The one place where the library's ``[xmin, ymin, xmax, ymax]`` becomes the TF
     Object Detection API's ``[ymin, xmin, ymax, xmax]``, and ids and counts
     become float32 (as ``TFLite_Detection_PostProcess`` gives them).
+    With the post-processing's extra outputs (``PostProcessor(extra_outputs=True)``)
+    also the TF OD API's ``detection_anchor_indices`` (float32 ``(B, K)``),
+    ``detection_multiclass_scores`` ``(B, K, C + 1)``, ``raw_detection_boxes``
+    ``(B, A, 4)`` ``[ymin, xmin, ymax, xmax]`` and ``raw_detection_scores``
+    ``(B, A, C + 1)`` (background at 0).
     """
     import tensorflow as tf
 
-    return {
+    outputs = {
         "detection_boxes": tf.gather(detections["boxes"], YXYX, axis=-1),
         "detection_classes": tf.cast(detections["classes"], tf.float32),
         "detection_scores": detections["scores"],
         "num_detections": tf.cast(detections["num_detections"], tf.float32),
     }
+    if "raw_boxes" in detections:
+        outputs.update({
+            "detection_anchor_indices": tf.cast(detections["anchor_indices"], tf.float32),
+            "detection_multiclass_scores": detections["multiclass_scores"],
+            "raw_detection_boxes": tf.gather(detections["raw_boxes"], YXYX, axis=-1),
+            "raw_detection_scores": detections["raw_scores"],
+        })
+    return outputs
 
 
 def corner_boxes(detection_boxes):

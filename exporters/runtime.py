@@ -72,13 +72,14 @@ class TFLiteDetector:
 
 
 class SavedModelDetector:
-    """The ``serving_default`` signature of a SavedModel written by `exporters.saved_model`."""
+    """The ``detect_zero_based`` signature of a SavedModel written by `exporters.saved_model`
+    (class ids ``0..C-1``, as the other runners; ``serving_default`` is the OD API's, 1-based)."""
 
     def __init__(self, folder):
         import tensorflow as tf
 
         self.folder = os.fspath(folder)
-        self._serve = tf.saved_model.load(self.folder).signatures["serving_default"]
+        self._serve = tf.saved_model.load(self.folder).signatures["detect_zero_based"]
         with open(os.path.join(self.folder, common.METADATA_FILE)) as f:
             self.metadata = json.load(f)
         self.image_size = int(self.metadata["image_size"])

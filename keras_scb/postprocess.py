@@ -20,6 +20,18 @@ Output, for ``K = max_detections``:
 - ``scores``: float32 ``(B, K)`` softmax probabilities, descending;
 - ``classes``: int32 ``(B, K)`` foreground class ids ``0..C-1``;
 - ``num_detections``: int32 ``(B,)``; rows ``>= num_detections`` are zeros.
+
+With ``extra_outputs=True`` (the TF Object Detection API's extra fields, for the
+SavedModel), also, for ``A`` anchors:
+
+- ``anchor_indices``: int32 ``(B, K)`` the anchor each detection comes from (rows
+  past ``num_detections``: 0);
+- ``multiclass_scores``: float32 ``(B, K, C + 1)`` that anchor's probabilities,
+  background at 0 (rows past ``num_detections``: zeros);
+- ``raw_boxes``: float32 ``(B, A, 4)`` every anchor's decoded box, clipped,
+  ``[xmin, ymin, xmax, ymax]`` (what the NMS sees);
+- ``raw_scores``: float32 ``(B, A, C + 1)`` every anchor's probabilities, background
+  at 0 (RefineDet: background 1 for the anchors its ARM filters out).
 """
 
 from typing import Any, Sequence
@@ -43,6 +55,7 @@ DECODER_DEFAULTS = dict(
     iou_threshold=0.45, score_threshold=0.01, max_detections=200, pre_nms_top_k=400
 )
 OUTPUT_KEYS = ("boxes", "scores", "classes", "num_detections")
+EXTRA_OUTPUT_KEYS = ("anchor_indices", "multiclass_scores", "raw_boxes", "raw_scores")
 
 
 def nms_one_image(
@@ -61,7 +74,8 @@ def nms_one_image(
             only compares boxes with each other).
 
     Returns:
-        ``(boxes (K, 4), scores (K,), classes (K,) int32, num_detections ())``.
+        ``(boxes (K, 4), scores (K,), classes (K,) int32, num_detections (),
+        anchor_indices (K,) int32)``; rows past ``num_detections`` are zeros.
     """
     num_anchors = probs.shape[0]
     num_classes = probs.shape[1] - 1
@@ -92,6 +106,7 @@ def nms_one_image(
         tf.where(valid, tf.gather(scores, selected), 0.0),
         tf.where(valid, tf.gather(tf.reshape(classes, [-1]), selected), 0),
         count,
+        tf.where(valid, tf.gather(tf.reshape(indices, [-1]), selected), 0),
     )
 
 
@@ -116,6 +131,7 @@ class PostProcessor(keras.layers.Layer):
             is useless in a batch-1 mobile model.
         negative_filter_threshold: RefineDet's ARM background probability above
             which an anchor gives no detection.
+        extra_outputs: also return `EXTRA_OUTPUT_KEYS` (module docstring).
 
     Call: ``raw (B, A, D)`` -> dict described in the module docstring.
     """
@@ -131,6 +147,7 @@ class PostProcessor(keras.layers.Layer):
         pre_nms_top_k: int = DECODER_DEFAULTS["pre_nms_top_k"],
         single_image: bool = False,
         negative_filter_threshold: float = NEGATIVE_FILTER_THRESHOLD,
+        extra_outputs: bool = False,
         **kwargs,
     ):
         # float32 whatever the global policy: a mixed policy would otherwise
@@ -146,6 +163,7 @@ class PostProcessor(keras.layers.Layer):
         self.pre_nms_top_k = pre_nms_top_k
         self.single_image = single_image
         self.negative_filter_threshold = negative_filter_threshold
+        self.extra_outputs = extra_outputs
 
     def call(self, raw):
         raw = tf.cast(raw, tf.float32)
@@ -172,18 +190,40 @@ class PostProcessor(keras.layers.Layer):
                     tf.TensorSpec([k], tf.float32),
                     tf.TensorSpec([k], tf.int32),
                     tf.TensorSpec([], tf.int32),
+                    tf.TensorSpec([k], tf.int32),
                 ),
             )
-        return dict(zip(OUTPUT_KEYS, outputs))
+        detections = dict(zip(OUTPUT_KEYS, outputs))
+        if not self.extra_outputs:
+            return detections
+        anchor_indices = outputs[4]
+        valid = tf.range(self.max_detections) < detections["num_detections"][:, None]
+        multiclass = tf.gather(probs, anchor_indices, batch_dims=1)  # (B, K, C + 1)
+        return {
+            **detections,
+            "anchor_indices": anchor_indices,
+            "multiclass_scores": tf.where(valid[..., None], multiclass, 0.0),
+            "raw_boxes": boxes,
+            "raw_scores": probs,
+        }
 
     def compute_output_spec(self, raw):
-        batch, k = raw.shape[0], self.max_detections
-        return {
+        batch, num_anchors, k = raw.shape[0], raw.shape[1], self.max_detections
+        spec = {
             "boxes": keras.KerasTensor((batch, k, 4), "float32"),
             "scores": keras.KerasTensor((batch, k), "float32"),
             "classes": keras.KerasTensor((batch, k), "int32"),
             "num_detections": keras.KerasTensor((batch,), "int32"),
         }
+        if self.extra_outputs:
+            width = raw.shape[2] - (10 if self.output_layout == REFINEDET else 4)
+            spec.update({
+                "anchor_indices": keras.KerasTensor((batch, k), "int32"),
+                "multiclass_scores": keras.KerasTensor((batch, k, width), "float32"),
+                "raw_boxes": keras.KerasTensor((batch, num_anchors, 4), "float32"),
+                "raw_scores": keras.KerasTensor((batch, num_anchors, width), "float32"),
+            })
+        return spec
 
     def get_config(self):
         return {
@@ -197,6 +237,7 @@ class PostProcessor(keras.layers.Layer):
             "pre_nms_top_k": self.pre_nms_top_k,
             "single_image": self.single_image,
             "negative_filter_threshold": self.negative_filter_threshold,
+            "extra_outputs": self.extra_outputs,
         }
 
 

@@ -225,3 +225,34 @@ def test_inference_model_called_on_a_tensor_keeps_batchnorm_statistics():
         np.testing.assert_array_equal(a, b)
     predicted = inference.predict_on_batch(images)
     np.testing.assert_allclose(np.asarray(direct["scores"]), predicted["scores"], atol=1e-5)
+
+
+@pytest.mark.parametrize("single_image", [False, True])
+def test_extra_outputs_point_at_the_kept_anchors(single_image):
+    """``extra_outputs``: each kept detection's anchor index, its per-class scores,
+    and every anchor's decoded box and scores; the detections themselves unchanged."""
+    rng = np.random.default_rng(6)
+    anchors = get_anchors(SMALL_SPEC)
+    batch = 1 if single_image else 2
+    raw = np.concatenate(
+        [rng.normal(0, 1.0, (batch, len(anchors), 4)), rng.normal(0, 2.0, (batch, len(anchors), 4))],
+        axis=-1,
+    ).astype(np.float32)
+    options = dict(max_detections=30, score_threshold=0.05, single_image=single_image)
+    plain = PostProcessor(SMALL_SPEC, **options)(raw)
+    out = {k: v.numpy() for k, v in PostProcessor(SMALL_SPEC, extra_outputs=True, **options)(raw).items()}
+    for key, value in plain.items():
+        np.testing.assert_array_equal(out[key], value.numpy())
+    assert out["raw_boxes"].shape == (batch, len(anchors), 4)
+    assert out["raw_scores"].shape == out["multiclass_scores"].shape[:1] + (len(anchors), 4)
+    for b in range(batch):
+        n = int(out["num_detections"][b])
+        assert n > 5
+        rows = out["anchor_indices"][b, :n]
+        np.testing.assert_array_equal(out["raw_boxes"][b, rows], out["boxes"][b, :n])
+        np.testing.assert_array_equal(out["raw_scores"][b, rows], out["multiclass_scores"][b, :n])
+        np.testing.assert_array_equal(
+            out["multiclass_scores"][b, np.arange(n), out["classes"][b, :n] + 1], out["scores"][b, :n]
+        )
+        assert not out["multiclass_scores"][b, n:].any() and not out["anchor_indices"][b, n:].any()
+    np.testing.assert_allclose(out["raw_scores"].sum(-1), 1.0, rtol=1e-5)
