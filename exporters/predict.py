@@ -5,10 +5,20 @@
 
 ``--model_path`` is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
 ``.keras`` checkpoint. Each image (any size; resized to the model's input as in
-training, the boxes map back to the original) gives ``<output_dir>/<name>.png``,
-and ``<output_dir>/detections.json`` lists every detection above the threshold:
-class id and name, score, box in pixels ``[xmin, ymin, xmax, ymax]`` of the
-original image and relative.
+training, the boxes map back to the original) gives a drawing
+``<output_dir>/<path>.png``, where ``<path>`` is the image's path relative to
+the folder that holds all the inputs, extension included (``photos/cell.jpg``
+-> ``cell.jpg.png``; ``a/cell.jpg`` and ``b/cell.jpg`` -> ``a/cell.jpg.png`` and
+``b/cell.jpg.png``), so no two inputs share an output. ``<output_dir>/detections.json``
+lists every detection above the threshold: class id and name, score, box in
+pixels ``[xmin, ymin, xmax, ymax]`` of the original image and relative.
+
+Nothing is written over an input: an output path that is an input file (e.g.
+``--output_dir`` is the input folder and holds drawings of an earlier run) is an
+error before any image is processed. An image that cannot be read or decoded
+(truncated, not an image) is reported with its path and listed in
+``detections.json`` with its ``error``; the other images are still processed,
+and the command exits with status 1 at the end.
 
 Class names: ``--class_names``, else ``labels.txt`` next to the model (the trainer
 writes ``model_dir/labels.txt``; exports copy it), else ``class <id>``.
@@ -16,6 +26,7 @@ Drawing uses matplotlib (Agg), from the ``dev`` extra.
 """
 
 import os
+import sys
 
 from absl import flags
 
@@ -23,30 +34,70 @@ from exporters import common, runtime
 from keras_scb import cli
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DETECTIONS_FILE = "detections.json"
 
 
 def list_images(paths):
-    """Image files of ``paths`` (files, or folders whose images are taken sorted)."""
-    found = []
+    """Image files of ``paths`` (files, or folders whose images are taken sorted),
+    each file once."""
+    found, seen = [], set()
     for path in paths:
         if os.path.isdir(path):
-            found += [
+            files = [
                 os.path.join(path, name) for name in sorted(os.listdir(path))
                 if name.lower().endswith(IMAGE_EXTENSIONS)
             ]
         elif os.path.isfile(path):
-            found.append(path)
+            files = [path]
         else:
-            raise FileNotFoundError(path)
+            raise FileNotFoundError(f"{path}: no such image or folder")
+        for file in files:
+            if os.path.realpath(file) not in seen:
+                seen.add(os.path.realpath(file))
+                found.append(file)
     return found
 
 
+def output_paths(image_paths, output_dir, drawings=True):
+    """The drawing of each image: ``<output_dir>/<path relative to the inputs' common folder>.png``.
+
+    Unique for distinct inputs (relative paths from one folder differ, and the
+    extension stays in the name).
+
+    Raises:
+        ValueError: an output path (a drawing, if ``drawings``, or
+            ``detections.json``) is one of the inputs, which it would overwrite.
+    """
+    real = [os.path.realpath(path) for path in image_paths]
+    root = os.path.commonpath([os.path.dirname(path) for path in real]) if real else ""
+    drawings = [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
+    inputs = dict(zip(real, image_paths))
+    outputs = (*(drawings if drawings else ()), os.path.join(output_dir, DETECTIONS_FILE))
+    for output in outputs:
+        if os.path.realpath(output) in inputs:
+            raise ValueError(
+                f"--output_dir={output_dir}: {output} would overwrite the input "
+                f"{inputs[os.path.realpath(output)]}; choose another --output_dir"
+            )
+    return drawings
+
+
 def read_image(path):
-    """uint8 ``(H, W, 3)`` RGB."""
+    """uint8 ``(H, W, 3)`` RGB.
+
+    Raises:
+        ValueError: naming ``path``, if it cannot be read or decoded (truncated,
+            not an image).
+    """
     import tensorflow as tf
 
-    data = tf.io.read_file(path)
-    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    from keras_scb.data.records import op_error
+
+    try:
+        data = tf.io.read_file(path)
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except tf.errors.OpError as error:
+        raise ValueError(f"{path}: cannot read the image ({op_error(error)})") from None
 
 
 def image_detections(outputs, index, height, width, score_threshold, class_names):
@@ -128,29 +179,39 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
     Args:
         runner: an `exporters.runtime` runner (see `exporters.runtime.load_runner`).
         image_paths: image files.
-        output_dir: created if needed; PNGs are named after the images.
+        output_dir: created if needed; PNGs are named as `output_paths` says.
         score_threshold: detections below it are neither drawn nor listed.
         class_names: names by class id, or ``None``.
 
     Returns:
         The list written to ``detections.json``: per image ``{"image", "width",
-        "height", "png", "detections"}``.
+        "height", "png", "detections"}``, or ``{"image", "error"}`` for an image
+        that could not be read (reported on stderr; the others are processed).
+
+    Raises:
+        ValueError: an output would overwrite an input (before anything is written).
     """
+    drawings = output_paths(image_paths, output_dir, draw_images)
     os.makedirs(output_dir, exist_ok=True)
     results = []
-    for path in image_paths:
-        image = read_image(path)
+    for path, png in zip(image_paths, drawings):
+        try:
+            image = read_image(path)
+        except ValueError as error:
+            print(f"skipped: {error}", file=sys.stderr)
+            results.append({"image": os.path.abspath(path), "error": str(error)})
+            continue
         height, width = image.shape[:2]
         outputs = runner(runtime.resize_images(image, runner.image_size))
         detections = image_detections(outputs, 0, height, width, score_threshold, class_names)
-        png = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         if draw_images:
+            os.makedirs(os.path.dirname(png), exist_ok=True)
             draw(image, detections, png)
         results.append({
             "image": os.path.abspath(path), "width": width, "height": height,
             "png": png if draw_images else None, "detections": detections,
         })
-    common.write_json(results, os.path.join(output_dir, "detections.json"))
+    common.write_json(results, os.path.join(output_dir, DETECTIONS_FILE))
     return results
 
 
@@ -175,9 +236,15 @@ def main(argv):
     results = predict(
         runner, paths, values.output_dir, values.score_threshold, class_names, values.draw
     )
-    total = sum(len(r["detections"]) for r in results)
-    print(f"{len(results)} images, {total} detections >= {values.score_threshold}; "
+    failed = [r["image"] for r in results if "error" in r]
+    total = sum(len(r.get("detections", ())) for r in results)
+    print(f"{len(results) - len(failed)} images, {total} detections >= {values.score_threshold}; "
           f"written to {values.output_dir}/")
+    if failed:
+        raise cli.UserError(
+            f"{len(failed)} of {len(results)} images could not be read (listed in "
+            f"{os.path.join(values.output_dir, DETECTIONS_FILE)}): {', '.join(failed)}"
+        )
 
 
 if __name__ == "__main__":

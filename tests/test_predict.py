@@ -55,18 +55,29 @@ def _expected(runner, path):
 
 
 def _check(results, runner, image_dir, atol):
+    """``results`` hold ``runner``'s detections above THRESHOLD as a set (class,
+    IoU >= 0.9, box within ``atol`` pixels, score within 1e-4): another runtime's
+    near-equal scores may come out in another order."""
     assert [os.path.basename(r["image"]) for r in results] == sorted(SIZES)
     total = 0
     for result in results:
         boxes, classes, scores = _expected(runner, result["image"])
         detections = result["detections"]
         assert (result["height"], result["width"]) == SIZES[os.path.basename(result["image"])]
-        assert len(detections) == len(scores)
-        np.testing.assert_allclose([d["box"] for d in detections], boxes.reshape(-1, 4), atol=atol)
-        np.testing.assert_allclose([d["score"] for d in detections], scores, atol=1e-4)
-        assert [d["class_id"] for d in detections] == classes.astype(int).tolist()
-        assert [d["class_name"] for d in detections] == [LABELS[int(c)] for c in classes]
-        total += len(detections)
+        assert all(d["class_name"] == LABELS[d["class_id"]] for d in detections)
+        as_listed = {
+            "boxes": np.reshape([d["box"] for d in detections], (1, -1, 4)),
+            "scores": np.array([[d["score"] for d in detections]]),
+            "classes": np.array([[d["class_id"] for d in detections]]),
+            "num_detections": np.array([len(detections)]),
+        }
+        expected = {
+            "boxes": boxes.reshape(1, -1, 4), "scores": scores[None],
+            "classes": classes.astype(int)[None], "num_detections": np.array([len(scores)]),
+        }
+        total += export_testing.assert_same_detections(
+            as_listed, expected, score_atol=1e-4, box_atol=atol, min_count=0
+        )
     assert total >= 2  # the check above compared something
 
 
@@ -115,7 +126,7 @@ def test_cli(model_dir, image_dir, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 images" in done.stdout
-    assert sorted(os.listdir(tmp_path)) == ["detections.json", "wide.png"]
+    assert sorted(os.listdir(tmp_path)) == ["detections.json", "wide.jpg.png"]
     with open(tmp_path / "detections.json") as f:
         (result,) = json.load(f)
     assert {d["class_name"] for d in result["detections"]} <= set(LABELS)
@@ -124,3 +135,31 @@ def test_cli(model_dir, image_dir, tmp_path):
 def test_missing_image_fails(tmp_path):
     with pytest.raises(FileNotFoundError):
         predict.list_images([str(tmp_path / "missing.jpg")])
+
+
+def test_detection_comparison_is_order_free_but_strict():
+    """The shared comparison passes two near-equal scores in swapped rows (the
+    flake of issue 11) and fails a moved box, another class or a lost detection."""
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 0.5, (12, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, (12, 2))], 1)[None]
+    scores = np.sort(rng.uniform(0.3, 0.9, 12))[::-1][None].copy()
+    scores[0, 5] = scores[0, 4] + 1e-7  # near-equal, swapped order on "another CPU"
+    expected = {"boxes": boxes, "scores": scores, "classes": rng.integers(0, 3, (1, 12)),
+                "num_detections": np.array([12])}
+    swapped = {k: v.copy() for k, v in expected.items()}
+    for key in ("boxes", "scores", "classes"):
+        swapped[key][0, [4, 5]] = expected[key][0, [5, 4]]
+    assert export_testing.assert_same_detections(swapped, expected, box_atol=1e-6) == 12
+
+    moved = {k: v.copy() for k, v in expected.items()}
+    moved["boxes"][0, 3] += 0.2
+    other_class = {k: v.copy() for k, v in expected.items()}
+    other_class["classes"][0, 2] = (other_class["classes"][0, 2] + 1) % 3
+    lost = {k: v.copy() for k, v in expected.items()}
+    lost["num_detections"] = np.array([11])
+    lost["boxes"][0, 6:11], lost["scores"][0, 6:11] = boxes[0, 7:], scores[0, 7:]
+    lost["classes"][0, 6:11] = expected["classes"][0, 7:]
+    for bad in (moved, other_class, lost):
+        with pytest.raises(AssertionError):
+            export_testing.assert_same_detections(bad, expected)
