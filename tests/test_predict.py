@@ -139,10 +139,12 @@ def test_missing_image_fails(tmp_path):
 
 def test_detection_comparison_is_order_free_but_strict():
     """The shared comparison passes two near-equal scores in swapped rows (the
-    flake of issue 11) and fails a moved box, another class or a lost detection."""
+    flake of issue 11) and a box without area, and fails a moved box, another
+    class or a lost detection."""
     rng = np.random.default_rng(0)
     lo = rng.uniform(0, 0.5, (12, 2))
     boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, (12, 2))], 1)[None]
+    boxes[0, 7, 2] = boxes[0, 7, 0]  # clipped to a line at a border: no area, IoU 0 with itself
     scores = np.sort(rng.uniform(0.3, 0.9, 12))[::-1][None].copy()
     scores[0, 5] = scores[0, 4] + 1e-7  # near-equal, swapped order on "another CPU"
     expected = {"boxes": boxes, "scores": scores, "classes": rng.integers(0, 3, (1, 12)),
