@@ -127,25 +127,31 @@ def load_split(splits):
         ``--dataset=tfrecord``; both go into `keras_scb.data.pipeline` and both
         have ``class_names``.
     """
+    from keras_scb import label_map
+
     source = _read_split([splits] if isinstance(splits, str) else list(splits))
-    if FLAGS.class_names and tuple(source.class_names) != tuple(FLAGS.class_names):
-        raise ValueError(
-            f"--class_names={','.join(FLAGS.class_names)} but --dataset={FLAGS.dataset} "
-            f"split {splits} has the classes {list(source.class_names)}."
-        )
+    if FLAGS.class_names:
+        label_map.check_same(source.class_names, FLAGS.class_names, split_name(splits),
+                             f"--class_names={','.join(FLAGS.class_names)}")
     issues = getattr(source, "issues", None)
     if issues:
         _ISSUES.append((f"--dataset={FLAGS.dataset} {splits}", issues))
     return source
 
 
-def check_same_class_names(first, second):
-    """Two splits (``Dataset`` or ``TFRecordSource``) must share the label map."""
-    if tuple(first.class_names) != tuple(second.class_names):
-        raise ValueError(
-            f"--dataset={FLAGS.dataset}: the splits' class names differ: "
-            f"{list(first.class_names)} and {list(second.class_names)}."
-        )
+def split_name(splits) -> str:
+    """``--dataset=NAME split SPLIT``: how errors name a split of the flags' dataset."""
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    return f"--dataset={FLAGS.dataset} split {','.join(splits)}"
+
+
+def check_same_class_names(train, val):
+    """The ``--train_split`` and ``--val_split`` sources (``Dataset`` or
+    ``TFRecordSource``) must share the label map."""
+    from keras_scb import label_map
+
+    label_map.check_same(train.class_names, val.class_names,
+                         split_name(FLAGS.train_split), split_name(FLAGS.val_split))
 
 
 def print_skipped_input(file=None):

@@ -24,10 +24,9 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Optional, Sequence, Tuple, Union
 
+from keras_scb import label_map
 from keras_scb.data import records as records_lib
 
-# One class name per line, in id order; the file the trainer writes next to a model.
-LABELS_FILE = "labels.txt"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 VOC_CLASSES = (
@@ -74,21 +73,6 @@ def _splits_of(root, splits):
             yield name
 
 
-def read_labels_file(path: str) -> Tuple[str, ...]:
-    """Class names from a labels file (one per line, blank lines ignored).
-
-    Raises:
-        BadInputError: naming the file if it is empty or repeats a name.
-    """
-    with open(path, encoding="utf-8") as f:
-        names = tuple(line.strip() for line in f if line.strip())
-    repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
-    if not names or repeated:
-        problem = f"repeated names {repeated}" if repeated else "no class names"
-        raise records_lib.BadInputError(f"{path}: malformed labels file: {problem}")
-    return names
-
-
 def _annotated_names(root):
     """Counts of every object name in ``root/Annotations/*.xml``.
 
@@ -116,22 +100,22 @@ def dataset_class_names(roots: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     are then unknown classes, reported with their file.
 
     Raises:
-        BadInputError: two roots' labels files disagree (naming both lists), or a
-            labels file is malformed.
+        BadInputError: two roots' labels files disagree (naming both lists).
+        LabelMapError: a labels file is malformed (naming it).
     """
     roots = _as_list(roots)
     labelled = {}
     for root in roots:
-        path = os.path.join(root, LABELS_FILE)
+        path = os.path.join(root, label_map.LABELS_FILE)
         if os.path.isfile(path):
-            labelled[path] = read_labels_file(path)
+            labelled[path] = label_map.read_labels(path)
     if labelled:
         (first, names), *others = labelled.items()
         for path, other in others:
-            if other != names:
-                raise records_lib.BadInputError(
-                    f"{path}: class names {list(other)} differ from {first}: {list(names)}"
-                )
+            try:
+                label_map.check_same(names, other, first, path)
+            except label_map.LabelMapError as error:
+                raise records_lib.BadInputError(str(error)) from None
         return names
     counts = collections.Counter()
     for root in roots:
