@@ -6,7 +6,8 @@
 exports the checkpoint to TFLite at each precision (int8 calibrated on
 ``--representative_data``), runs every model and the Keras inference model on the
 same uint8 images, and prints VOC07 mAP, COCO AP / AP50 and their drop against
-Keras, plus the detection agreement of `detection_agreement`.
+Keras, plus the detection agreement of `detection_agreement`. The checkpoint's
+class names must be the dataset's (as in `keras_scb.evaluate`).
 """
 
 import json
@@ -177,9 +178,15 @@ def main(argv):
     from keras_scb import data
 
     values = flags.FLAGS
+    from keras_scb.checkpoints import check_checkpoint_classes
+
     detector = common.load_detector(values.checkpoint)
     loaders = {"bccd": data.load_bccd, "coco_subset": data.load_coco_subset}
     dataset = loaders[values.dataset](values.split)
+    check_checkpoint_classes(
+        values.checkpoint, detector.num_classes, dataset.class_names,
+        f"--dataset={values.dataset} split {values.split}",
+    )
     representative = None
     if "int8" in values.precisions:
         representative = tflite.representative_images(

@@ -4,13 +4,21 @@ A checkpoint, backup or export is never written from weights with a NaN or an
 infinity (`non_finite_variables` is the check), and a checkpoint that does not
 load names its path and why: missing, not a complete ``.keras`` archive
 (truncated), or holding non-finite weights.
+
+A checkpoint's label map is the ``class_names`` stored in it, else (a checkpoint
+written before they were stored) the ``labels.txt`` the trainer wrote next to
+it; when both exist they must agree (`checkpoint_class_names`).
 """
 
+import json
+import logging
 import os
 import zipfile
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from keras_scb import label_map
 
 
 class CheckpointError(ValueError):
@@ -63,3 +71,65 @@ def load_checkpoint(path, compile: bool = False):
         raise CheckpointError(f"Checkpoint {path} cannot be loaded: {error}") from error
     check_finite(model, f"Checkpoint {path}")
     return model
+
+
+def stored_class_names(path) -> Optional[Tuple[str, ...]]:
+    """The ``class_names`` stored in the ``.keras`` file ``path``, or None.
+
+    Read from the archive's ``config.json`` (the `Detector` config) without
+    building the model, so that a command can check the label map first.
+
+    Raises:
+        CheckpointError: ``path`` is not a readable ``.keras`` archive.
+    """
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"Checkpoint {path} has no readable config.json: {error}") from error
+    names = config.get("config", {}).get("class_names") if isinstance(config, dict) else None
+    return None if names is None else tuple(str(name) for name in names)
+
+
+def checkpoint_class_names(path) -> Optional[Tuple[str, ...]]:
+    """The label map of the checkpoint ``path``: the names stored in it, else
+    ``labels.txt`` next to it; None if it has neither.
+
+    Raises:
+        LabelMapError: both exist and differ (the message names both lists).
+    """
+    stored = stored_class_names(path)
+    beside = label_map.labels_beside(path)
+    if stored is not None and beside is not None:
+        label_map.check_same(stored, beside, f"checkpoint {path}", label_map.labels_path(path))
+    return stored if stored is not None else beside
+
+
+def check_checkpoint_classes(
+    path, num_classes: int, class_names: Sequence[str], source: str
+) -> None:
+    """The checkpoint ``path`` (of ``num_classes`` classes) must predict the
+    label map ``class_names`` of ``source`` (e.g. a dataset split).
+
+    A checkpoint with neither stored names nor ``labels.txt`` (older than the
+    stored names, moved without its folder) cannot be checked name by name:
+    then only the class count is compared, with a warning.
+
+    Raises:
+        LabelMapError: the names (or, without names, the counts) differ.
+    """
+    names = checkpoint_class_names(path)
+    if names is not None:
+        label_map.check_same(names, class_names, f"checkpoint {path}", source)
+        return
+    if num_classes != len(class_names):
+        raise label_map.LabelMapError(
+            f"{source}: {len(class_names)} classes {list(class_names)}, but checkpoint "
+            f"{path} predicts {num_classes} (it stores no class names)"
+        )
+    logging.getLogger(__name__).warning(
+        "Checkpoint %s stores no class names and has no %s beside it: only the class "
+        "count (%d) was checked against %s, not the names.",
+        path, label_map.LABELS_FILE, num_classes, source,
+    )

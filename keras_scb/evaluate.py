@@ -12,6 +12,10 @@
 image and category ids, pixel ``[x, y, w, h]``, score): the file test-dev takes.
 ``--score_results_json`` scores such a file against the split without a model.
 
+The checkpoint's label map (its stored class names, else ``labels.txt`` next to
+it) must be the split's, name for name and in order; a checkpoint with neither
+(older than the stored names) is checked by its class count only, with a warning.
+
 Prints and writes (``metrics.json``, ``metrics.md``): COCO AP/AR through pycocotools
 (the paper's Table 5 columns), VOC07 11-point mAP, and the recall of small / medium
 / large objects at score thresholds 0.01 / 0.1 / 0.3 (NMS 0.45 per class, top 200).
@@ -61,16 +65,15 @@ def main(argv):
         return
     if not FLAGS.checkpoint or not os.path.exists(FLAGS.checkpoint):
         raise app.UsageError(f"--checkpoint={FLAGS.checkpoint!r}: no such file.")
-    from keras_scb.checkpoints import load_checkpoint
+    from keras_scb.checkpoints import check_checkpoint_classes, load_checkpoint
     from keras_scb.validation import evaluate_detector, write_report
 
     detector = load_checkpoint(FLAGS.checkpoint)
     dataset = common_flags.load_split(FLAGS.val_split)
-    if len(dataset.class_names) != detector.num_classes:
-        raise app.UsageError(
-            f"{FLAGS.checkpoint} predicts {detector.num_classes} classes but "
-            f"--dataset={FLAGS.dataset} has {len(dataset.class_names)}."
-        )
+    check_checkpoint_classes(
+        FLAGS.checkpoint, detector.num_classes, dataset.class_names,
+        common_flags.split_name(FLAGS.val_split),
+    )
     output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(FLAGS.checkpoint), "eval")
     _check_outputs(output_dir, [FLAGS.checkpoint])
     results = evaluate_detector(detector, dataset, FLAGS.batch_size, FLAGS.results_json)
