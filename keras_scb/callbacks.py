@@ -16,6 +16,7 @@ import os
 import keras
 from absl import logging
 
+from keras_scb import label_map
 from keras_scb.checkpoints import CheckpointError, check_finite, non_finite_variables
 from keras_scb.fileio import (  # noqa: F401  (atomic_write re-exported)
     atomic_write,
@@ -100,7 +101,8 @@ class EpochBackup(keras.callbacks.Callback):
 
     Each epoch's weights (with the optimizer state) go to a new file named by
     the epoch; ``state.json``, renamed into place last, names the current file,
-    its epoch and its SHA-256. A kill at any instant leaves a complete state: the
+    its epoch, its SHA-256 and the model's class names (the label map a resumed
+    run must have too). A kill at any instant leaves a complete state: the
     previous one or the new one. A non-finite state is never saved, and a
     damaged one (checksum mismatch, unreadable, non-finite) is an error naming
     the file, never loaded silently. Used with plain public API::
@@ -124,6 +126,14 @@ class EpochBackup(keras.callbacks.Callback):
             return 0
         return self._read_state()["epoch"]
 
+    def saved_class_names(self):
+        """The label map of the saved state: a tuple of names, or None if there
+        is no state or it predates the stored names."""
+        if not os.path.exists(self.state_path):
+            return None
+        names = self._read_state().get("class_names")
+        return None if names is None else tuple(names)
+
     def _read_state(self):
         state = read_json(self.state_path, "Backup state")
         if (
@@ -146,6 +156,7 @@ class EpochBackup(keras.callbacks.Callback):
 
         Raises:
             CheckpointError: the saved state is damaged; the message names the file.
+            LabelMapError: the state was saved by a model of other class names.
         """
         remove_stale_temporaries(self.backup_dir)
         if not os.path.exists(self.state_path):
@@ -153,6 +164,11 @@ class EpochBackup(keras.callbacks.Callback):
         state = self._read_state()
         path = os.path.join(self.backup_dir, state["weights"])
         advice = f"delete {self.backup_dir} to train from scratch"
+        saved_names = self.saved_class_names()
+        names = getattr(model, "class_names", None)
+        if saved_names is not None and names is not None:
+            label_map.check_same(saved_names, names, f"Backup {self.state_path}",
+                                 "the model to resume", advice)
         if not os.path.isfile(path):
             raise CheckpointError(f"Backup {path} named by {self.state_path} is missing; {advice}.")
         expected = state.get("sha256")
@@ -180,7 +196,12 @@ class EpochBackup(keras.callbacks.Callback):
         weights = f"epoch-{done:05d}.weights.h5"
         path = os.path.join(self.backup_dir, weights)
         atomic_write(path, self.model.save_weights)
-        write_json({"epoch": done, "weights": weights, "sha256": _sha256(path)}, self.state_path)
+        names = getattr(self.model, "class_names", None)
+        write_json(
+            {"epoch": done, "weights": weights, "sha256": _sha256(path),
+             "class_names": None if names is None else list(names)},
+            self.state_path,
+        )
         for name in os.listdir(self.backup_dir):
             if name.endswith(".weights.h5") and name != weights and not name.startswith("."):
                 os.remove(os.path.join(self.backup_dir, name))

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags, logging
 
-from keras_scb import cli
+from keras_scb import cli, label_map
 from keras_scb import flags as common_flags
 from keras_scb.fileio import check_writable, remove_stale_temporaries, write_json, write_text
 
@@ -242,6 +242,21 @@ def _check_flags():
             raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
 
 
+def _check_resumed_label_map(backup, class_names):
+    """A resumed run keeps its label map: the one of ``backup``'s state, else (a
+    backup older than the stored names) the run's ``labels.txt``. Checked before
+    anything in ``--model_dir`` is written."""
+    if not backup.saved_epoch():
+        return
+    saved = backup.saved_class_names() or label_map.labels_beside(FLAGS.model_dir)
+    if saved is not None:
+        label_map.check_same(
+            saved, class_names, f"the run to resume in --model_dir={FLAGS.model_dir}",
+            common_flags.split_name(FLAGS.train_split),
+            f"train on its classes, or use a new --model_dir (or delete {backup.backup_dir})",
+        )
+
+
 def train():
     """Runs training from the parsed flags; returns the final results dict or None."""
     import keras
@@ -278,9 +293,15 @@ def train():
             f"--num_classes={FLAGS.num_classes} but --dataset={FLAGS.dataset} has "
             f"{num_classes} classes {list(train_data.class_names)}."
         )
+    # Resuming: the last finished epoch's weights and optimizer state.
+    backup = EpochBackup(os.path.join(FLAGS.model_dir, "backup"))
+    _check_resumed_label_map(backup, train_data.class_names)
     check_writable(FLAGS.model_dir)
     remove_stale_temporaries(FLAGS.model_dir)
-    write_text("\n".join(train_data.class_names) + "\n", os.path.join(FLAGS.model_dir, "labels.txt"))
+    write_text(
+        "\n".join(train_data.class_names) + "\n",
+        os.path.join(FLAGS.model_dir, label_map.LABELS_FILE),
+    )
     write_json(FLAGS.flag_values_dict(), os.path.join(FLAGS.model_dir, "flags.json"), default=str)
 
     steps = FLAGS.steps_per_epoch or max(
@@ -297,8 +318,6 @@ def train():
             loss=_loss(detector),
             jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         )
-        # Resuming: the last finished epoch's weights and optimizer state.
-        backup = EpochBackup(os.path.join(FLAGS.model_dir, "backup"))
         initial_epoch = backup.restore(detector)
     history_path = os.path.join(FLAGS.model_dir, "history.csv")
     trim_history(history_path, initial_epoch)
