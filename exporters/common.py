@@ -15,6 +15,8 @@ Sorted by name, the keys are in the order of the outputs of TFLite's
 
 import os
 
+from keras_scb import label_map
+
 # Re-exported: the exporters write through the package's one file-writing module.
 from keras_scb.fileio import atomic_output, prepare_output, write_json, write_text  # noqa: F401
 
@@ -26,7 +28,7 @@ DETECTION_KEYS = (
 )
 # Export box order from the library's [xmin, ymin, xmax, ymax] and back (a swap).
 YXYX = [1, 0, 3, 2]
-LABELS_FILE = "labels.txt"
+LABELS_FILE = label_map.LABELS_FILE
 METADATA_FILE = "keras_scb_export.json"
 
 
@@ -72,37 +74,54 @@ def float32_detector(detector):
     return rebuilt
 
 
-def read_class_names(checkpoint=None, class_names=None):
-    """Class names: ``class_names`` if given, else ``labels.txt`` next to ``checkpoint``.
+def read_class_names(model_path=None, class_names=None):
+    """The label map of a model, checked: ``class_names`` if given, else the model's own.
+
+    The model's own names are those stored in a ``.keras`` checkpoint
+    (`keras_scb.checkpoints.checkpoint_class_names`, which also checks the
+    ``labels.txt`` next to it), else the ``labels.txt`` of the model (inside a
+    SavedModel folder, next to a ``.tflite`` file).
 
     Args:
-        checkpoint: a ``.keras`` file, an exported SavedModel folder or a
-            ``.tflite`` file (a SavedModel folder holds its own ``labels.txt``).
-        class_names: a sequence of names, or a comma-separated string.
+        model_path: a ``.keras`` file, an exported SavedModel folder or a
+            ``.tflite`` file; or None.
+        class_names: given names (``--class_names``): a sequence, or a
+            comma-separated string; they must be the model's, if it has any.
 
     Returns:
         A tuple of names, or ``None`` when neither is available.
+
+    Raises:
+        LabelMapError: the given names differ from the model's, or a
+            checkpoint's stored names differ from its ``labels.txt``; the
+            message names both lists.
     """
+    from keras_scb.checkpoints import checkpoint_class_names
+
     if isinstance(class_names, str):
         class_names = [name.strip() for name in class_names.split(",")]
-    if class_names:
-        return tuple(class_names)
-    if checkpoint is None:
-        return None
-    checkpoint = os.fspath(checkpoint)
-    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
-    path = os.path.join(folder, LABELS_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return tuple(line.strip() for line in f if line.strip())
+    given = tuple(class_names) if class_names else None
+    if model_path is None:
+        return given
+    model_path = os.fspath(model_path)
+    if model_path.endswith(".keras") and os.path.isfile(model_path):
+        own, source = checkpoint_class_names(model_path), f"checkpoint {model_path}"
+    else:
+        own, source = label_map.labels_beside(model_path), label_map.labels_path(model_path)
+    if given is not None and own is not None:
+        label_map.check_same(own, given, source, f"--class_names={','.join(given)}")
+    return given or own
 
 
 def export_class_names(detector, class_names=None):
     """The class names an export writes: ``class_names`` if given, else the
-    detector's own (`keras_scb.models.Detector.class_names`); checked against its classes."""
+    detector's own (`keras_scb.models.Detector.class_names`); checked against its
+    classes, and given names against its own (`keras_scb.label_map.check_same`)."""
     from keras_scb.models.detector import check_class_names
 
+    if class_names and detector.class_names is not None:
+        label_map.check_same(detector.class_names, class_names,
+                             f"the model {detector.name!r}", "the class names to export")
     return check_class_names(class_names or detector.class_names, detector.num_classes)
 
 
