@@ -168,6 +168,17 @@ def write_json(value, path, indent: Optional[int] = 2, **dump_kwargs) -> None:
     write_text(json.dumps(value, indent=indent, **dump_kwargs) + "\n", path)
 
 
+def read_text(path) -> str:
+    """The UTF-8 text of ``path``; a missing or undecodable file is a `ValueError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error}).") from None
+
+
 def read_json(path, what: Optional[str] = None):
     """Reads a JSON file; a missing or malformed file is a `ValueError` naming it.
 

@@ -12,6 +12,8 @@ import collections
 import os
 from typing import Optional, Sequence, Tuple
 
+from keras_scb.fileio import read_text
+
 # One class name a line, in id order: the file the trainer writes into its
 # model_dir, the exports next to (or into) their model, and a VOC root may hold.
 LABELS_FILE = "labels.txt"
@@ -26,9 +28,9 @@ def read_labels(path: str) -> Tuple[str, ...]:
 
     Raises:
         LabelMapError: naming the file if it is empty or repeats a name.
+        ValueError: naming the file if it is missing or not UTF-8 text.
     """
-    with open(path, encoding="utf-8") as f:
-        names = tuple(line.strip() for line in f if line.strip())
+    names = tuple(line.strip() for line in read_text(path).splitlines() if line.strip())
     repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
     if not names or repeated:
         problem = f"repeated names {repeated}" if repeated else "no class names"
