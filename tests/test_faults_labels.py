@@ -8,6 +8,7 @@ order are a mismatch. One tiny checkpoint, trained as in the issue, serves every
 test.
 """
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -40,26 +41,53 @@ def _copy_run(run_dir, tmp_path):
     return copy
 
 
-def test_evaluating_a_shapes_model_on_bccd_names_both_label_maps(run_dir, tmp_path):
-    """The issue's reproduction: no metrics of a shapes model called RBC/WBC/Platelets."""
-    result = run_module(
-        "keras_scb.evaluate", f"--checkpoint={run_dir / 'last.keras'}", "--dataset=bccd",
-        "--val_split=test", f"--output_dir={tmp_path / 'eval'}",
-    )
-    assert_one_line_error(result, str(list(BCCD_CLASSES)), str(list(SHAPES)), "last.keras")
-    assert not (tmp_path / "eval").exists()
+@pytest.fixture(scope="module")
+def refusals(run_dir, tmp_path_factory):
+    """The command lines that must refuse, run at once (each is mostly start-up).
+
+    Returns:
+        ``(folder, results)``: the folder their outputs would go to (holding a
+        copy of the run, ``x``, to resume) and each one's `CompletedProcess`.
+    """
+    out = tmp_path_factory.mktemp("refusals")
+    run = _copy_run(run_dir, out)
+    not_synthetic = [a for a in TRAIN if not a.startswith("--dataset=")]
+    commands = {
+        # The issue's reproduction: no metrics of a shapes model called RBC/WBC/Platelets.
+        "evaluate": ["keras_scb.evaluate", f"--checkpoint={run_dir / 'last.keras'}",
+                     "--dataset=bccd", "--val_split=test", f"--output_dir={out / 'eval'}"],
+        # Same class count, other names: the backup would load, so the names must stop it.
+        "resume": ["keras_scb.train", *not_synthetic, "--dataset=bccd", "--epochs=2",
+                   f"--model_dir={run}"],
+        "export": ["exporters.tflite", f"--checkpoint={run_dir / 'last.keras'}",
+                   f"--output={out / 'm.tflite'}", f"--class_names={','.join(reversed(SHAPES))}"],
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        futures = {name: pool.submit(run_module, *command) for name, command in commands.items()}
+    return out, {name: future.result() for name, future in futures.items()}
 
 
-def test_resuming_a_run_on_another_label_map_is_refused(run_dir, tmp_path):
-    """Same class count, other names: the backup would load, so the names must stop it."""
-    run = _copy_run(run_dir, tmp_path)
-    before = {name: (run / name).read_bytes() for name in ("labels.txt", "backup/state.json")}
-    args = [a for a in TRAIN if not a.startswith("--dataset=")]
-    result = run_module("keras_scb.train", *args, "--dataset=bccd", "--epochs=2",
-                        f"--model_dir={run}")
-    assert_one_line_error(result, str(list(BCCD_CLASSES)), str(list(SHAPES)), str(run))
+def test_evaluating_a_shapes_model_on_bccd_names_both_label_maps(refusals):
+    out, results = refusals
+    assert_one_line_error(results["evaluate"], str(list(BCCD_CLASSES)), str(list(SHAPES)),
+                          "last.keras")
+    assert not (out / "eval").exists()
+
+
+def test_resuming_a_run_on_another_label_map_is_refused(run_dir, refusals):
+    out, results = refusals
+    assert_one_line_error(results["resume"], str(list(BCCD_CLASSES)), str(list(SHAPES)),
+                          str(out / "x"))
     # Nothing of the run was rewritten: it still resumes on its own classes.
-    assert {name: (run / name).read_bytes() for name in before} == before
+    for name in ("labels.txt", "backup/state.json", "history.csv"):
+        assert (out / "x" / name).read_bytes() == (run_dir / name).read_bytes(), name
+
+
+def test_exporting_with_other_class_names_is_refused_before_conversion(refusals):
+    out, results = refusals
+    assert_one_line_error(results["export"], str(list(reversed(SHAPES))), str(list(SHAPES)))
+    assert not (out / "m.tflite").exists()
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
 
 
 def test_a_backup_restores_only_into_a_model_of_its_class_names(tmp_path):
@@ -82,16 +110,6 @@ def test_a_backup_restores_only_into_a_model_of_its_class_names(tmp_path):
         EpochBackup(str(tmp_path / "backup")).restore(model(("dog", "cat")))
 
 
-def test_exporting_with_other_class_names_is_refused_before_conversion(run_dir, tmp_path):
-    wrong = ",".join(reversed(SHAPES))
-    result = run_module(
-        "exporters.tflite", f"--checkpoint={run_dir / 'last.keras'}",
-        f"--output={tmp_path / 'm.tflite'}", f"--class_names={wrong}",
-    )
-    assert_one_line_error(result, str(list(reversed(SHAPES))), str(list(SHAPES)))
-    assert os.listdir(tmp_path) == []
-
-
 # Label maps that are not the model's: another order, a misspelling, a class short.
 WRONG = {
     "order": (SHAPES[1], SHAPES[0], SHAPES[2]),
@@ -100,18 +118,23 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(WRONG))
-def test_given_class_names_must_be_the_models_in_order(run_dir, kind):
-    """``--class_names`` of export/predict (`read_class_names`) and an export's names."""
+@pytest.fixture(scope="module")
+def detector(run_dir):
     from keras_scb.checkpoints import load_checkpoint
 
+    return load_checkpoint(run_dir / "last.keras")
+
+
+@pytest.mark.parametrize("kind", sorted(WRONG))
+def test_given_class_names_must_be_the_models_in_order(run_dir, detector, kind):
+    """``--class_names`` of export/predict (`read_class_names`) and an export's names."""
     checkpoint = run_dir / "last.keras"
     assert common.read_class_names(checkpoint) == SHAPES
     names = str(list(WRONG[kind])).replace("[", r"\[").replace("]", r"\]")
     with pytest.raises(label_map.LabelMapError, match=names):
         common.read_class_names(checkpoint, ",".join(WRONG[kind]))
     with pytest.raises(label_map.LabelMapError, match=names):
-        common.export_class_names(load_checkpoint(checkpoint), WRONG[kind])
+        common.export_class_names(detector, WRONG[kind])
     with pytest.raises(label_map.LabelMapError, match=names):
         check_checkpoint_classes(checkpoint, len(SHAPES), WRONG[kind], "the split")
 
