@@ -85,7 +85,8 @@ def _iou(box, boxes):
 
 
 def assert_same_detections(
-    actual, expected, score_atol=1e-4, box_atol=None, min_iou=0.9, min_count=10, per_row=()
+    actual, expected, score_atol=1e-4, box_atol=None, min_iou=0.9, min_count=10, per_row=(),
+    score_rtol=0.0,
 ):
     """Asserts two runtimes' detections are the same set, image by image.
 
@@ -94,7 +95,8 @@ def assert_same_detections(
     detection (best first) is matched to an unmatched actual one of the same
     class with IoU >= ``min_iou`` (or corners within ``box_atol``, default
     1e-4, for boxes without area), the closest in score; a match must have
-    scores within ``score_atol`` and, if ``box_atol`` is given, every box
+    scores within ``score_atol + score_rtol * expected score`` and, if
+    ``box_atol`` is given, every box
     coordinate within it. A detection may stay unmatched only where a cut-off
     can fall differently: its score within ``score_atol`` of the lowest score
     kept in its image on its own side (the score threshold or
@@ -140,7 +142,8 @@ def assert_same_detections(
             free[j] = False
             matched += 1
             where = f"image {b}, expected row {i} (class {e_classes[i]}, score {e_scores[i]:.6f}) / actual row {j}"
-            assert abs(a_scores[j] - e_scores[i]) <= score_atol, f"{where}: score {a_scores[j]:.6f}"
+            tolerance = score_atol + score_rtol * abs(e_scores[i])
+            assert abs(a_scores[j] - e_scores[i]) <= tolerance, f"{where}: score {a_scores[j]:.6f}"
             if box_atol is not None:
                 np.testing.assert_allclose(a_boxes[j], e_boxes[i], atol=box_atol, rtol=0, err_msg=where)
             for key in per_row:
