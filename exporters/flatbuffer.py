@@ -1,4 +1,4 @@
-"""Read a TFLite flatbuffer: its ops, tensors and constants (no interpreter needed).
+"""Read a TFLite flatbuffer: its ops, tensors, types and constants (no interpreter needed).
 
 The interpreter's own op list is taken after delegation (XNNPACK replaces most
 ops by ``DELEGATE`` nodes), so the graph is read from the file instead.
@@ -88,3 +88,21 @@ def constant_elements(model):
     for _, type_name, shape in constant_tensors(model):
         counts[type_name] += int(np.prod(shape, dtype=np.int64))
     return dict(counts)
+
+
+def input_types(model):
+    """Type names of the inputs of the first subgraph, in input order."""
+    model = _model(model)
+    graph = model.Subgraphs(0)
+    return [_TENSOR_TYPE_NAMES[graph.Tensors(graph.Inputs(i)).Type()] for i in range(graph.InputsLength())]
+
+
+def activation_types(model):
+    """Number of computed (not stored) tensors, by type name (e.g. ``{"INT8": 150}``)."""
+    model = _model(model)
+    return dict(collections.Counter(
+        _TENSOR_TYPE_NAMES[tensor.Type()]
+        for graph in _subgraphs(model)
+        for tensor in (graph.Tensors(t) for t in range(graph.TensorsLength()))
+        if model.Buffers(tensor.Buffer()).DataLength() == 0
+    ))

@@ -7,10 +7,54 @@ Every runner takes uint8 images ``(B, S, S, 3)`` at the model's size ``S``
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 
 from exporters import common
+from keras_scb.cli import UserError
+
+SMOKE_LOAD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smoke_load.py")
+
+
+class SmokeLoadError(UserError):
+    """An exported file crashed the runtime or gave non-finite outputs."""
+
+
+def smoke_load(path, name=None, timeout=600):
+    """Loads ``path`` (``.tflite``) with the LiteRT interpreter's default options
+    (XNNPACK) in a child process and runs it once (`exporters/smoke_load.py`).
+
+    In a child process because a runtime that aborts (``double free``,
+    segmentation fault) would take the caller with it.
+
+    Args:
+        path: the file to load.
+        name: how the messages name it (the final path of a temporary file).
+        timeout: seconds before the load counts as hung.
+
+    Raises:
+        SmokeLoadError: the child crashed, failed or gave non-finite outputs.
+    """
+    name = os.fspath(name or path)
+    what = "The LiteRT interpreter with its default delegate (XNNPACK)"
+    try:
+        result = subprocess.run(
+            [sys.executable, SMOKE_LOAD_SCRIPT, os.fspath(path)],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise SmokeLoadError(f"{what} did not run {name} within {timeout} s.") from None
+    if result.returncode == 0:
+        return
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    detail = lines[-1].strip() if lines else "no message"
+    if result.returncode < 0:
+        death = signal.Signals(-result.returncode).name
+        raise SmokeLoadError(f"{what} crashed ({death}) loading {name}: {detail}.")
+    raise SmokeLoadError(f"{what} failed on {name} (exit {result.returncode}): {detail}.")
 
 
 def resize_images(images, image_size):

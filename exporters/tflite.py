@@ -23,14 +23,16 @@ Precisions: ``fp32``; ``fp16`` (float16 weights, float32 compute); ``int8``
 an int8 kernel, such as the NMS, stay float).
 """
 
+import collections
 import os
 
 from absl import flags
 
-from exporters import common
+from exporters import common, runtime
 from keras_scb import cli
 
 PRECISIONS = ("fp32", "fp16", "int8")
+LICENSE = "Apache-2.0"  # the project's, written into the model metadata
 REPRESENTATIVE_SOURCES = ("bccd", "synthetic")
 
 
@@ -63,9 +65,15 @@ def _serving_concrete_function(detector, postprocess=True, **decoder_kwargs):
 
 
 def convert(
-    detector, precision="fp32", representative_images=None, postprocess=True, **decoder_kwargs
+    detector,
+    precision="fp32",
+    representative_images=None,
+    postprocess=True,
+    class_names=None,
+    **decoder_kwargs,
 ):
-    """The TFLite flatbuffer of ``detector`` with its post-processing.
+    """The TFLite file of ``detector`` with its post-processing, named outputs,
+    a SignatureDef and TFLite Model Metadata (`exporters.metadata`).
 
     Args:
         detector: a `keras_scb.models.Detector`.
@@ -75,18 +83,26 @@ def convert(
             a few hundred cover a dataset, tens suffice to test.
         postprocess: include the decoding and NMS; without, the one output is
             the network's ``(1, A, 4 + C + 1)`` (anchor order as in training).
+        class_names: embedded as the category labels (``None``: no label file).
         **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
 
     Returns:
         ``bytes``.
+
+    Raises:
+        ValueError: no calibration image for ``int8``, or the converted file
+            does not have the precision asked for (`check_precision`).
     """
     import numpy as np
     import tensorflow as tf
 
+    import keras_scb
+    from exporters import metadata
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
-    if precision == "int8" and representative_images is None:
-        raise ValueError("int8 needs representative_images.")
+    if precision == "int8":
+        representative_images = _calibration_source(representative_images)
     function, archive = _serving_concrete_function(detector, postprocess, **decoder_kwargs)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], archive)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -98,13 +114,85 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
         def calibration_inputs():
-            images = representative_images() if callable(representative_images) else representative_images
-            for image in images:
+            for image in representative_images():
                 image = np.asarray(image, np.uint8)
                 yield [image.reshape((1,) + image.shape[-3:])]
 
         converter.representative_dataset = calibration_inputs
-    return converter.convert()
+    model = converter.convert()
+    check_precision(model, precision)
+    name = getattr(detector, "registry_name", None) or detector.name
+    return metadata.describe_detector(
+        model,
+        class_names,
+        name=name,
+        description=_description(detector, name, precision, postprocess, decoder_kwargs),
+        version=keras_scb.__version__,
+        license=LICENSE,
+        postprocess=postprocess,
+    )
+
+
+def _calibration_source(representative_images):
+    """``representative_images`` as a function returning a fresh iterator,
+    checked to give at least one image before any conversion starts."""
+    if representative_images is None:
+        raise ValueError("int8 needs representative_images (calibration images).")
+    if not callable(representative_images):
+        images = list(representative_images)
+        representative_images = lambda: images  # noqa: E731
+    if next(iter(representative_images()), None) is None:
+        raise ValueError("int8 calibration: the representative images are empty.")
+    return representative_images
+
+
+def _description(detector, name, precision, postprocess, decoder_kwargs):
+    from keras_scb.postprocess import DECODER_DEFAULTS
+
+    settings = {**DECODER_DEFAULTS, **decoder_kwargs}
+    outputs = (
+        "Outputs: boxes, classes, scores, number of detections (the layout of "
+        "TFLite_Detection_PostProcess), after per-class NMS at IoU "
+        f"{settings['iou_threshold']} of the best {settings['pre_nms_top_k']} candidates "
+        f"a class, scores >= {settings['score_threshold']}, at most "
+        f"{settings['max_detections']} detections."
+        if postprocess
+        else "Outputs: every anchor's decoded box and class probabilities, before NMS."
+    )
+    return (
+        f"{name} SSD-family object detector, {detector.num_classes} classes, "
+        f"{detector.image_size}x{detector.image_size} input, {precision}, exported by "
+        "keras-scb. It was trained with the scale-balanced (SCB) loss, which changes "
+        "training only: the network, its post-processing (SSD box decoding, softmax, "
+        "per-class NMS) and its inference cost are those of a standard SSD. " + outputs
+    )
+
+
+def check_precision(model, precision):
+    """Raises `ValueError` unless ``model`` (``.tflite`` bytes) is stored as
+    ``precision`` promises: uint8 input; convolution kernels (every 4-D
+    constant) float32 (``fp32``), float16 (``fp16``) or int8 (``int8``, with
+    int8 activations too).
+
+    A converter that gets no calibration data, or cannot quantize, silently
+    writes a float model; this keeps such a file from being named int8.
+    """
+    from exporters import flatbuffer
+
+    problems = []
+    inputs = flatbuffer.input_types(model)
+    if inputs != ["UINT8"]:
+        problems.append(f"input types {inputs}, expected ['UINT8']")
+    expected = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "INT8"}[precision]
+    kernels = collections.Counter(
+        kind for _, kind, shape in flatbuffer.constant_tensors(model) if len(shape) == 4
+    )
+    if set(kernels) != {expected}:
+        problems.append(f"convolution kernels {dict(kernels)}, expected all {expected}")
+    if precision == "int8" and not flatbuffer.activation_types(model).get("INT8"):
+        problems.append("no int8 activation")
+    if problems:
+        raise ValueError(f"The converted model is not {precision}: {'; '.join(problems)}.")
 
 
 def export_tflite(
@@ -119,6 +207,11 @@ def export_tflite(
 ):
     """Converts ``detector`` (see `convert`) and writes ``path`` atomically.
 
+    Before the file takes its name, it is loaded and run once in a child
+    process by the LiteRT interpreter with its default options (the XNNPACK
+    delegate), as every client does (`exporters.runtime.smoke_load`): a file
+    that crashes the runtime or gives non-finite outputs is not written.
+
     Also writes ``labels.txt`` next to ``path`` when ``class_names`` are given
     (the usual TFLite detection label file: one name per line, class id order).
 
@@ -127,10 +220,13 @@ def export_tflite(
     """
     class_names = common.export_class_names(detector, class_names)
     common.prepare_output(path, overwrite)
-    model = convert(detector, precision, representative_images, postprocess, **decoder_kwargs)
+    model = convert(
+        detector, precision, representative_images, postprocess, class_names, **decoder_kwargs
+    )
     with common.atomic_output(path, overwrite) as temporary:
         with open(temporary, "wb") as f:
             f.write(model)
+        runtime.smoke_load(temporary, path)
     if class_names:
         labels = os.path.join(os.path.dirname(os.path.abspath(path)), common.LABELS_FILE)
         common.write_labels(class_names, labels)
@@ -164,16 +260,39 @@ def to_uint8(images):
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def folder_image_paths(folder):
+    """The JPEG/PNG files of ``folder``, sorted; `ValueError` if there are none."""
+    paths = sorted(
+        os.path.join(folder, name) for name in os.listdir(folder)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise ValueError(
+            f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} image to calibrate int8 with."
+        )
+    return paths
+
+
 def folder_images(folder, image_size, count=None):
-    """Yields uint8 ``(S, S, 3)`` images from the JPEG/PNG files of ``folder`` (sorted)."""
+    """Yields uint8 ``(S, S, 3)`` images from the JPEG/PNG files of ``folder`` (sorted).
+
+    Raises:
+        ValueError: naming the file, for a file that does not decode.
+    """
     import tensorflow as tf
 
-    names = sorted(
-        name for name in os.listdir(folder)
-        if name.lower().endswith((".jpg", ".jpeg", ".png"))
-    )
-    for name in names[:count]:
-        image = tf.io.decode_image(tf.io.read_file(os.path.join(folder, name)), channels=3)
+    for path in folder_image_paths(folder)[:count]:
+        try:
+            image = tf.io.decode_image(
+                tf.io.read_file(path), channels=3, expand_animations=False
+            )
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(
+                f"{path}: not a decodable JPEG/PNG image ({error.message.splitlines()[0]})."
+            ) from None
         resized = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size))
         yield to_uint8(resized.numpy())
 
@@ -186,15 +305,22 @@ def representative_images(source, image_size, count=100, split="train"):
             pipeline's reader), ``"synthetic"`` (`keras_scb.data.make_synthetic`)
             or a folder of images.
         image_size: the model's ``S``.
-        count: how many images.
+        count: how many images (at least 1).
+
+    Raises:
+        ValueError: ``count < 1``, an unknown source or a folder without images
+            (before any image is decoded).
     """
     from keras_scb import data
 
+    if count is None or count < 1:
+        raise ValueError(f"representative count must be at least 1; got {count}.")
     if source == "bccd":
         dataset = data.load_bccd(split)
     elif source == "synthetic":
         dataset = data.make_synthetic(count, image_size=(image_size, image_size))
     elif os.path.isdir(source):
+        folder_image_paths(source)  # fails now on an empty folder
         return lambda: folder_images(source, image_size, count)
     else:
         raise ValueError(

@@ -1,0 +1,318 @@
+"""What a TFLite file says about itself: output names, a SignatureDef, TFLite Model Metadata.
+
+`describe_detector` rewrites a converted detector so that clients which read
+the standard TFLite conventions (MediaPipe Tasks' ``ObjectDetector``, the TFLite
+Task Library, Android Studio's model binding, ``get_signature_runner``) take it
+as it is:
+
+- the output tensors are named (``detection_boxes``...) and their tensor
+  indices ascend in output order (MediaPipe's own metadata writer pairs
+  location/category/score/count with the outputs sorted by tensor index);
+- a SignatureDef ``serving_default`` maps ``images`` and the output names to
+  the tensors;
+- the ``TFLITE_METADATA`` buffer (the TFLite Model Metadata schema, bindings in
+  `exporters.vendor`) describes the image input (RGB, uint8 ``0..255``, fed as
+  is), the outputs (for the post-processed layout: the detection output group
+  location/category/score/number of detections, boxes ``[ymin, xmin, ymax,
+  xmax]`` as ratios of the image) and embeds ``labels.txt`` as the category
+  labels; like every metadata writer, the label file is appended to the
+  flatbuffer as an uncompressed zip archive (the interpreter ignores it).
+"""
+
+import io
+import zipfile
+from typing import Optional, Sequence
+
+import flatbuffers
+from ai_edge_litert import schema_py_generated as schema
+
+from exporters.vendor import metadata_schema_py_generated as meta
+
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+LABELS_FILE = "labels.txt"
+RAW_OUTPUTS = ("raw_detection_boxes", "raw_detection_scores")
+# The `Model.metadata` entry clients look for, and the identifiers of the buffers.
+METADATA_BUFFER_NAME = "TFLITE_METADATA"
+METADATA_IDENTIFIER = b"M001"
+MODEL_IDENTIFIER = b"TFL3"
+# The oldest metadata parser that reads every field written here (tensor groups
+# and value ranges are 1.2.0's), as MediaPipe's writer computes it for the same
+# fields: tests/test_clients_mediapipe.py checks it.
+MIN_PARSER_VERSION = "1.2.0"
+# The TFLite schema asks for 16-byte aligned buffers (`force_align: 16`); the
+# generated Python object API does not honour it.
+_BUFFER_ALIGNMENT = 16
+# `BoundingBoxProperties.index`: the positions of left, top, right, bottom in a
+# `[ymin, xmin, ymax, xmax]` box.
+_YXYX_INDEX = [1, 0, 3, 2]
+
+
+def describe_detector(
+    model: bytes,
+    class_names: Optional[Sequence[str]],
+    name: str,
+    description: str,
+    version: str,
+    license: str,
+    postprocess: bool = True,
+) -> bytes:
+    """``model`` with named outputs, a SignatureDef and TFLite Model Metadata.
+
+    Args:
+        model: a converted detector: one uint8 input ``(1, S, S, 3)``; outputs
+            ``detection_boxes (1, K, 4)``, ``detection_classes (1, K)``,
+            ``detection_scores (1, K)``, ``num_detections (1,)`` in this order
+            (``postprocess=True``), or ``raw_detection_boxes (1, A, 4)``,
+            ``raw_detection_scores (1, A, C)`` (``postprocess=False``).
+        class_names: embedded as the labels of the class ids (category output,
+            or the class axis of the raw scores); ``None``: no label file.
+        name, description, version, license: the model metadata's fields.
+        postprocess: which of the two layouts ``model`` has.
+
+    Returns:
+        The new ``.tflite`` bytes (flatbuffer, then the label file as a zip).
+    """
+    from exporters.common import DETECTION_KEYS
+
+    model_t = schema.ModelT.InitFromPackedBuf(model, 0)
+    outputs = DETECTION_KEYS if postprocess else RAW_OUTPUTS
+    name_tensors(model_t, outputs)
+    labels = _label_file(class_names, postprocess)
+    metadata = meta.ModelMetadataT()
+    metadata.name = name
+    metadata.description = description
+    metadata.version = version
+    metadata.author = "keras-scb"
+    metadata.license = license
+    metadata.minParserVersion = MIN_PARSER_VERSION
+    subgraph = meta.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [_image_metadata()]
+    if postprocess:
+        subgraph.outputTensorMetadata = _detection_metadata(labels)
+        group = meta.TensorGroupT()
+        group.name = "detection_result"
+        group.tensorNames = [m.name for m in subgraph.outputTensorMetadata[:3]]
+        subgraph.outputTensorGroups = [group]
+    else:
+        subgraph.outputTensorMetadata = _raw_metadata(labels)
+    metadata.subgraphMetadata = [subgraph]
+    _attach(model_t, _finish(metadata.Pack, METADATA_IDENTIFIER))
+    packed = _pack_model(model_t)
+    if labels is None:
+        return packed
+    return packed + _zip({LABELS_FILE: "".join(f"{n}\n" for n in class_names)})
+
+
+def name_tensors(model_t, outputs: Sequence[str]) -> None:
+    """Names the input `INPUT_NAME` and the outputs ``outputs`` (in output order),
+    renumbers the output tensors so that their indices ascend in that order, and
+    sets the SignatureDef `SIGNATURE_KEY` (replacing any other)."""
+    (graph,) = model_t.subgraphs
+    if len(graph.outputs) != len(outputs) or len(graph.inputs) != 1:
+        raise ValueError(
+            f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs; expected 1 and "
+            f"{len(outputs)} ({', '.join(outputs)})."
+        )
+    _sort_output_indices(graph)
+    graph.tensors[graph.inputs[0]].name = INPUT_NAME
+    for index, output in zip(graph.outputs, outputs):
+        graph.tensors[index].name = output
+    signature = schema.SignatureDefT()
+    signature.signatureKey = SIGNATURE_KEY
+    signature.subgraphIndex = 0
+    signature.inputs = [_tensor_map(INPUT_NAME, graph.inputs[0])]
+    signature.outputs = [_tensor_map(n, i) for n, i in zip(outputs, graph.outputs)]
+    model_t.signatureDefs = [signature]
+
+
+def _sort_output_indices(graph) -> None:
+    """Swaps the output tensors among their own indices so that output ``k``
+    gets the ``k``-th smallest; every reference to a tensor is renumbered."""
+    old = [int(i) for i in graph.outputs]
+    new = dict(zip(old, sorted(old)))
+    if all(o == n for o, n in new.items()):
+        return
+    source = {n: o for o, n in new.items()}
+    graph.tensors = [graph.tensors[source.get(i, i)] for i in range(len(graph.tensors))]
+
+    def renumber(indices):
+        return None if indices is None else [new.get(int(i), int(i)) for i in indices]
+
+    for op in graph.operators:
+        op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+        op.intermediates = renumber(op.intermediates)
+    graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
+
+
+def _tensor_map(name: str, index: int):
+    tensor_map = schema.TensorMapT()
+    tensor_map.name = name
+    tensor_map.tensorIndex = int(index)
+    return tensor_map
+
+
+def _label_file(class_names, postprocess: bool):
+    if not class_names:
+        return None
+    label_file = meta.AssociatedFileT()
+    label_file.name = LABELS_FILE
+    label_file.description = "Class names, one a line, in class id order (id 0 first)."
+    # Category ids index the file's lines; raw scores have one column a line.
+    label_file.type = (
+        meta.AssociatedFileType.TENSOR_VALUE_LABELS
+        if postprocess
+        else meta.AssociatedFileType.TENSOR_AXIS_LABELS
+    )
+    return label_file
+
+
+def _tensor(name: str, description: str, properties_type=None, properties=None, stats=None):
+    tensor = meta.TensorMetadataT()
+    tensor.name = name
+    tensor.description = description
+    tensor.content = meta.ContentT()
+    tensor.content.contentPropertiesType = (
+        meta.ContentProperties.FeatureProperties if properties_type is None else properties_type
+    )
+    tensor.content.contentProperties = (
+        meta.FeaturePropertiesT() if properties is None else properties
+    )
+    if stats is not None:
+        tensor.stats = meta.StatsT()
+        tensor.stats.min, tensor.stats.max = [stats[0]], [stats[1]]
+    return tensor
+
+
+def _image_metadata():
+    properties = meta.ImagePropertiesT()
+    properties.colorSpace = meta.ColorSpaceType.RGB
+    image = _tensor(
+        "image",
+        "RGB image, uint8 0..255, resized to the model's square input size (aspect ratio "
+        "not kept, as in training); the pixels are fed as they are.",
+        meta.ContentProperties.ImageProperties,
+        properties,
+        stats=(0.0, 255.0),
+    )
+    # Identity normalization: the network takes the uint8 values as floats in [0, 255].
+    normalization = meta.ProcessUnitT()
+    normalization.optionsType = meta.ProcessUnitOptions.NormalizationOptions
+    normalization.options = meta.NormalizationOptionsT()
+    normalization.options.mean, normalization.options.std = [0.0], [1.0]
+    image.processUnits = [normalization]
+    return image
+
+
+def _boxes(name: str, description: str):
+    properties = meta.BoundingBoxPropertiesT()
+    properties.index = list(_YXYX_INDEX)
+    properties.type = meta.BoundingBoxType.BOUNDARIES
+    properties.coordinateType = meta.CoordinateType.RATIO
+    return _tensor(name, description, meta.ContentProperties.BoundingBoxProperties, properties)
+
+
+def _detection_metadata(labels):
+    """The four outputs of the detection output group, MediaPipe's names for them."""
+    box_axis = meta.ValueRangeT()
+    box_axis.min = box_axis.max = 2  # the detections run along axis 2 of (1, K, ...)
+    location = _boxes(
+        "location", "Detected boxes [ymin, xmin, ymax, xmax] as ratios of the image size."
+    )
+    category = _tensor("category", "Class ids (0-based, as float), lines of the label file.")
+    score = _tensor("score", "Softmax probability of the class, descending.", stats=(0.0, 1.0))
+    if labels is not None:
+        category.associatedFiles = [labels]
+    for tensor in (location, category, score):
+        tensor.content.range = box_axis
+    count = _tensor("number of detections", "Valid detections; the rows after them are zeros.")
+    return [location, category, score, count]
+
+
+def _raw_metadata(labels):
+    boxes = _boxes(
+        "raw_detection_boxes",
+        "Every anchor's decoded box [ymin, xmin, ymax, xmax] as ratios, before NMS.",
+    )
+    scores = _tensor(
+        "raw_detection_scores",
+        "Every anchor's softmax probability of each class (background left out), before NMS.",
+        stats=(0.0, 1.0),
+    )
+    if labels is not None:
+        scores.associatedFiles = [labels]
+    return [boxes, scores]
+
+
+def _attach(model_t, metadata: bytes) -> None:
+    """Stores ``metadata`` in a new buffer named `METADATA_BUFFER_NAME`."""
+    buffer = schema.BufferT()
+    buffer.data = metadata
+    model_t.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_BUFFER_NAME
+    entry.buffer = len(model_t.buffers) - 1
+    model_t.metadata = [
+        m for m in (model_t.metadata or []) if m.name.decode() != METADATA_BUFFER_NAME
+    ] + [entry]
+
+
+def _finish(pack, identifier: bytes) -> bytes:
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(pack(builder), identifier)
+    return bytes(builder.Output())
+
+
+def _pack_model(model_t) -> bytes:
+    for buffer in model_t.buffers:
+        buffer.__class__ = _AlignedBuffer
+    return _finish(model_t.Pack, MODEL_IDENTIFIER)
+
+
+class _AlignedBuffer(schema.BufferT):
+    """A `BufferT` that packs its data 16-byte aligned, as the schema asks."""
+
+    def Pack(self, builder):
+        data = None
+        if self.data is not None and len(self.data):
+            payload = bytes(memoryview(self.data).cast("B"))
+            builder.StartVector(1, len(payload), _BUFFER_ALIGNMENT)
+            builder.head -= len(payload)
+            builder.Bytes[builder.head : builder.head + len(payload)] = payload
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, self.offset)
+        schema.BufferAddSize(builder, self.size)
+        return schema.BufferEnd(builder)
+
+
+def _zip(files: dict) -> bytes:
+    """An uncompressed zip of ``files`` (name -> text), with fixed timestamps
+    (the same export gives the same bytes)."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for name, text in files.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), text)
+    return archive.getvalue()
+
+
+def read_metadata(model: bytes):
+    """The `ModelMetadataT` of a ``.tflite`` file's bytes, or ``None``."""
+    model_fb = schema.Model.GetRootAsModel(model, 0)
+    for i in range(model_fb.MetadataLength()):
+        entry = model_fb.Metadata(i)
+        if entry.Name().decode() == METADATA_BUFFER_NAME:
+            data = model_fb.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+            return meta.ModelMetadataT.InitFromPackedBuf(data, 0)
+    return None
+
+
+def associated_files(model: bytes) -> dict:
+    """``{name: bytes}`` of the files zipped after the flatbuffer."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as zf:
+            return {name: zf.read(name) for name in zf.namelist()}
+    except zipfile.BadZipFile:
+        return {}
