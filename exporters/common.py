@@ -26,6 +26,9 @@ DETECTION_KEYS = (
     "detection_scores",
     "num_detections",
 )
+# The raw (no NMS) exports' outputs: every anchor's ``[ymin, xmin, ymax, xmax]``
+# box (B, A, 4) and foreground class probabilities (B, A, C), see `raw_outputs`.
+RAW_DETECTION_KEYS = ("raw_detection_boxes", "raw_detection_scores")
 # Export box order from the library's [xmin, ymin, xmax, ymax] and back (a swap).
 YXYX = [1, 0, 3, 2]
 LABELS_FILE = label_map.LABELS_FILE
@@ -156,6 +159,38 @@ def serving_function(detector, resize=False, single_image=False, **decoder_kwarg
         return export_outputs(postprocessor(detector(pixels, training=False)))
 
     return detect
+
+
+def raw_serving_function(detector):
+    """``images uint8 (B, S, S, 3) -> dict of RAW_DETECTION_KEYS``: the
+    post-processing's decoding without its NMS (`raw_outputs`)."""
+    import tensorflow as tf
+
+    from keras_scb.postprocess import build_postprocessor
+
+    postprocessor = build_postprocessor(detector, name="decode")
+
+    def detect(images):
+        raw = detector(tf.cast(images, tf.float32), training=False)
+        return raw_outputs(*postprocessor.decode(raw))
+
+    return detect
+
+
+def raw_outputs(boxes, probs):
+    """`keras_scb.postprocess.PostProcessor.decode` -> the raw exports' outputs.
+
+    ``raw_detection_boxes``: ``(B, A, 4)`` ``[ymin, xmin, ymax, xmax]`` (the
+    export box order, as `export_outputs`); ``raw_detection_scores``: ``(B, A, C)``
+    foreground probabilities, column ``k`` for class id ``k`` (the background
+    column left out: it is one minus their sum).
+    """
+    import tensorflow as tf
+
+    return {
+        "raw_detection_boxes": tf.gather(boxes, YXYX, axis=-1),
+        "raw_detection_scores": probs[..., 1:],
+    }
 
 
 def export_outputs(detections):

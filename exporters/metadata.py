@@ -31,7 +31,6 @@ from exporters.vendor import metadata_schema_py_generated as meta
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
 LABELS_FILE = "labels.txt"
-RAW_OUTPUTS = ("raw_detection_boxes", "raw_detection_scores")
 # The `Model.metadata` entry clients look for, and the identifiers of the buffers.
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -73,10 +72,10 @@ def describe_detector(
     Returns:
         The new ``.tflite`` bytes (flatbuffer, then the label file as a zip).
     """
-    from exporters.common import DETECTION_KEYS
+    from exporters.common import DETECTION_KEYS, RAW_DETECTION_KEYS
 
     model_t = schema.ModelT.InitFromPackedBuf(model, 0)
-    outputs = DETECTION_KEYS if postprocess else RAW_OUTPUTS
+    outputs = DETECTION_KEYS if postprocess else RAW_DETECTION_KEYS
     name_tensors(model_t, outputs)
     labels = _label_file(class_names, postprocess)
     metadata = meta.ModelMetadataT()

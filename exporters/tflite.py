@@ -51,16 +51,15 @@ def _serving_concrete_function(detector, postprocess=True, **decoder_kwargs):
     if postprocess:
         serve = common.serving_function(detector, single_image=True, **decoder_kwargs)
     else:
-        def serve(images):
-            return {"raw_predictions": detector(tf.cast(images, tf.float32), training=False)}
+        serve = common.raw_serving_function(detector)
     function = archive.add_endpoint(
         "serving_default",
         serve,
         input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8, name="images")],
     )
     # A concrete function keeps the outputs in `tf.nest` order (sorted keys =
-    # DETECTION_KEYS); from a SavedModel signature the converter orders them
-    # arbitrarily.
+    # DETECTION_KEYS or RAW_DETECTION_KEYS), which `exporters.metadata` names;
+    # from a SavedModel signature the converter orders them arbitrarily.
     return function.get_concrete_function(), archive
 
 
@@ -81,8 +80,8 @@ def convert(
         representative_images: for ``int8``, an iterable (or a function
             returning one) of uint8 images ``(S, S, 3)`` or ``(1, S, S, 3)``;
             a few hundred cover a dataset, tens suffice to test.
-        postprocess: include the decoding and NMS; without, the one output is
-            the network's ``(1, A, 4 + C + 1)`` (anchor order as in training).
+        postprocess: include the NMS; without, the outputs are every anchor's
+            decoded box and class probabilities (`common.raw_outputs`).
         class_names: embedded as the category labels (``None``: no label file).
         **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
 
@@ -345,7 +344,8 @@ def _define_flags():
     flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
     flags.DEFINE_bool(
         "postprocess", True,
-        "Include decoding + NMS; --nopostprocess exports the raw (1, A, 4 + C + 1) output.",
+        "Include the NMS; --nopostprocess exports every anchor's decoded box "
+        "(1, A, 4) and class probabilities (1, A, C) instead.",
     )
     common.define_decoder_flags()
     flags.mark_flags_as_required(["checkpoint", "output"])
@@ -366,7 +366,10 @@ def main(argv):
         detector, values.output, values.precision, representative, class_names,
         values.overwrite, values.postprocess, **common.decoder_kwargs_from_flags(values),
     )
-    outputs = "boxes, classes, scores, count" if values.postprocess else "raw predictions"
+    outputs = (
+        ", ".join(common.DETECTION_KEYS) if values.postprocess
+        else ", ".join(common.RAW_DETECTION_KEYS)
+    )
     print(
         f"TFLite ({values.precision}) written to {values.output}: uint8 input "
         f"(1, {detector.image_size}, {detector.image_size}, 3); outputs {outputs}; "

@@ -165,7 +165,18 @@ class PostProcessor(keras.layers.Layer):
         self.negative_filter_threshold = negative_filter_threshold
         self.extra_outputs = extra_outputs
 
-    def call(self, raw):
+    def decode(self, raw):
+        """Every anchor's box and class probabilities, before NMS (the first
+        half of `call`).
+
+        Args:
+            raw: ``(B, A, D)`` detector output.
+
+        Returns:
+            ``(boxes, probs)``: float32 ``(B, A, 4)`` ``[xmin, ymin, xmax, ymax]``
+            clipped to ``[0, 1]``, and ``(B, A, C + 1)`` softmax probabilities,
+            background at 0 (foreground 0 on the anchors RefineDet's ARM filters out).
+        """
         raw = tf.cast(raw, tf.float32)
         anchors = get_anchors(self.anchor_spec)  # (A, 4) [cx, cy, w, h]
         if self.output_layout == REFINEDET:
@@ -173,8 +184,10 @@ class PostProcessor(keras.layers.Layer):
                 raw, anchors, self.variances, self.negative_filter_threshold, tf_ops()
             )  # anchors: (B, A, 4) refined
         corners = decode_offsets(raw[..., :4], anchors, self.variances, tf_ops())
-        boxes = tf.clip_by_value(corners, 0.0, 1.0)  # (B, A, 4) [xmin, ymin, xmax, ymax]
-        probs = tf.nn.softmax(raw[..., 4:], axis=-1)
+        return tf.clip_by_value(corners, 0.0, 1.0), tf.nn.softmax(raw[..., 4:], axis=-1)
+
+    def call(self, raw):
+        boxes, probs = self.decode(raw)
         options = (
             self.iou_threshold, self.score_threshold, self.max_detections, self.pre_nms_top_k
         )
