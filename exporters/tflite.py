@@ -120,7 +120,7 @@ def convert(
         converter.representative_dataset = calibration_inputs
     model = converter.convert()
     check_precision(model, precision)
-    name = getattr(detector, "registry_name", None) or detector.name
+    name = detector.registry_name or detector.name
     return metadata.describe_detector(
         model,
         class_names,

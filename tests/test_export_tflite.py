@@ -1,19 +1,23 @@
-"""TFLite export: parity with the Keras inference model, layout, builtin ops, atomicity.
+"""TFLite export: parity with the Keras inference model, layout, builtin ops, atomicity,
+names, SignatureDef and model metadata, the raw export, the smoke load, int8 checks.
 
-Budget: ~60 s on 2 cores (three conversions of a 0.7 M-parameter detector).
+Budget: ~60 s on 2 cores (four conversions of a 0.7 M-parameter detector).
 """
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporters import accuracy, common, flatbuffer, runtime, tflite
+from exporters import accuracy, common, flatbuffer, metadata, runtime, tflite
 import export_testing
 
 IMAGES = 6
+CLASS_NAMES = ("RBC", "WBC", "Platelets")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def keras_outputs(detector, images):
 
 @pytest.fixture(scope="module")
 def fp32_model(detector):
-    return tflite.convert(detector, "fp32", **export_testing.DECODER)
+    return tflite.convert(detector, "fp32", class_names=CLASS_NAMES, **export_testing.DECODER)
 
 
 def test_fixture_gives_detections(keras_outputs):
@@ -194,3 +198,164 @@ def test_refinedet_fp32_matches_keras():
         expected, runtime.TFLiteDetector(model)(images), top_k=50, iou_threshold=0.99
     )
     assert agreement["matched"] == 1.0 and agreement["max_score_diff"] < 1e-4
+
+
+def _output_tensors(model):
+    """``[(name, tensor index)]`` of the outputs, in output order."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(model, 0).Subgraphs(0)
+    return [
+        (graph.Tensors(graph.Outputs(i)).Name().decode(), graph.Outputs(i))
+        for i in range(graph.OutputsLength())
+    ]
+
+
+def test_outputs_named_in_index_order_with_signature(fp32_model, images):
+    outputs = _output_tensors(fp32_model)
+    assert [name for name, _ in outputs] == list(common.DETECTION_KEYS)
+    # Writers that pair outputs by ascending tensor index (MediaPipe's) agree.
+    assert [index for _, index in outputs] == sorted(index for _, index in outputs)
+    runner = runtime.TFLiteDetector(fp32_model)
+    assert runner.interpreter.get_signature_list() == {
+        "serving_default": {"inputs": ["images"], "outputs": list(common.DETECTION_KEYS)}
+    }
+    signed = runner.interpreter.get_signature_runner("serving_default")(images=images[:1])
+    by_order = runner(images[:1])
+    for key in common.DETECTION_KEYS:
+        np.testing.assert_array_equal(signed[key], by_order[key])
+
+
+def test_model_metadata(fp32_model, detector):
+    from exporters.vendor import metadata_schema_py_generated as schema
+
+    model = metadata.read_metadata(fp32_model)
+    assert model.name.decode() == detector.registry_name
+    assert "scale-balanced (SCB) loss" in model.description.decode()
+    assert "changes training only" in model.description.decode()
+    assert model.version.decode() and model.license.decode() == tflite.LICENSE
+    (graph,) = model.subgraphMetadata
+    (image,) = graph.inputTensorMetadata
+    assert image.content.contentProperties.colorSpace == schema.ColorSpaceType.RGB
+    assert (list(image.stats.min), list(image.stats.max)) == ([0.0], [255.0])
+    (normalization,) = image.processUnits
+    assert (list(normalization.options.mean), list(normalization.options.std)) == ([0.0], [1.0])
+    names = [t.name.decode() for t in graph.outputTensorMetadata]
+    assert names == ["location", "category", "score", "number of detections"]
+    location, category = graph.outputTensorMetadata[:2]
+    boxes = location.content.contentProperties
+    assert list(boxes.index) == [1, 0, 3, 2]  # left, top, right, bottom in [ymin, xmin, ymax, xmax]
+    assert boxes.type == schema.BoundingBoxType.BOUNDARIES
+    assert boxes.coordinateType == schema.CoordinateType.RATIO
+    (labels,) = category.associatedFiles
+    assert labels.type == schema.AssociatedFileType.TENSOR_VALUE_LABELS
+    assert metadata.associated_files(fp32_model) == {
+        labels.name.decode(): "".join(f"{n}\n" for n in CLASS_NAMES).encode()
+    }
+    (group,) = graph.outputTensorGroups
+    assert [n.decode() for n in group.tensorNames] == names[:3]
+
+
+def test_raw_export(detector, images):
+    from exporters.vendor import metadata_schema_py_generated as schema
+    from keras_scb.postprocess import build_postprocessor
+
+    model = tflite.convert(detector, "fp32", postprocess=False, class_names=CLASS_NAMES)
+    assert [name for name, _ in _output_tensors(model)] == list(common.RAW_DETECTION_KEYS)
+    out = tflite_signature_outputs(model, images[:1])
+    raw = detector(images[:1].astype("float32"), training=False)
+    boxes, probs = build_postprocessor(detector).decode(raw)
+    expected = common.raw_outputs(boxes, probs)
+    num_anchors = probs.shape[1]
+    assert out["raw_detection_boxes"].shape == (1, num_anchors, 4)
+    assert out["raw_detection_scores"].shape == (1, num_anchors, export_testing.NUM_CLASSES)
+    # 1e-3 as in test_fp32_matches_keras: XNNPACK and oneDNN sum in different
+    # orders, and this random network amplifies it (measured 1.3e-4).
+    for key in common.RAW_DETECTION_KEYS:
+        np.testing.assert_allclose(out[key], expected[key], atol=1e-3)
+    graph = metadata.read_metadata(model).subgraphMetadata[0]
+    boxes_md, scores_md = graph.outputTensorMetadata
+    assert list(boxes_md.content.contentProperties.index) == [1, 0, 3, 2]
+    assert scores_md.associatedFiles[0].type == schema.AssociatedFileType.TENSOR_AXIS_LABELS
+
+
+def tflite_signature_outputs(model, images):
+    runner = runtime.TFLiteDetector(model)
+    return runner.interpreter.get_signature_runner("serving_default")(images=images)
+
+
+def _tiny_model(function):
+    """A converted one-op-or-so model of ``function`` on uint8 ``(1, 8, 8, 3)``."""
+    spec = tf.TensorSpec((1, 8, 8, 3), tf.uint8)
+    concrete = tf.function(function, input_signature=[spec]).get_concrete_function()
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete]).convert()
+
+
+def test_smoke_load_rejects_non_finite_outputs(tmp_path):
+    path = tmp_path / "nan.tflite"
+    path.write_bytes(_tiny_model(lambda x: {"y": tf.math.log(tf.cast(x, tf.float32) - 300.0)}))
+    with pytest.raises(runtime.SmokeLoadError, match="non-finite values in output"):
+        runtime.smoke_load(path, "model.tflite")
+    path.write_bytes(_tiny_model(lambda x: {"y": tf.math.log(tf.cast(x, tf.float32) + 1.0)}))
+    runtime.smoke_load(path)
+
+
+def test_runtime_crash_fails_the_export(detector, fp32_model, tmp_path, monkeypatch):
+    """A runtime that aborts (as XNNPACK did on an int8 file: ``double free``)
+    kills only the child process; the export fails and writes nothing."""
+    crash = tmp_path / "abort.py"
+    crash.write_text("import os\nprint('double free or corruption (out)', flush=True)\nos.abort()\n")
+    monkeypatch.setattr(runtime, "SMOKE_LOAD_SCRIPT", str(crash))
+    monkeypatch.setattr(tflite, "convert", lambda *args, **kwargs: fp32_model)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(runtime.SmokeLoadError, match=r"crashed \(SIGABRT\) loading .*m.tflite"):
+        tflite.export_tflite(detector, out / "m.tflite", class_names=CLASS_NAMES)
+    assert _leftovers(out) == []
+
+
+def test_check_precision(fp32_model):
+    tflite.check_precision(fp32_model, "fp32")
+    for precision in ("fp16", "int8"):
+        with pytest.raises(ValueError, match=f"not {precision}: convolution kernels"):
+            tflite.check_precision(fp32_model, precision)
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_calibration_count_must_be_positive(count):
+    with pytest.raises(ValueError, match=f"at least 1; got {count}"):
+        tflite.representative_images("synthetic", 300, count)
+
+
+def test_empty_calibration_fails_before_conversion(detector, tmp_path, monkeypatch):
+    monkeypatch.setattr(tflite, "_serving_concrete_function", None)  # never reached
+    with pytest.raises(ValueError, match=f"{tmp_path}: no .jpg/.jpeg/.png image"):
+        tflite.representative_images(str(tmp_path), 300, 10)
+    with pytest.raises(ValueError, match="representative images are empty"):
+        tflite.convert(detector, "int8", [])
+
+
+def test_corrupt_calibration_image_named(detector, tmp_path, monkeypatch):
+    monkeypatch.setattr(tflite, "_serving_concrete_function", None)  # never reached
+    tf.io.write_file(str(tmp_path / "b.png"), tf.io.encode_png(export_testing.images(1)[0]))
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    images = tflite.representative_images(str(tmp_path), 300, 10)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'a.jpg'}: not a decodable"):
+        tflite.convert(detector, "int8", images)
+
+
+@pytest.mark.slow  # starts TensorFlow in a child process (~15 s)
+def test_cli_empty_calibration_folder_one_line_error(detector, tmp_path):
+    checkpoint = export_testing.save_checkpoint(detector, tmp_path / "m.keras")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "exporters.tflite", f"--checkpoint={checkpoint}",
+         f"--output={tmp_path / 'm.tflite'}", "--precision=int8",
+         f"--representative_data={empty}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1
+    assert f"exporters.tflite: error: {empty}: no .jpg/.jpeg/.png image" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m.tflite").exists()
