@@ -29,6 +29,9 @@ DETECTION_KEYS = (
 # The raw (no NMS) exports' outputs: every anchor's ``[ymin, xmin, ymax, xmax]``
 # box (B, A, 4) and foreground class probabilities (B, A, C), see `raw_outputs`.
 RAW_DETECTION_KEYS = ("raw_detection_boxes", "raw_detection_scores")
+# The name scope of the serving functions' post-processing ops (the int8 TFLite
+# export keeps them float, see `exporters.tflite`).
+POSTPROCESS_SCOPE = "postprocess"
 # Export box order from the library's [xmin, ymin, xmax, ymax] and back (a swap).
 YXYX = [1, 0, 3, 2]
 LABELS_FILE = label_map.LABELS_FILE
@@ -156,7 +159,9 @@ def serving_function(detector, resize=False, single_image=False, **decoder_kwarg
         pixels = tf.cast(images, tf.float32)
         if resize:
             pixels = tf.image.resize(pixels, (size, size), method="bilinear")
-        return export_outputs(postprocessor(detector(pixels, training=False)))
+        raw = detector(pixels, training=False)
+        with tf.name_scope(POSTPROCESS_SCOPE):
+            return export_outputs(postprocessor(raw))
 
     return detect
 
@@ -172,7 +177,8 @@ def raw_serving_function(detector):
 
     def detect(images):
         raw = detector(tf.cast(images, tf.float32), training=False)
-        return raw_outputs(*postprocessor.decode(raw))
+        with tf.name_scope(POSTPROCESS_SCOPE):
+            return raw_outputs(*postprocessor.decode(raw))
 
     return detect
 

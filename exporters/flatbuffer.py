@@ -1,4 +1,5 @@
-"""Read a TFLite flatbuffer: its ops, tensors, types and constants (no interpreter needed).
+"""Read a TFLite flatbuffer: its ops, tensors, types and constants (no interpreter
+needed); unpack it to the schema's object API and pack it back.
 
 The interpreter's own op list is taken after delegation (XNNPACK replaces most
 ops by ``DELEGATE`` nodes), so the graph is read from the file instead.
@@ -6,8 +7,14 @@ ops by ``DELEGATE`` nodes), so the graph is read from the file instead.
 
 import collections
 
+import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
+MODEL_IDENTIFIER = b"TFL3"
+# The TFLite schema asks for 16-byte aligned buffers (`force_align: 16`); the
+# generated Python object API does not honour it.
+_BUFFER_ALIGNMENT = 16
 
 _BUILTIN_NAMES = {
     code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
@@ -106,3 +113,41 @@ def activation_types(model):
         for tensor in (graph.Tensors(t) for t in range(graph.TensorsLength()))
         if model.Buffers(tensor.Buffer()).DataLength() == 0
     ))
+
+
+def unpack(model):
+    """The ``ModelT`` (object API, editable) of the ``.tflite`` bytes ``model``."""
+    return schema.ModelT.InitFromPackedBuf(model, 0)
+
+
+def pack(model_t) -> bytes:
+    """A ``ModelT`` back to ``.tflite`` bytes, buffers 16-byte aligned."""
+    for buffer in model_t.buffers:
+        buffer.__class__ = _AlignedBuffer
+    return finish(model_t.Pack, MODEL_IDENTIFIER)
+
+
+def finish(pack_table, identifier: bytes) -> bytes:
+    """The flatbuffer of one object-API table (``pack_table`` = its ``Pack``)."""
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(pack_table(builder), identifier)
+    return bytes(builder.Output())
+
+
+class _AlignedBuffer(schema.BufferT):
+    """A `BufferT` that packs its data 16-byte aligned, as the schema asks."""
+
+    def Pack(self, builder):
+        data = None
+        if self.data is not None and len(self.data):
+            payload = bytes(memoryview(self.data).cast("B"))
+            builder.StartVector(1, len(payload), _BUFFER_ALIGNMENT)
+            builder.head -= len(payload)
+            builder.Bytes[builder.head : builder.head + len(payload)] = payload
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, self.offset)
+        schema.BufferAddSize(builder, self.size)
+        return schema.BufferEnd(builder)

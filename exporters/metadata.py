@@ -23,9 +23,9 @@ import io
 import zipfile
 from typing import Optional, Sequence
 
-import flatbuffers
 from ai_edge_litert import schema_py_generated as schema
 
+from exporters import flatbuffer
 from exporters.vendor import metadata_schema_py_generated as meta
 
 SIGNATURE_KEY = "serving_default"
@@ -34,14 +34,9 @@ LABELS_FILE = "labels.txt"
 # The `Model.metadata` entry clients look for, and the identifiers of the buffers.
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
-MODEL_IDENTIFIER = b"TFL3"
-# The oldest metadata parser that reads every field written here (tensor groups
-# and value ranges are 1.2.0's), as MediaPipe's writer computes it for the same
-# fields: tests/test_clients_mediapipe.py checks it.
+# The oldest metadata parser that reads every field written here: the newest of
+# them, the output tensor group, came with schema 1.2.0 (the schema's history).
 MIN_PARSER_VERSION = "1.2.0"
-# The TFLite schema asks for 16-byte aligned buffers (`force_align: 16`); the
-# generated Python object API does not honour it.
-_BUFFER_ALIGNMENT = 16
 # `BoundingBoxProperties.index`: the positions of left, top, right, bottom in a
 # `[ymin, xmin, ymax, xmax]` box.
 _YXYX_INDEX = [1, 0, 3, 2]
@@ -74,7 +69,7 @@ def describe_detector(
     """
     from exporters.common import DETECTION_KEYS, RAW_DETECTION_KEYS
 
-    model_t = schema.ModelT.InitFromPackedBuf(model, 0)
+    model_t = flatbuffer.unpack(model)
     outputs = DETECTION_KEYS if postprocess else RAW_DETECTION_KEYS
     name_tensors(model_t, outputs)
     labels = _label_file(class_names, postprocess)
@@ -96,8 +91,8 @@ def describe_detector(
     else:
         subgraph.outputTensorMetadata = _raw_metadata(labels)
     metadata.subgraphMetadata = [subgraph]
-    _attach(model_t, _finish(metadata.Pack, METADATA_IDENTIFIER))
-    packed = _pack_model(model_t)
+    _attach(model_t, flatbuffer.finish(metadata.Pack, METADATA_IDENTIFIER))
+    packed = flatbuffer.pack(model_t)
     if labels is None:
         return packed
     return packed + _zip({LABELS_FILE: "".join(f"{n}\n" for n in class_names)})
@@ -254,37 +249,6 @@ def _attach(model_t, metadata: bytes) -> None:
     model_t.metadata = [
         m for m in (model_t.metadata or []) if m.name.decode() != METADATA_BUFFER_NAME
     ] + [entry]
-
-
-def _finish(pack, identifier: bytes) -> bytes:
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(pack(builder), identifier)
-    return bytes(builder.Output())
-
-
-def _pack_model(model_t) -> bytes:
-    for buffer in model_t.buffers:
-        buffer.__class__ = _AlignedBuffer
-    return _finish(model_t.Pack, MODEL_IDENTIFIER)
-
-
-class _AlignedBuffer(schema.BufferT):
-    """A `BufferT` that packs its data 16-byte aligned, as the schema asks."""
-
-    def Pack(self, builder):
-        data = None
-        if self.data is not None and len(self.data):
-            payload = bytes(memoryview(self.data).cast("B"))
-            builder.StartVector(1, len(payload), _BUFFER_ALIGNMENT)
-            builder.head -= len(payload)
-            builder.Bytes[builder.head : builder.head + len(payload)] = payload
-            data = builder.EndVector()
-        schema.BufferStart(builder)
-        if data is not None:
-            schema.BufferAddData(builder, data)
-        schema.BufferAddOffset(builder, self.offset)
-        schema.BufferAddSize(builder, self.size)
-        return schema.BufferEnd(builder)
 
 
 def _zip(files: dict) -> bytes:

@@ -19,8 +19,8 @@ used: its fast mode is class-agnostic NMS (different detections than the Keras
 model) and its per-class mode was seen to never emit one of the classes.
 
 Precisions: ``fp32``; ``fp16`` (float16 weights, float32 compute); ``int8``
-(weights and activations int8, calibrated on representative images; ops without
-an int8 kernel, such as the NMS, stay float).
+(the network's weights and activations int8, calibrated on representative
+images; the post-processing stays float, see `quantize_network`).
 """
 
 import collections
@@ -118,7 +118,7 @@ def convert(
                 yield [image.reshape((1,) + image.shape[-3:])]
 
         converter.representative_dataset = calibration_inputs
-    model = converter.convert()
+    model = quantize_network(converter) if precision == "int8" else converter.convert()
     check_precision(model, precision)
     name = detector.registry_name or detector.name
     return metadata.describe_detector(
@@ -130,6 +130,66 @@ def convert(
         license=LICENSE,
         postprocess=postprocess,
     )
+
+
+def quantize_network(converter):
+    """int8 conversion of the network, the post-processing kept float.
+
+    The converter alone quantizes every op that has an int8 kernel, the
+    post-processing included: scores then move in steps of 1/256 (ties, and one
+    step apart between runtimes), boxes in steps of 1/255 of the image, and
+    NMS compares boxes quantized to ~6 pixels. Here the converter only
+    calibrates (TF's own two-step path, as `tf.lite.experimental.
+    QuantizationDebugger` takes it); the calibration statistics of every tensor
+    of the post-processing (`common.POSTPROCESS_SCOPE`, and what follows it)
+    are dropped and its ops denied to the quantizer, so that only the network
+    is int8 and its output is dequantized once.
+
+    Args:
+        converter: a ``TFLiteConverter`` set up for int8 (optimizations and
+            representative dataset).
+
+    Returns:
+        The ``.tflite`` bytes.
+    """
+    from tensorflow.lite.python import convert as lite_convert
+
+    from exporters import flatbuffer
+
+    converter._experimental_calibrate_only = True
+    model_t = flatbuffer.unpack(converter.convert())
+    (graph,) = model_t.subgraphs
+    names = []
+    for index in _postprocessing_tensors(graph):
+        graph.tensors[index].quantization = None
+        names.append(graph.tensors[index].name.decode())
+    return lite_convert.mlir_quantize(
+        flatbuffer.pack(model_t),
+        denylisted_nodes=names,
+        # A multi-output op's location fuses its output names ("a;a1"), which
+        # no node name matches: TOPK_V2 (post-processing only) is denied by type.
+        denylisted_ops=["TOPK_V2"],
+    )
+
+
+def _postprocessing_tensors(graph):
+    """Indices of the tensors computed in `common.POSTPROCESS_SCOPE` or from them."""
+    prefix = (common.POSTPROCESS_SCOPE + "/").encode()
+    found = {
+        int(i) for op in graph.operators for i in op.outputs
+        if graph.tensors[i].name.startswith(prefix)
+    }
+    if not found:
+        raise ValueError(f"No op in the name scope {common.POSTPROCESS_SCOPE!r}.")
+    changed = True
+    while changed:  # ops in graph order, but a pass more costs little
+        changed = False
+        for op in graph.operators:
+            if found.intersection(int(i) for i in op.inputs if i >= 0):
+                new = {int(i) for i in op.outputs} - found
+                changed |= bool(new)
+                found |= new
+    return sorted(found)
 
 
 def _calibration_source(representative_images):

@@ -108,7 +108,13 @@ def test_int8_quantized_and_agreement(detector, images, keras_outputs):
     model = tflite.convert(detector, "int8", calibration, **export_testing.DECODER)
     kinds = {type_name for _, type_name, shape in flatbuffer.constant_tensors(model) if len(shape) == 4}
     assert kinds == {"INT8"}
+    # The post-processing stays float (tflite.quantize_network): int8 scores
+    # would sit on a grid of 1/256.
+    post = [kind for name, kind in _tensor_types(model) if name.startswith(common.POSTPROCESS_SCOPE)]
+    assert post and "INT8" not in post
     out = runtime.TFLiteDetector(model)(images)
+    scores = out["detection_scores"][out["detection_scores"] > 0]
+    assert np.abs(scores * 256 - np.round(scores * 256)).max() > 0.01
     agreement = accuracy.detection_agreement(keras_outputs, out, top_k=5)
     # Measured 0.75 / 0.70 on this fixture (int8 moves its raw outputs by ~90% rms;
     # a trained model's drop is measured with `python -m exporters.accuracy`).
@@ -198,6 +204,17 @@ def test_refinedet_fp32_matches_keras():
         expected, runtime.TFLiteDetector(model)(images), top_k=50, iou_threshold=0.99
     )
     assert agreement["matched"] == 1.0 and agreement["max_score_diff"] < 1e-4
+
+
+def _tensor_types(model):
+    """``[(name, type name)]`` of every tensor."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(model, 0).Subgraphs(0)
+    return [
+        (graph.Tensors(t).Name().decode(), flatbuffer._TENSOR_TYPE_NAMES[graph.Tensors(t).Type()])
+        for t in range(graph.TensorsLength())
+    ]
 
 
 def _output_tensors(model):
