@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow demo bench bench-peers gpu-wheels clean
+.PHONY: install test test-slow test-clients demo bench bench-peers gpu-wheels clean
 
 DEMO_DIR ?= runs/quickstart
 DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
@@ -23,6 +23,16 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The exports in real clients (MediaPipe Tasks' ObjectDetector): the optional `clients`
+# extra, installed into the same venv (it pins nothing that TensorFlow needs).
+CLIENTS_STAMP := $(VENV)/.clients-stamp
+$(CLIENTS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,clients]'
+	touch $(CLIENTS_STAMP)
+
+test-clients: $(CLIENTS_STAMP)
+	$(PY) -m pytest -q -m clients
 
 # Trains configs/quickstart.cfg on the vendored BCCD, evaluates it on the test split
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
