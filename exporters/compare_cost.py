@@ -8,8 +8,8 @@ constants) and file sizes, the names in each graph that would betray a loss
 (none expected), and interpreter latency at each thread count, the two models
 interleaved (alternating which goes first), with the ratio of the medians
 SCB / baseline (the claim: 1.00 within noise, target +-0.03), for the full model
-and for the network alone (the NMS's work depends on the scores, hence on the
-weights; the network's does not).
+and without the NMS (the raw export: the network, box decoding and softmax; the
+NMS's work depends on the scores, hence on the weights; the rest's does not).
 """
 
 import hashlib
@@ -128,7 +128,7 @@ def compare(
         for name, detector in detectors.items()
     }
     # The NMS's work depends on how many scores pass its threshold, so the
-    # network alone is timed too: there, equal graphs must mean equal cost.
+    # export without NMS is timed too: there, equal graphs must mean equal cost.
     networks = {
         name: tflite.convert(detector, precision, representative_images, postprocess=False)
         for name, detector in detectors.items()

@@ -116,7 +116,7 @@ def test_int8_quantized_and_agreement(detector, images, keras_outputs):
     scores = out["detection_scores"][out["detection_scores"] > 0]
     assert np.abs(scores * 256 - np.round(scores * 256)).max() > 0.01
     agreement = accuracy.detection_agreement(keras_outputs, out, top_k=5)
-    # Measured 0.75 / 0.70 on this fixture (int8 moves its raw outputs by ~90% rms;
+    # Measured 0.63 / 0.70 on this fixture (int8 moves its raw outputs by ~90% rms;
     # a trained model's drop is measured with `python -m exporters.accuracy`).
     assert agreement["matched"] >= 0.5
     assert agreement["mean_iou"] >= 0.6
