@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
-from exporters import accuracy, metadata, runtime
+from exporters import accuracy, common, metadata, runtime
 from keras_scb import cli
 
 
@@ -35,7 +35,7 @@ def mediapipe_detections(model_path, images, score_threshold: float, max_results
     from mediapipe.tasks.python import BaseOptions, vision
 
     with open(model_path, "rb") as f:
-        labels = metadata.associated_files(f.read())[metadata.LABELS_FILE].decode().split("\n")
+        labels = metadata.associated_files(f.read())[common.LABELS_FILE].decode().split("\n")
     options = vision.ObjectDetectorOptions(
         base_options=BaseOptions(model_asset_path=os.fspath(model_path)),
         score_threshold=score_threshold,

@@ -25,12 +25,11 @@ from typing import Optional, Sequence
 
 from ai_edge_litert import schema_py_generated as schema
 
-from exporters import flatbuffer
+from exporters import common, flatbuffer
 from exporters.vendor import metadata_schema_py_generated as meta
 
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
-LABELS_FILE = "labels.txt"
 # The `Model.metadata` entry clients look for, and the identifiers of the buffers.
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -67,10 +66,8 @@ def describe_detector(
     Returns:
         The new ``.tflite`` bytes (flatbuffer, then the label file as a zip).
     """
-    from exporters.common import DETECTION_KEYS, RAW_DETECTION_KEYS
-
     model_t = flatbuffer.unpack(model)
-    outputs = DETECTION_KEYS if postprocess else RAW_DETECTION_KEYS
+    outputs = common.DETECTION_KEYS if postprocess else common.RAW_DETECTION_KEYS
     name_tensors(model_t, outputs)
     labels = _label_file(class_names, postprocess)
     metadata = meta.ModelMetadataT()
@@ -95,7 +92,7 @@ def describe_detector(
     packed = flatbuffer.pack(model_t)
     if labels is None:
         return packed
-    return packed + _zip({LABELS_FILE: "".join(f"{n}\n" for n in class_names)})
+    return packed + _zip({common.LABELS_FILE: "".join(f"{n}\n" for n in class_names)})
 
 
 def name_tensors(model_t, outputs: Sequence[str]) -> None:
@@ -150,7 +147,7 @@ def _label_file(class_names, postprocess: bool):
     if not class_names:
         return None
     label_file = meta.AssociatedFileT()
-    label_file.name = LABELS_FILE
+    label_file.name = common.LABELS_FILE
     label_file.description = "Class names, one a line, in class id order (id 0 first)."
     # Category ids index the file's lines; raw scores have one column a line.
     label_file.type = (
@@ -208,8 +205,10 @@ def _boxes(name: str, description: str):
 
 def _detection_metadata(labels):
     """The four outputs of the detection output group, MediaPipe's names for them."""
-    box_axis = meta.ValueRangeT()
-    box_axis.min = box_axis.max = 2  # the detections run along axis 2 of (1, K, ...)
+    # The content is indexed by the dimensions up to 2: one box (1, K, 4), one
+    # class or score (1, K) per detection (the schema's own detection example).
+    per_detection = meta.ValueRangeT()
+    per_detection.min = per_detection.max = 2
     location = _boxes(
         "location", "Detected boxes [ymin, xmin, ymax, xmax] as ratios of the image size."
     )
@@ -218,7 +217,7 @@ def _detection_metadata(labels):
     if labels is not None:
         category.associatedFiles = [labels]
     for tensor in (location, category, score):
-        tensor.content.range = box_axis
+        tensor.content.range = per_detection
     count = _tensor("number of detections", "Valid detections; the rows after them are zeros.")
     return [location, category, score, count]
 

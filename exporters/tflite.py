@@ -139,8 +139,10 @@ def quantize_network(converter):
     post-processing included: scores then move in steps of 1/256 (ties, and one
     step apart between runtimes), boxes in steps of 1/255 of the image, and
     NMS compares boxes quantized to ~6 pixels. Here the converter only
-    calibrates (TF's own two-step path, as `tf.lite.experimental.
-    QuantizationDebugger` takes it); the calibration statistics of every tensor
+    calibrates, then TF's quantizer runs on the calibrated model (the two
+    steps of `tf.lite.experimental.QuantizationDebugger`, through the same TF
+    internals it uses: ``_experimental_calibrate_only``, ``mlir_quantize``;
+    `test_int8_quantized_and_agreement` fails if they change); the calibration statistics of every tensor
     of the post-processing (`common.POSTPROCESS_SCOPE`, and what follows it)
     are dropped and its ops denied to the quantizer, so that only the network
     is int8 and its output is dequantized once.
@@ -175,20 +177,15 @@ def quantize_network(converter):
 def _postprocessing_tensors(graph):
     """Indices of the tensors computed in `common.POSTPROCESS_SCOPE` or from them."""
     prefix = (common.POSTPROCESS_SCOPE + "/").encode()
-    found = {
-        int(i) for op in graph.operators for i in op.outputs
-        if graph.tensors[i].name.startswith(prefix)
-    }
-    if not found:
-        raise ValueError(f"No op in the name scope {common.POSTPROCESS_SCOPE!r}.")
-    changed = True
-    while changed:  # ops in graph order, but a pass more costs little
-        changed = False
-        for op in graph.operators:
-            if found.intersection(int(i) for i in op.inputs if i >= 0):
-                new = {int(i) for i in op.outputs} - found
-                changed |= bool(new)
-                found |= new
+    found = set()
+    for op in graph.operators:  # in execution order: inputs come before their uses
+        outputs = {int(i) for i in op.outputs}
+        if found.intersection(int(i) for i in op.inputs if i >= 0) or any(
+            graph.tensors[i].name.startswith(prefix) for i in outputs
+        ):
+            found |= outputs
+    if not found:  # the serving functions define the scope: a bug, not bad input
+        raise RuntimeError(f"No op in the name scope {common.POSTPROCESS_SCOPE!r}.")
     return sorted(found)
 
 
