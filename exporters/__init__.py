@@ -6,6 +6,7 @@ Command lines (absl flags; ``--help`` lists them):
 - ``python -m exporters.tflite --checkpoint CKPT --output FILE --precision fp32|fp16|int8``
 - ``python -m exporters.accuracy --checkpoint CKPT --dataset bccd --split test``
 - ``python -m exporters.compare_cost BASELINE_CKPT SCB_CKPT``
+- ``python -m exporters.mediapipe_check --model FILE.tflite --images DIR`` (optional mediapipe)
 - ``python -m exporters.predict --model_path MODEL --images IMAGES --output_dir DIR``
 
 A checkpoint is a ``.keras`` file of a `keras_scb.models.Detector`; it is loaded
