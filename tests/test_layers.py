@@ -41,7 +41,9 @@ LAYERS = {
         "keras_scb.cli", "keras_scb.data.convert",
         "exporters", "exporters.accuracy", "exporters.common", "exporters.compare_cost",
         "exporters.flatbuffer", "exporters.predict", "exporters.runtime",
-        "exporters.saved_model", "exporters.tflite",
+        "exporters.saved_model", "exporters.tflite", "exporters.metadata",
+        "exporters.mediapipe_check", "exporters.smoke_load", "exporters.vendor",
+        "exporters.vendor.metadata_schema_py_generated",
     ], 6),
 }
 
