@@ -237,7 +237,7 @@ def main(argv=None):
                 with open(metrics) as f:
                     results = json.load(f)
                 runs.setdefault(name, {})[(seed, run)] = scalars(results)
-                if "calibration" in results:
+                if results.get("calibration"):
                     bins.setdefault(name, []).append(results["calibration"])
                 timing = os.path.join(model_dir, "wall_time.json")
                 if os.path.exists(timing):

@@ -636,14 +636,17 @@ def detection_calibration(
     detections: Sequence[ImageDetections],
     num_bins: int = 10,
     iou_threshold: float = 0.5,
-) -> Dict[str, list]:
+) -> Optional[Dict[str, list]]:
     """`keras_scb.calibration.calibration_bins` of the detections labelled by
-    `match_detections` (hits on difficult objects left out)."""
+    `match_detections` (hits on difficult objects left out); ``None`` when some
+    score is not a probability in ``[0, 1]`` (e.g. a results file of logits,
+    which the other metrics rank fine but calibration cannot bin)."""
     matches = match_detections(ground_truths, detections, iou_threshold)
     counted = matches["labels"] >= 0
-    return calibration_bins(
-        matches["scores"][counted], matches["labels"][counted] == 1, num_bins
-    )
+    scores = matches["scores"][counted]
+    if ((scores < 0.0) | (scores > 1.0)).any():
+        return None
+    return calibration_bins(scores, matches["labels"][counted] == 1, num_bins)
 
 
 NON_FINITE_POLICIES = ("raise", "drop")

@@ -120,3 +120,15 @@ def test_report_has_precision_on_both_sizings(tmp_path):
     results["precision_by_scale_at_input"] = ev.precision_by_scale(gts, dets)
     text = write_report(results, str(tmp_path))
     assert text.count("**Precision by scale**") == 2 and text.count("**Recall by scale**") == 2
+
+
+def test_calibration_is_none_for_scores_that_are_not_probabilities():
+    """Scores outside [0, 1] (a results file of logits) still get the ranking
+    metrics; only the calibration, defined for probabilities, is left out."""
+    from keras_scb.evaluation import ImageDetections, ImageGroundTruth, evaluate_detections
+
+    gt = [ImageGroundTruth("a", 100, 100, np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([0]))]
+    det = [ImageDetections("a", np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([3.5]), np.array([0]))]
+    results = evaluate_detections(gt, det, class_names=["x"])
+    assert results["calibration"] is None
+    assert results["coco"]["AP50"] == pytest.approx(1.0)
