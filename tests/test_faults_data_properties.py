@@ -58,6 +58,19 @@ def _check_accepted(dataset):
 # --- VOC XML -----------------------------------------------------------------------
 
 
+def _read_or_named_error(path, read):
+    """``read()``'s dataset, checked, or ``None`` after a `BadInputError` that names ``path``."""
+    try:
+        dataset = read()
+    except data.BadInputError as error:
+        assert str(error).startswith(str(path)), error
+        event(str(error)[len(str(path)):].split(":")[1])
+        return None
+    event(f"accepted {dataset.num_boxes()} boxes, issues {sorted(dataset.issues)}")
+    _check_accepted(dataset)
+    return dataset
+
+
 def _text(value):
     return value if isinstance(value, str) else repr(value)
 
@@ -134,17 +147,10 @@ def _voc_example(width, xmax):
 def test_voc_reader_names_the_file_or_yields_finite_targets(voc_root, text, policy):
     path = voc_root / "Annotations" / "img.xml"
     path.write_text(text, encoding="utf-8")
-    try:
-        dataset = data.read_voc(
-            str(voc_root), "train", CLASSES, bad_files=policy, bad_objects=policy,
-            verify_images=False,
-        )
-    except data.BadInputError as error:
-        assert str(error).startswith(str(path)), error
-        event(str(error)[len(str(path)):].split(":")[1])
-        return
-    event(f"accepted {dataset.num_boxes()} boxes, issues {sorted(dataset.issues)}")
-    _check_accepted(dataset)
+    _read_or_named_error(path, lambda: data.read_voc(
+        str(voc_root), "train", CLASSES, bad_files=policy, bad_objects=policy,
+        verify_images=False,
+    ))
 
 
 # --- COCO JSON ---------------------------------------------------------------------
@@ -208,17 +214,12 @@ def coco_root(tmp_path_factory):
 def test_coco_reader_names_the_file_or_yields_finite_targets(coco_root, content, policy):
     path = coco_root / "instances.json"
     path.write_text(json.dumps(content), encoding="utf-8")  # NaN / Infinity as Python writes them
-    try:
-        dataset = data.read_coco(
-            str(path), str(coco_root / "images"), bad_files=policy, bad_objects=policy,
-            verify_images=False,
-        )
-    except data.BadInputError as error:
-        assert str(error).startswith(str(path)), error
-        event(str(error)[len(str(path)):].split(":")[1])
+    dataset = _read_or_named_error(path, lambda: data.read_coco(
+        str(path), str(coco_root / "images"), bad_files=policy, bad_objects=policy,
+        verify_images=False,
+    ))
+    if dataset is None:
         return
-    event(f"accepted {dataset.num_boxes()} boxes, issues {sorted(dataset.issues)}")
-    _check_accepted(dataset)
     for record in dataset.records:  # accepted file names stay inside the image folder
         folder = os.path.realpath(coco_root / "images")
         assert os.path.realpath(record.image).startswith(folder + os.sep)

@@ -203,13 +203,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     model = _tiny_detector(y_true.shape[1])
     model.compile(optimizer="sgd", loss=loss)
     x = np.random.default_rng(1).normal(size=(2, y_true.shape[1], 8)).astype("float32")
-    path = os.path.join(tmp_path, "tiny.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert loaded.loss.get_config() == loss.get_config()
-    np.testing.assert_allclose(
-        loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
-    )
+    assert_keras_file_keeps_loss(model, loss, x, y_true, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -228,15 +222,11 @@ def test_bad_arguments(kwargs, message):
 def test_multibox_keras_file_and_bad_ratio(tmp_path):
     y_true, _ = make_batch(4, images=2)
     model = _tiny_detector(y_true.shape[1])
-    model.compile(optimizer="sgd", loss=MultiBoxLoss(neg_pos_ratio=2))
-    path = os.path.join(tmp_path, "tiny_multibox.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert type(loaded.loss) is MultiBoxLoss and loaded.loss.neg_pos_ratio == 2
+    loss = MultiBoxLoss(neg_pos_ratio=2)
+    model.compile(optimizer="sgd", loss=loss)
     x = np.random.default_rng(2).normal(size=(2, y_true.shape[1], 8)).astype("float32")
-    np.testing.assert_allclose(
-        loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
-    )
+    loaded = assert_keras_file_keeps_loss(model, loss, x, y_true, tmp_path)
+    assert type(loaded.loss) is MultiBoxLoss and loaded.loss.neg_pos_ratio == 2
     with pytest.raises(ValueError, match="neg_pos_ratio must be >= 0"):
         MultiBoxLoss(neg_pos_ratio=-1)
 
@@ -327,3 +317,16 @@ def test_mirrored_strategy_two_devices_equals_one(tmp_path, python_subprocess):
     out = json.loads(python_subprocess(_MIRRORED_SCRIPT.format(path=path)).strip().splitlines()[-1])
     np.testing.assert_allclose(out["loss2"], out["loss1"], rtol=1e-5)
     assert out["grad_err"] <= 1e-5 * max(1.0, out["grad_max"])
+
+
+def assert_keras_file_keeps_loss(model, loss, x, y_true, folder):
+    """A compiled ``model`` saved to ``.keras`` and loaded back has ``loss``'s config
+    and evaluates to the same loss value (rtol 1e-6); returns the loaded model."""
+    path = os.path.join(folder, "tiny.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.loss.get_config() == loss.get_config()
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
+    )
+    return loaded

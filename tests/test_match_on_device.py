@@ -16,6 +16,7 @@ from keras_scb.data.synthetic import make_synthetic
 from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
 from keras_scb.matching import encode_targets
 from keras_scb.on_device import MatchOnDevice, encode_ground_truth
+from test_losses import assert_keras_file_keeps_loss
 from test_matching import pad_batch
 
 NUM_CLASSES = 20
@@ -186,13 +187,7 @@ def test_config_round_trip_and_short_fit(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
     history = model.fit(x, y_true, batch_size=2, epochs=3, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < history[0]
-    path = os.path.join(tmp_path, "tiny.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert loaded.loss.get_config() == loss.get_config()
-    np.testing.assert_allclose(
-        loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
-    )
+    assert_keras_file_keeps_loss(model, loss, x, y_true, tmp_path)
 
 
 def test_not_a_loss_is_named():
