@@ -4,13 +4,24 @@
 
 Shapes: (8, 8732, 25) (SSD300 VOC), (8, 8732, 85) (SSD300 COCO), (8, 24564, 25) (SSD512 VOC).
 Targets come from real matching of random boxes (``benchmarks/synthetic.py``), so the
-positives and M_i are realistic.
+positives and M_i are realistic. The ratio column is the median of the
+per-pair ratios with its distribution-free 95 % interval
+(`experiment_stats.median_interval`): a ratio is "at most 1.01" when the
+interval's upper end is.
 """
 
 import argparse
 import os
 import statistics
 import time
+
+
+def format_ratio(interval):
+    """``"1.003 [0.998, 1.008]"`` from `experiment_stats.median_interval`."""
+    text = f"{interval['median']:.3f}"
+    if interval["low"] is None:
+        return text
+    return f"{text} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
 
 def main():
@@ -25,6 +36,7 @@ def main():
     import numpy as np
 
     from keras_scb.anchors import get_anchors
+    from experiment_stats import median_interval
     from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
     from synthetic import encoded_targets, random_ground_truth
 
@@ -62,7 +74,7 @@ def main():
         return run
 
     print(f"backend={keras.backend.backend()} repeats={args.repeats}")
-    print(f"{'shape':<18} {'multibox ms':>12} {'scb ms':>9} {'median ratio':>13}")
+    print(f"{'shape':<18} {'multibox ms':>12} {'scb ms':>9} {'ratio [95 % CI]':>22}")
     for preset, depth in (("ssd300", 25), ("ssd300", 85), ("ssd512", 25)):
         y_true = targets(preset, 8, depth - 5, seed=0)  # depth = 4 + C + 1
         rng = np.random.default_rng(1)
@@ -85,7 +97,8 @@ def main():
         shape = f"({y_true.shape[0]}, {y_true.shape[1]}, {depth})"
         print(
             f"{shape:<18} {1e3 * statistics.median(times['mb']):>12.2f} "
-            f"{1e3 * statistics.median(times['scb']):>9.2f} {statistics.median(ratios):>13.3f}"
+            f"{1e3 * statistics.median(times['scb']):>9.2f} {format_ratio(median_interval(ratios)):>22}",
+            flush=True,
         )
 
 

@@ -2,16 +2,18 @@
 
     python benchmarks/scb_count_cost.py [--repeats 40] [--backend tensorflow|jax]
 
-SCB differs from MultiBox only by `keras_scb.losses.match_count_per_anchor`
-(``M_i`` per anchor) and the elementwise weights. For the shapes of
+SCB differs from MultiBox only by `keras_scb.losses.positive_anchor_weights`
+(``M_i`` and ``W_i`` per positive anchor). For the shapes of
 ``benchmarks/loss_overhead.py`` and RefineDet320's ARM, interleaved medians of:
-  step        ScaleBalancedLoss forward + backward (as loss_overhead.py)
-  counts      match_count_per_anchor alone, compiled as the step is (TensorFlow
-              graph: over the positive anchors only; JAX: a segment sum and a
-              gather over all B * A anchors)
-  counts_xla  (TensorFlow only) the same under ``jit_compile=True``, where it is
-              the dense segment sum (as under JAX)
-Reported: milliseconds and counts / step, the share of SCB's overhead it explains.
+  step         ScaleBalancedLoss forward + backward (as loss_overhead.py)
+  call         a compiled function that returns its input: the cost of calling
+               one, included in the next two columns but not in a step's share
+  weights      positive_anchor_weights alone, compiled as the step is (TensorFlow
+               graph: over the positive anchors only; JAX: a segment sum and a
+               gather over all B * A anchors)
+  weights_xla  (TensorFlow only) the same under ``jit_compile=True``, where it is
+               dense (as under JAX)
+Reported: milliseconds and (weights - call) / step, the most of a step SCB can add.
 """
 
 import argparse
@@ -37,7 +39,7 @@ def main():
     import numpy as np
 
     from keras_scb.anchors import get_anchors
-    from keras_scb.losses import ScaleBalancedLoss, match_count_per_anchor
+    from keras_scb.losses import ScaleBalancedLoss, positive_anchor_weights
     from synthetic import encoded_targets, random_ground_truth
 
     def targets(preset, depth, seed):
@@ -81,10 +83,10 @@ def main():
             traced = tf.function(fn, jit_compile=True)
             return lambda: traced(*inputs).numpy()
 
-        variants = {"counts_xla": compiled_xla}
+        variants = {"weights_xla": compiled_xla}
 
     print(f"backend={keras.backend.backend()} batch={args.batch} repeats={args.repeats}")
-    print(f"{'shape':<26}{'step ms':>9}{'counts ms':>11}{'counts/step':>13}"
+    print(f"{'shape':<26}{'step ms':>9}{'call ms':>9}{'weights ms':>12}{'(w-call)/step':>15}"
           + "".join(f"{name + ' ms':>15}" for name in variants))
     for preset, depth in SHAPES:
         y_true = targets(preset, depth, seed=0)
@@ -93,12 +95,13 @@ def main():
         positive = y_true[..., 4] > 0
         runs = {
             "step": step(ScaleBalancedLoss(), y_true, y_pred.astype("float32")),
-            "counts": compiled(match_count_per_anchor, matched, positive),
+            "call": compiled(lambda m, p: p, matched, positive),
+            "weights": compiled(positive_anchor_weights, matched, positive),
         }
-        want = runs["counts"]()
-        for name, compile_counts in variants.items():
-            runs[name] = compile_counts(match_count_per_anchor, matched, positive)
-            assert np.array_equal(runs[name](), want), name
+        want = runs["weights"]()
+        for name, compile_weights in variants.items():
+            runs[name] = compile_weights(positive_anchor_weights, matched, positive)
+            np.testing.assert_allclose(runs[name](), want, rtol=1e-6, err_msg=name)
         for run in runs.values():
             run()  # trace / compile
         times = {name: [] for name in runs}
@@ -109,8 +112,8 @@ def main():
                 times[name].append(time.perf_counter() - start)
         ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
         shape = f"{preset} {y_true.shape[:2] + (4 + depth,)}"
-        print(f"{shape:<26}{ms['step']:>9.2f}{ms['counts']:>11.3f}"
-              f"{ms['counts'] / ms['step']:>13.4f}"
+        print(f"{shape:<26}{ms['step']:>9.2f}{ms['call']:>9.3f}{ms['weights']:>12.3f}"
+              f"{(ms['weights'] - ms['call']) / ms['step']:>15.4f}"
               + "".join(f"{ms[name]:>15.3f}" for name in variants), flush=True)
 
 

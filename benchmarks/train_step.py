@@ -8,7 +8,8 @@ For each model and precision, two copies of the model are compiled, one with
 ``ScaleBalancedLoss`` and one with ``MultiBoxLoss``; after one warm-up ``fit``
 each (tracing/compilation), ``rounds`` timed ``fit`` calls of ``steps`` steps
 alternate between them. Reported: median images/second of each and the median
-of the per-round time ratios SCB / MultiBox. Inputs are random pixels with
+of the per-round time ratios SCB / MultiBox with its distribution-free 95 %
+interval (from 6 rounds on; `experiment_stats.median_interval`). Inputs are random pixels with
 targets pre-encoded from random boxes by the library's matching code run with
 ``keras.ops`` (``benchmarks/synthetic.py``), so no TensorFlow is needed under JAX
 and no input pipeline is timed. Under TensorFlow they are fed as a cached ``tf.data`` dataset with the
@@ -93,7 +94,9 @@ def losses_for(model):
 def benchmark(name, precision, args):
     import keras
 
+    from experiment_stats import median_interval
     from keras_scb.models import build_detector
+    from loss_overhead import format_ratio
 
     keras.mixed_precision.set_global_policy(precision)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
@@ -124,14 +127,12 @@ def benchmark(name, precision, args):
         # Alternate which loss goes first: a fixed order biases the ratio.
         for label in list(models) if i % 2 == 0 else list(models)[::-1]:
             seconds[label].append(fit(models[label]))
-    ratio = statistics.median(
-        s / m for s, m in zip(seconds["scb"], seconds["multibox"])
-    )
+    ratio = median_interval([s / m for s, m in zip(seconds["scb"], seconds["multibox"])])
     speed = {label: n / statistics.median(t) for label, t in seconds.items()}
     params = models["scb"].count_params() / 1e6
     print(
         f"{name:<24} {precision:<15} {params:>7.2f}M {speed['scb']:>9.2f} "
-        f"{speed['multibox']:>12.2f} {ratio:>10.3f}",
+        f"{speed['multibox']:>12.2f} {format_ratio(ratio):>22}",
         flush=True,
     )
     keras.mixed_precision.set_global_policy("float32")
@@ -152,7 +153,7 @@ def main():
     )
     print(
         f"{'model':<24} {'precision':<15} {'params':>8} {'scb img/s':>9} "
-        f"{'multibox img/s':>12} {'scb/mb time':>10}"
+        f"{'multibox img/s':>12} {'scb/mb time [95 % CI]':>22}"
     )
     for name in args.models.split(","):
         if name not in available_detectors():

@@ -149,7 +149,7 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
     The per-box view of the same count (over a dataset, for statistics) is
     `keras_scb.match_stats.match_counts_per_box`. In TensorFlow graphs not
     compiled by XLA it is counted over the positive anchors only
-    (`_count_over_positives`), elsewhere by a segment sum over every anchor.
+    (`_positive_counts`), elsewhere by a segment sum over every anchor.
 
     Args:
         matched: ``(B, A)`` int32 box index per anchor (ignored where not positive).
@@ -160,7 +160,10 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
         of its image assigned to the same box; 0 elsewhere.
     """
     if keras_compat.tensorflow_graph_without_xla():
-        return _count_over_positives(matched, positive)
+        import tensorflow as tf
+
+        index, counts = _positive_counts(matched, positive)
+        return tf.scatter_nd(index, counts, tf.shape(matched, out_type=tf.int64))
     batch, num_anchors = ops.shape(matched)[0], ops.shape(matched)[1]
     image = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
     # One segment per (image, box); box indices are < A, so b * A + i is unique.
@@ -172,24 +175,68 @@ def match_count_per_anchor(matched: Tensor, positive: Tensor) -> Tensor:
     return ops.where(positive, per_anchor, 0.0)
 
 
-def _count_over_positives(matched: Tensor, positive: Tensor) -> Tensor:
-    """`match_count_per_anchor` over the P positive anchors only, in TensorFlow.
+def positive_anchor_weights(
+    matched: Tensor,
+    positive: Tensor,
+    alpha: float = 1.0,
+    beta: float = 3.0,
+    weighting: str = "scb",
+) -> Tensor:
+    """Per anchor, the weight ``W_i`` of the box it is assigned to (0 elsewhere).
+
+    ``scale_balanced_weights(match_count_per_anchor(matched, positive)) * positive``
+    (``"scb_mean_normalised"`` then rescaled by `mean_normalise_per_image`). In
+    TensorFlow graphs not compiled by XLA the weights are computed for the P
+    positive anchors only and scattered once, so SCB adds no elementwise pass
+    over the B * A anchors to MultiBox's step (`benchmarks/loss_overhead.py`).
+
+    Args:
+        matched: ``(B, A)`` int32 box index per anchor (ignored where not positive).
+        positive: ``(B, A)`` bool.
+        alpha, beta, weighting: as `scale_balanced_weights`.
+
+    Returns:
+        ``(B, A)`` float32 weights, 0 on anchors that are not positive.
+    """
+    if keras_compat.tensorflow_graph_without_xla():
+        import tensorflow as tf
+
+        index, counts = _positive_counts(matched, positive)
+        weights = scale_balanced_weights(counts, alpha, beta, weighting)
+        weights = tf.scatter_nd(index, weights, tf.shape(matched, out_type=tf.int64))
+    else:
+        counts = match_count_per_anchor(matched, positive)
+        weights = scale_balanced_weights(counts, alpha, beta, weighting)
+        weights = weights * ops.cast(positive, "float32")
+    if weighting == "scb_mean_normalised":
+        weights = mean_normalise_per_image(weights, positive)
+    return weights
+
+
+def _positive_counts(matched: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
+    """``M_i`` for the P positive anchors only, in TensorFlow.
 
     TensorFlow's CPU scatter and gather kernels cost about 10 ns per scalar
-    element, so the dense segment sum and gather over all B * A anchors were most
+    element, so a dense segment sum and gather over all B * A anchors were most
     of SCB's time over MultiBox (``benchmarks/scb_count_cost.py``); P is a few
     hundred. Not under XLA: it pads the dynamic P to B * A and is slower there.
+
+    Returns:
+        ``index`` ``(P, 2)`` int64 ``[image, anchor]`` of the positive anchors and
+        ``counts`` ``(P,)`` float32, the ``M_i`` of each one's box.
     """
     import tensorflow as tf
 
     matched = tf.convert_to_tensor(matched, tf.int32)
-    index = tf.where(positive)  # (P, 2) int64 [image, anchor]
+    index = tf.where(positive)
     num_anchors = tf.shape(matched, out_type=tf.int64)[1]
     box = index[:, 0] * num_anchors + tf.cast(tf.gather_nd(matched, index), tf.int64)
+    # Renumber the boxes 0..K-1 so that the count needs K slots, not B * A.
+    boxes, box = tf.unique(box, out_idx=tf.int32)
     counts = tf.math.unsorted_segment_sum(
-        tf.ones_like(box, tf.float32), box, tf.size(matched, out_type=tf.int64)
+        tf.ones_like(box, tf.float32), box, tf.size(boxes)
     )
-    return tf.scatter_nd(index, tf.gather(counts, box), tf.shape(matched, out_type=tf.int64))
+    return index, tf.gather(counts, box)
 
 
 def _smooth_l1(diff):
@@ -259,11 +306,9 @@ def multibox_loss(
     if weighting == "uniform":
         weights = positive_f  # (B, A); MultiBox needs no counts
     else:
-        counts = match_count_per_anchor(matched, positive)
-        weights = scale_balanced_weights(counts, alpha, beta, weighting) * positive_f
-        if weighting == "scb_mean_normalised":
-            weights = mean_normalise_per_image(weights, positive)
-        weights = ops.stop_gradient(weights)
+        weights = ops.stop_gradient(
+            positive_anchor_weights(matched, positive, alpha, beta, weighting)
+        )
 
     logits = y_pred[..., 4:]
     log_probs = ops.log_softmax(logits, axis=-1)

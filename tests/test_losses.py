@@ -15,7 +15,10 @@ from keras_scb.losses import (
     MultiBoxLoss,
     ScaleBalancedLoss,
     match_count_per_anchor,
+    mean_normalise_per_image,
     multibox_loss,
+    positive_anchor_weights,
+    scale_balanced_weights,
 )
 from keras_scb.matching import encode_targets
 from test_matching import pad_batch
@@ -122,6 +125,25 @@ def test_match_count_per_anchor_same_in_graph_and_under_xla(seed):
         return {op.type for op in traced.get_operations()}
 
     assert "ScatterNd" in ops_of(graph) and "ScatterNd" not in ops_of(xla)
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_positive_anchor_weights_same_in_graph_and_under_xla(weighting):
+    """TF graphs weight the positives only and scatter, XLA weights every anchor."""
+    y_true, _ = make_batch(3, images=4)
+    y_true[2, :, 4:] = [0, -1]  # an image without positives
+    matched = tf.constant(y_true[..., 5].astype(np.int32))
+    positive = tf.constant(y_true[..., 4] > 0)
+    counts = match_count_per_anchor(matched, positive).numpy()
+    want = np.asarray(scale_balanced_weights(counts, 1.0, 3.0, weighting)) * (y_true[..., 4] > 0)
+    if weighting == "scb_mean_normalised":
+        want = np.asarray(mean_normalise_per_image(want, y_true[..., 4] > 0))
+
+    def weights(m, p):
+        return positive_anchor_weights(m, p, 1.0, 3.0, weighting)
+
+    for function in (tf.function(weights), tf.function(weights, jit_compile=True)):
+        np.testing.assert_allclose(function(matched, positive).numpy(), want, rtol=1e-6)
 
 
 def test_graph_uses_unsorted_segment_sum(batch):

@@ -39,6 +39,19 @@ def test_mean_interval_hand_case():
     assert stats.mean_interval([])["mean"] is None
 
 
+def test_median_interval_hand_case():
+    # n = 10: P(Bin(10, 1/2) <= 1) = 11/1024, so [x_(2), x_(9)] covers
+    # 1 - 22/1024 = 0.9785 >= 0.95, and [x_(3), x_(8)] only 1 - 112/1024 = 0.8906.
+    values = [9, 1, 8, 2, 7, 3, 6, 4, 5, 100]
+    got = stats.median_interval(values)
+    assert got["median"] == 5.5
+    assert (got["low"], got["high"]) == (2.0, 9.0)
+    assert got["coverage"] == pytest.approx(1 - 22 / 1024)
+    # Five values cannot give 95 % (the widest interval covers 1 - 2/32 = 0.9375).
+    few = stats.median_interval([3, 1, 2, 5, 4])
+    assert few["median"] == 3 and few["low"] is None and few["coverage"] is None
+
+
 def test_paired_difference_pairs_by_key():
     # Differences over the shared keys (0, 1), (1, 0), (2, 0): 2, 3, 2 -> mean 7/3,
     # sd 0.5774, half-width 4.3027 * 0.5774 / sqrt(3) = 1.4342. Unshared keys drop out.
