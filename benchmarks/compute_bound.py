@@ -19,8 +19,13 @@ random data, and prints:
 
 This is the check behind a speed target such as "N x another framework":
 if the bound is below the target, no implementation of the same network can
-meet it on this machine. SSD-style models only (RefineDet's loss takes ground
-truth rather than encoded targets).
+meet it on this machine. Every registered detector: SSD-style ones with
+``ScaleBalancedLoss`` on encoded targets, RefineDet with its loss (SCB on the
+ARM) on padded ground truth (`train_step.losses_for`, `train_step.synthetic_batch`).
+
+The machine's matrix-product rate is not a constant: the same 2-core machine
+measured about 400 GFLOP/s in its first sessions and 217 on 2026-11-30, which
+halved every step rate; compare rates measured in one run only.
 """
 
 import argparse
@@ -41,11 +46,16 @@ def parse_args():
     return parser.parse_args()
 
 
-def training_flops(model, loss, batch_size):
-    """Floating-point operations of one training step of ``batch_size`` images."""
+def training_flops(model, loss, targets_shape):
+    """Floating-point operations of one training step.
+
+    Args:
+        targets_shape: ``(B, ...)`` of the loss's ``y_true`` (``B`` images).
+    """
     import tensorflow as tf
 
     size = model.image_size
+    batch_size = targets_shape[0]
 
     @tf.function
     def step(images, targets):
@@ -55,7 +65,7 @@ def training_flops(model, loss, batch_size):
 
     graph = step.get_concrete_function(
         tf.TensorSpec((batch_size, size, size, 3), tf.float32),
-        tf.TensorSpec((batch_size, model.output_shape[1], 6), tf.float32),
+        tf.TensorSpec(targets_shape, tf.float32),
     ).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
@@ -99,8 +109,8 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from keras_scb.losses import ScaleBalancedLoss
-    from keras_scb.models import build_detector, detector_entry
+    from keras_scb.models import build_detector
+    from train_step import losses_for, synthetic_batch
 
     print(f"batch={args.batch_size} classes={args.num_classes} cpus={os.cpu_count()}")
     print(
@@ -108,14 +118,13 @@ def main():
         f"{'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'fraction':>8} {'bound img/s':>11}"
     )
     for name in args.models.split(","):
-        if detector_entry(name).output_layout != "ssd":
-            raise SystemExit(f"--models: {name} is not an SSD-style model")
         for precision in args.precisions.split(","):
             keras.mixed_precision.set_global_policy(precision)
             keras.utils.set_random_seed(0)
             model = build_detector(name, args.num_classes, backbone_weights=None)
-            loss = ScaleBalancedLoss()
-            flops = training_flops(model, loss, args.batch_size) / args.batch_size / 1e9
+            loss = losses_for(model)[0]
+            _, targets = synthetic_batch(model, args.batch_size, seed=0)
+            flops = training_flops(model, loss, targets.shape) / args.batch_size / 1e9
             model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), loss=loss)
             speed = step_rate(model, args.batch_size, args.steps, args.rounds)
             peak = matmul_rate(precision, args.matmul_size)
