@@ -40,7 +40,9 @@ demo: $(STAMP)
 	$(PY) -m keras_scb.train --flagfile=configs/quickstart.cfg --model_dir=$(DEMO_DIR)
 	$(PY) -m exporters.predict --model_path=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
 		--output_dir=$(DEMO_DIR)/predictions --score_threshold=0.4
-	@echo "Metrics: $(DEMO_DIR)/eval/metrics.md  Example: $(DEMO_DIR)/predictions/"
+	@echo "Per-class VOC07 AP on the BCCD test split (all metrics: $(DEMO_DIR)/eval/metrics.md):"
+	@awk '/VOC07 11-point AP/ {f = 1} f && /^\|/ {print; p = 1; next} p {exit}' $(DEMO_DIR)/eval/metrics.md
+	@echo "Example detections (score >= 0.4): $$(ls $(DEMO_DIR)/predictions/*.png)"
 
 # Benchmarks (not tests): loss overhead, input pipeline, train step, compute bound, latency.
 bench: $(STAMP)

@@ -15,7 +15,8 @@ trains the four default arms, identical but for the loss's object weighting:
 Each (arm, seed, run) trains with ``python -m keras_scb.train`` into
 ``OUTPUT/ARM/seedS`` (run 0) or ``OUTPUT/ARM/seedS_runR`` and is evaluated on the
 config's validation split; a run whose ``eval/metrics.json`` exists is not redone,
-so the script resumes after an interruption. ``--runs_per_seed 2`` repeats every
+so the script resumes after an interruption; runs go seed by seed (every arm of
+seed 0, then of seed 1, ...), so that an interrupted experiment has whole pairs. ``--runs_per_seed 2`` repeats every
 seed (TF CPU kernels are not deterministic: the quickstart's 10-run table is
 ``--variant scb:--loss=scb --seeds 0,1,2,3,4 --runs_per_seed 2``).
 
@@ -224,14 +225,21 @@ def main(argv=None):
     baseline = variants[0][0]
     os.makedirs(args.output, exist_ok=True)
     log = os.path.join(args.output, "train.log")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.report_only:
+        # Seed-major: every arm of a seed before the next seed, so that an
+        # interrupted experiment leaves complete pairs for the paired differences.
+        for seed in seeds:
+            for run in range(args.runs_per_seed):
+                for name, flags in variants:
+                    run_one(args.config, [*flags, f"--seed={seed}"],
+                            run_dir(args.output, name, seed, run), log)
     runs, seconds, bins = {}, {}, {}
     for name, flags in variants:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in seeds:
             for run in range(args.runs_per_seed):
                 model_dir = run_dir(args.output, name, seed, run)
                 metrics = os.path.join(model_dir, "eval", "metrics.json")
-                if not args.report_only:
-                    run_one(args.config, [*flags, f"--seed={seed}"], model_dir, log)
                 if not os.path.exists(metrics):
                     continue
                 with open(metrics) as f:

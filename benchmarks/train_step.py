@@ -2,14 +2,18 @@
 
     python benchmarks/train_step.py [--backend tensorflow|jax] [--models ssd300,...]
         [--precisions float32,mixed_bfloat16] [--steps 3] [--rounds 3]
-        [--batch-size 8] [--jit-compile auto|true|false]
+        [--batch-size 8] [--jit-compile auto|true|false] [--control]
 
 For each model and precision, two copies of the model are compiled, one with
 ``ScaleBalancedLoss`` and one with ``MultiBoxLoss``; after one warm-up ``fit``
 each (tracing/compilation), ``rounds`` timed ``fit`` calls of ``steps`` steps
 alternate between them. Reported: median images/second of each and the median
 of the per-round time ratios SCB / MultiBox with its distribution-free 95 %
-interval (from 6 rounds on; `experiment_stats.median_interval`). Inputs are random pixels with
+interval (from 6 rounds on; `experiment_stats.median_interval`).
+
+``--control`` compiles both copies with the *same* loss (MultiBox; RefineDet:
+no SCB on either step), an A/A run: its ratio shows how far from 1 two
+identical steps measure here, the noise floor of the SCB / MultiBox column. Inputs are random pixels with
 targets pre-encoded from random boxes by the library's matching code run with
 ``keras.ops`` (``benchmarks/synthetic.py``), so no TensorFlow is needed under JAX
 and no input pipeline is timed. Under TensorFlow they are fed as a cached ``tf.data`` dataset with the
@@ -41,6 +45,10 @@ def parse_args():
     parser.add_argument("--num-classes", type=int, default=20)
     parser.add_argument(
         "--jit-compile", default="auto", choices=("auto", "true", "false")
+    )
+    parser.add_argument(
+        "--control", action="store_true",
+        help="A/A: both copies with the MultiBox loss (the ratio's noise floor)",
     )
     return parser.parse_args()
 
@@ -104,7 +112,10 @@ def benchmark(name, precision, args):
     for label in ("scb", "multibox"):
         keras.utils.set_random_seed(0)
         models[label] = build_detector(name, args.num_classes, backbone_weights=None)
-    for model, loss in zip(models.values(), losses_for(models["scb"])):
+    losses = losses_for(models["scb"])
+    if args.control:
+        losses = (losses[1], losses_for(models["multibox"])[1])
+    for model, loss in zip(models.values(), losses):
         model.compile(
             optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
             loss=loss,
@@ -150,6 +161,7 @@ def main():
         f"backend={keras.backend.backend()} batch={args.batch_size} "
         f"steps={args.steps} rounds={args.rounds} jit_compile={args.jit_compile} "
         f"classes={args.num_classes}"
+        + (" CONTROL: both copies MultiBox (A/A), columns as labelled" if args.control else "")
     )
     print(
         f"{'model':<24} {'precision':<15} {'params':>8} {'scb img/s':>9} "

@@ -121,7 +121,12 @@ def _set_data_parallel():
     ``host:port``, the first is the coordinator), ``KERAS_DISTRIBUTION_NUM_PROCESSES``
     and ``KERAS_DISTRIBUTION_PROCESS_ID`` set on every host,
     ``keras.distribution.initialize`` (``jax.distributed.initialize``) runs first,
-    and the devices are every host's.
+    and the devices are every host's. Keras gives each process its shard of the
+    ``tf.data`` pipeline (``DataParallel.distribute_dataset``), so ``--batch_size``
+    stays the global batch. Every process holds the same weights and writes its
+    own files: process 0 to ``--model_dir``, process ``i > 0`` to
+    ``--model_dir/process_i``, so hosts that share a file system never write the
+    same file.
     """
     import keras
 
@@ -131,7 +136,11 @@ def _set_data_parallel():
             "(use --strategy=mirrored under TensorFlow)."
         )
     if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+        import jax
+
         keras.distribution.initialize()
+        if jax.process_index() > 0:
+            FLAGS.model_dir = os.path.join(FLAGS.model_dir, f"process_{jax.process_index()}")
     devices = keras.distribution.list_devices()
     if FLAGS.batch_size % len(devices):
         raise app.UsageError(

@@ -1,13 +1,17 @@
 """Data parallel under JAX (`keras.distribution.DataParallel`) gives the single-device result.
 
 Runs in subprocesses with two host CPU devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=2``). The batches put more
-ground truth on one device's half than on the other's, so a loss normalised per
-device (rather than by the global positive count ``N``) would differ.
+(``XLA_FLAGS=--xla_force_host_platform_device_count=2``), or as two processes of
+one CPU device each on localhost (``jax.distributed.initialize`` through
+``keras.distribution.initialize``; JAX's CPU collectives use Gloo). The batches
+put more ground truth on one device's half than on the other's, so a loss
+normalised per device (rather than by the global positive count ``N``) would
+differ.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -85,7 +89,7 @@ for seed in (0, 1):
 print("RESULT" + json.dumps(out))
 """
 
-_FIT = _COMMON + r"""
+_TOY = _COMMON + r"""
 from keras_scb.losses import ScaleBalancedLoss
 from keras_scb.models import Detector
 from keras_scb.models.heads import ssd_head
@@ -107,7 +111,9 @@ boxes, classes = ground_truth(0)
 x = np.random.default_rng(5).uniform(0, 255, (4, 96, 96, 3)).astype("float32")
 y = ssd_targets(boxes, classes)
 x, y = np.concatenate([x, x]), np.concatenate([y, y])   # two steps of batch 4
+"""
 
+_FIT = _TOY + r"""
 single = build()
 initial = [w.copy() for w in single.get_weights()]
 history_1 = single.fit(x, y, batch_size=4, shuffle=False, epochs=1, verbose=0).history
@@ -123,6 +129,70 @@ print("RESULT" + json.dumps({
     "replicated_on": len(kernel.sharding.device_set),
 }))
 """
+
+# One of two processes (one CPU device each): the same two global steps of batch 4
+# as `_FIT`, each process feeding its half of every batch (images 2i, 2i + 1 of a
+# step), then the weights of one device's run in the same process for comparison.
+_PROCESS = r"""
+import os, sys
+import keras
+keras.distribution.initialize(os.environ["JOB_ADDRESSES"], 2, int(os.environ["PROCESS_ID"]))
+import jax
+assert len(jax.devices()) == 2 and len(jax.local_devices()) == 1, jax.devices()
+""" + _TOY + r"""
+i = jax.process_index()
+local = np.concatenate([np.arange(2 * i, 2 * i + 2), np.arange(4 + 2 * i, 4 + 2 * i + 2)])
+# The arrays are this process's shard already (the CLI's tf.data pipeline is
+# sharded by Keras instead: test_train_cli_two_processes_on_localhost).
+keras.distribution.set_distribution(
+    keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False))
+parallel = build()
+history = parallel.fit(x[local], y[local], batch_size=2, shuffle=False, epochs=1,
+                       verbose=0).history
+weights = [np.asarray(w) for w in parallel.get_weights()]
+keras.distribution.set_distribution(None)
+with jax.default_device(jax.local_devices()[0]):
+    single = build()
+    single.fit(x, y, batch_size=4, shuffle=False, epochs=1, verbose=0)
+print("RESULT" + json.dumps({
+    "process": i,
+    "loss": history["loss"][-1],
+    "max_weight_diff": max(float(np.abs(a - b).max())
+                           for a, b in zip(single.get_weights(), weights)),
+    "checksum": float(sum(np.abs(w).sum() for w in weights)),
+}))
+"""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def run_processes(command, env, timeout=600):
+    """Starts ``command`` as processes 0 and 1 of a localhost JAX job; both must succeed."""
+    port = free_port()
+    procs = []
+    for i in range(2):
+        process_env = {
+            **os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+            "TF_CPP_MIN_LOG_LEVEL": "2", "JOB_ADDRESSES": f"localhost:{port}",
+            "PROCESS_ID": str(i), **env(i, port),
+        }
+        process_env.pop("XLA_FLAGS", None)
+        procs.append(subprocess.Popen(command, env=process_env, cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err[-3000:]
+            outputs.append(out)
+    finally:
+        for proc in procs:
+            proc.kill()
+    return outputs
 
 
 def run_script(script):
@@ -178,3 +248,43 @@ def test_data_parallel_needs_jax_and_a_divisible_batch(tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode != 0
     assert "--batch_size=3 does not split over the 2 devices" in done.stderr
+
+
+def test_two_processes_on_localhost_equal_one_device():
+    """Multi-host JAX on one machine: two processes (one CPU device each) train the
+    two global steps of `_FIT` from their halves of each batch; both end with the
+    weights of one device trained on the whole batches, to 1e-5."""
+    outputs = run_processes([sys.executable, "-c", _PROCESS], lambda i, port: {})
+    results = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[6:])
+               for out in outputs]
+    assert sorted(r["process"] for r in results) == [0, 1]
+    for result in results:
+        assert result["max_weight_diff"] <= 1e-5, result
+    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_cli_two_processes_on_localhost(tmp_path):
+    """`--strategy=data_parallel` as two localhost processes: each reads its shard of
+    the pipeline, process 0 writes --model_dir, process 1 --model_dir/process_1,
+    and both checkpoints hold the same weights."""
+    from keras_scb.checkpoints import load_checkpoint
+
+    command = [
+        sys.executable, "-m", "keras_scb.train", "--strategy=data_parallel",
+        f"--model_dir={tmp_path}", "--model=mobilenetv2-ssdlite300", "--width_multiplier=0.35",
+        "--backbone_weights=none", "--dataset=synthetic", "--synthetic_images=8",
+        "--batch_size=4", "--steps_per_epoch=2", "--epochs=1", "--nofinal_eval", "--verbose=2",
+    ]
+
+    def env(i, port):
+        return {"KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+                "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(i)}
+
+    run_processes(command, env, timeout=900)
+    first = tmp_path / "last.keras"
+    second = tmp_path / "process_1" / "last.keras"
+    assert first.exists() and second.exists()
+    weights = [load_checkpoint(path).get_weights() for path in (first, second)]
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
