@@ -7,19 +7,23 @@
 For each model and precision, two copies of the model are compiled, one with
 ``ScaleBalancedLoss`` and one with ``MultiBoxLoss``; after one warm-up ``fit``
 each (tracing/compilation), ``rounds`` timed ``fit`` calls of ``steps`` steps
-alternate between them. Reported: median images/second of each and the median
-of the per-round time ratios SCB / MultiBox with its distribution-free 95 %
-interval (from 6 rounds on; `experiment_stats.median_interval`).
+alternate between them. A round's time is the median of its steps' times
+(a callback around each step), without the per-``fit`` set-up. Reported: median
+images/second of each and the median of the per-round time ratios SCB / MultiBox
+with its distribution-free 95 % interval (from 6 rounds on;
+`experiment_stats.median_interval`).
 
 ``--control`` compiles both copies with the *same* loss (MultiBox; RefineDet:
 no SCB on either step), an A/A run: its ratio shows how far from 1 two
-identical steps measure here, the noise floor of the SCB / MultiBox column. Inputs are random pixels with
-targets pre-encoded from random boxes by the library's matching code run with
-``keras.ops`` (``benchmarks/synthetic.py``), so no TensorFlow is needed under JAX
-and no input pipeline is timed. Under TensorFlow they are fed as a cached ``tf.data`` dataset with the
-autotuner off, as ``keras_scb.data.pipeline`` does: with it on (also what
-``fit`` builds from numpy arrays), about half of SSD300's steps on the 2-core CPU
-ran with 1.2 cores busy instead of 2.
+identical steps measure here, the noise floor of the SCB / MultiBox column.
+
+Inputs are random pixels with targets pre-encoded from random boxes by the
+library's matching code run with ``keras.ops`` (``benchmarks/synthetic.py``), so
+no TensorFlow is needed under JAX and no input pipeline is timed. Under
+TensorFlow they are fed as a cached ``tf.data`` dataset with the autotuner off,
+as ``keras_scb.data.pipeline`` does: with it on (also what ``fit`` builds from
+numpy arrays), about half of SSD300's steps on the 2-core CPU ran with 1.2 cores
+busy instead of 2.
 """
 
 import argparse
@@ -99,12 +103,35 @@ def losses_for(model):
     return ScaleBalancedLoss(), MultiBoxLoss()
 
 
+def step_timer_class():
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Seconds of each training step; reading the loss waits for the step
+        (JAX dispatches asynchronously)."""
+
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return StepTimer
+
+
 def benchmark(name, precision, args):
     import keras
 
     from experiment_stats import median_interval
     from keras_scb.models import build_detector
     from loss_overhead import format_ratio
+
+    step_timer = step_timer_class()
 
     keras.mixed_precision.set_global_policy(precision)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
@@ -127,9 +154,12 @@ def benchmark(name, precision, args):
     data = fit_input(images, targets, args.batch_size)
 
     def fit(model):
-        start = time.perf_counter()
-        model.fit(**data, epochs=1, verbose=0)
-        return time.perf_counter() - start
+        """The median step time of one ``fit``: a step's own time, without the
+        per-``fit`` set-up (iterator, callbacks), which made the ratio of short
+        fits (SSDLite: 6 s) scatter by +-8 %."""
+        timer = step_timer()
+        model.fit(**data, epochs=1, verbose=0, callbacks=[timer])
+        return statistics.median(timer.seconds)
 
     for model in models.values():
         fit(model)  # trace / compile
@@ -139,7 +169,7 @@ def benchmark(name, precision, args):
         for label in list(models) if i % 2 == 0 else list(models)[::-1]:
             seconds[label].append(fit(models[label]))
     ratio = median_interval([s / m for s, m in zip(seconds["scb"], seconds["multibox"])])
-    speed = {label: n / statistics.median(t) for label, t in seconds.items()}
+    speed = {label: args.batch_size / statistics.median(t) for label, t in seconds.items()}
     params = models["scb"].count_params() / 1e6
     print(
         f"{name:<24} {precision:<15} {params:>7.2f}M {speed['scb']:>9.2f} "
