@@ -23,6 +23,11 @@ every positive ``beta`` (all positives up, no scale balance), and
 ``"scb_mean_normalised"`` keeps SCB's balance between objects at MultiBox's total
 positive weight (`mean_normalise_per_image`).
 
+``class_weights`` (optional, one per foreground class) multiply the weight of
+each positive anchor by its class's factor, on top of the object weighting: the
+standard remedy for a rare class (mmdetection's ``class_weight``). Negatives keep
+weight 1 and ``N`` stays the unweighted count.
+
 Hard negative mining keeps, per image, the ``min(neg_pos_ratio * P_b, #negatives)``
 negatives with the largest cross-entropy; negatives have weight 1. An optional
 ``negative_mask`` removes anchors from the candidate negatives (RefineDet's
@@ -31,6 +36,7 @@ negative anchor filtering), never from the positives.
 Written with ``keras.ops`` only: it imports and runs without TensorFlow.
 """
 
+import math
 from typing import Any, Sequence
 
 import keras
@@ -58,10 +64,16 @@ def check_options(
     weightings: Sequence[str] = (),
     apply_to: str = "classification",
     neg_pos_ratio: int = 3,
+    class_weights: Sequence[float] | None = None,
 ) -> None:
-    """Raises ValueError for an unknown weighting or ``apply_to``, or a negative
-    ``neg_pos_ratio``, naming the value. Every loss of the library checks its
-    options here."""
+    """Raises ValueError for an unknown weighting or ``apply_to``, a negative
+    ``neg_pos_ratio`` or a class weight that is negative or not finite, naming the
+    value. Every loss of the library checks its options here."""
+    for value in class_weights or ():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"class_weights must be finite and >= 0; got {list(class_weights)}."
+            )
     for weighting in weightings:
         if weighting not in WEIGHTINGS:
             raise ValueError(
@@ -267,6 +279,7 @@ def multibox_loss(
     apply_to: str = "classification",
     negative_mask: Tensor | None = None,
     normalization: str = "per_image",
+    class_weights: Sequence[float] | None = None,
 ) -> Tensor:
     """SSD multibox loss with per-object weights; see the module docstring.
 
@@ -283,11 +296,13 @@ def multibox_loss(
             docstring), or ``"valid"``, ``N = max(1, sum_b P_b)`` (Caffe's
             ``LossLayer::GetNormalizer`` in VALID mode, used by the RefineDet
             configs).
+        class_weights: optional ``C`` factors, one per foreground class in
+            ``class_target`` order (1..C), on the positive anchors' weights.
 
     Returns:
         Scalar float32 loss.
     """
-    check_options(apply_to=apply_to)
+    check_options(apply_to=apply_to, class_weights=class_weights)
     if normalization not in NORMALIZATIONS:
         raise ValueError(
             f"Unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}."
@@ -309,6 +324,17 @@ def multibox_loss(
         weights = ops.stop_gradient(
             positive_anchor_weights(matched, positive, alpha, beta, weighting)
         )
+
+    if class_weights is not None:
+        num_classes = y_pred.shape[-1] - 5
+        if len(class_weights) != num_classes:
+            raise ValueError(
+                f"class_weights has {len(class_weights)} values for {num_classes} classes: "
+                f"{list(class_weights)}."
+            )
+        # Index 0 (background) is never positive; its factor is irrelevant.
+        factors = ops.convert_to_tensor([1.0, *class_weights], "float32")
+        weights = weights * ops.take(factors, class_target)
 
     logits = y_pred[..., 4:]
     log_probs = ops.log_softmax(logits, axis=-1)
@@ -346,22 +372,36 @@ class DetectionLoss(keras.losses.Loss):
     """Base of the library's Keras losses (`ScaleBalancedLoss`, `MultiBoxLoss`,
     `keras_scb.refinedet_loss.RefineDetLoss`).
 
-    It holds what they all have, hard negative mining's ``neg_pos_ratio``, checks
-    it with `check_options` and puts it in the config; a subclass checks, stores
-    and adds to `get_config` only its own options, and defines ``call``.
+    It holds what they all have, hard negative mining's ``neg_pos_ratio`` and the
+    optional ``class_weights``, checks them with `check_options` and puts them in
+    the config; a subclass checks, stores and adds to `get_config` only its own
+    options, and defines ``call``.
 
     Args:
         neg_pos_ratio: negatives kept per positive in hard negative mining.
+        class_weights: optional factor per foreground class on the positives'
+            weights (`multibox_loss`); None: all 1.
         name, **kwargs: as ``keras.losses.Loss``.
     """
 
-    def __init__(self, neg_pos_ratio: int = 3, name: str | None = None, **kwargs):
-        check_options(neg_pos_ratio=neg_pos_ratio)
+    def __init__(
+        self,
+        neg_pos_ratio: int = 3,
+        class_weights: Sequence[float] | None = None,
+        name: str | None = None,
+        **kwargs,
+    ):
+        check_options(neg_pos_ratio=neg_pos_ratio, class_weights=class_weights)
         super().__init__(name=name, **kwargs)
         self.neg_pos_ratio = neg_pos_ratio
+        self.class_weights = None if class_weights is None else tuple(map(float, class_weights))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "neg_pos_ratio": self.neg_pos_ratio}
+        return {
+            **super().get_config(),
+            "neg_pos_ratio": self.neg_pos_ratio,
+            "class_weights": self.class_weights,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
@@ -377,6 +417,7 @@ class ScaleBalancedLoss(DetectionLoss):
         apply_to: ``"classification"`` (authors' code, default) or ``"both"``
             (the paper's Eq. 2: localisation weighted too).
         weighting: one of `WEIGHTINGS`.
+        class_weights: optional factor per foreground class (`DetectionLoss`).
     """
 
     def __init__(
@@ -386,11 +427,12 @@ class ScaleBalancedLoss(DetectionLoss):
         neg_pos_ratio: int = 3,
         apply_to: str = "classification",
         weighting: str = "scb",
+        class_weights: Sequence[float] | None = None,
         name: str = "scale_balanced_loss",
         **kwargs,
     ):
         check_options((weighting,), apply_to)
-        super().__init__(neg_pos_ratio, name=name, **kwargs)
+        super().__init__(neg_pos_ratio, class_weights, name=name, **kwargs)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.apply_to = apply_to
@@ -405,6 +447,7 @@ class ScaleBalancedLoss(DetectionLoss):
             beta=self.beta,
             neg_pos_ratio=self.neg_pos_ratio,
             apply_to=self.apply_to,
+            class_weights=self.class_weights,
         )
 
     def get_config(self) -> dict:
@@ -426,14 +469,25 @@ class MultiBoxLoss(DetectionLoss):
 
     Args:
         neg_pos_ratio: negatives kept per positive in hard negative mining.
+        class_weights: optional factor per foreground class (`DetectionLoss`).
     """
 
     weighting = "uniform"
 
-    def __init__(self, neg_pos_ratio: int = 3, name: str = "multibox_loss", **kwargs):
-        super().__init__(neg_pos_ratio, name=name, **kwargs)
+    def __init__(
+        self,
+        neg_pos_ratio: int = 3,
+        class_weights: Sequence[float] | None = None,
+        name: str = "multibox_loss",
+        **kwargs,
+    ):
+        super().__init__(neg_pos_ratio, class_weights, name=name, **kwargs)
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         return multibox_loss(
-            y_true, y_pred, weighting=self.weighting, neg_pos_ratio=self.neg_pos_ratio
+            y_true,
+            y_pred,
+            weighting=self.weighting,
+            neg_pos_ratio=self.neg_pos_ratio,
+            class_weights=self.class_weights,
         )

@@ -143,6 +143,7 @@ def refinedet_loss(
     iou_threshold=0.5,
     variances=(0.1, 0.2),
     negative_filter_threshold=0.99,
+    class_weights=None,
 ):
     """ARM loss + ODM loss; see the module docstring.
 
@@ -158,6 +159,8 @@ def refinedet_loss(
             unmatched anchor is not a candidate negative of the ODM (Caffe's
             ``objectness_score`` is ``1 -`` this: the anchor is a candidate if
             its object probability is >= 0.01).
+        class_weights: optional ``C`` factors on the ODM's positives by class
+            (`keras_scb.losses.multibox_loss`); the ARM's one class is unweighted.
 
     Returns:
         Scalar float32.
@@ -188,7 +191,8 @@ def refinedet_loss(
     object_probability = ops.softmax(ops.cast(arm[..., 4:], "float32"), axis=-1)[..., 1]
     candidates = object_probability >= 1.0 - negative_filter_threshold
     odm_loss = multibox_loss(
-        odm_true, odm, weighting=odm_weighting, negative_mask=candidates, **shared
+        odm_true, odm, weighting=odm_weighting, negative_mask=candidates,
+        class_weights=class_weights, **shared
     )
     return arm_loss + odm_loss
 
@@ -202,6 +206,7 @@ class RefineDetLoss(DetectionLoss):
             dict (the model's ``anchor_spec``).
         arm_weighting, odm_weighting: object weighting of each step; the
             default (SCB on the ARM, uniform on the ODM) is the SCB paper's.
+        class_weights: optional factor per foreground class, on the ODM.
         Others: see `refinedet_loss`.
     """
 
@@ -217,11 +222,12 @@ class RefineDetLoss(DetectionLoss):
         iou_threshold=0.5,
         variances=(0.1, 0.2),
         negative_filter_threshold=0.99,
+        class_weights=None,
         name="refinedet_loss",
         **kwargs,
     ):
         check_options((arm_weighting, odm_weighting), apply_to)
-        super().__init__(neg_pos_ratio, name=name, **kwargs)
+        super().__init__(neg_pos_ratio, class_weights, name=name, **kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
         self.anchors = get_anchors(self.anchor_spec)
         self.arm_weighting = arm_weighting
@@ -247,6 +253,7 @@ class RefineDetLoss(DetectionLoss):
             iou_threshold=self.iou_threshold,
             variances=self.variances,
             negative_filter_threshold=self.negative_filter_threshold,
+            class_weights=self.class_weights,
         )
 
     def get_config(self):

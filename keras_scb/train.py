@@ -53,6 +53,9 @@ flags.DEFINE_enum("weighting", "scb", ["uniform", "inverse_log", "inverse_sqrt",
 flags.DEFINE_enum("apply_to", "classification", ["classification", "both"],
                   "'classification': the authors' code; 'both': the paper's Eq. 2.")
 flags.DEFINE_integer("neg_pos_ratio", 3, "Hard negatives kept per positive.")
+flags.DEFINE_list("class_weights", [],
+                  "Optional factor per class (in the dataset's class order) on the positive "
+                  "anchors' weights, on top of the object weighting; empty: all 1.")
 flags.DEFINE_enum("scb_on", "arm", ["arm", "odm", "both", "none"],
                   "--loss=refinedet: which RefineDet branch gets SCB (the paper: arm).")
 flags.DEFINE_enum("match_on", "cpu", ["cpu", "device"],
@@ -156,11 +159,14 @@ def _loss(detector):
 
     if FLAGS.loss in ("multibox", "scb"):
         if FLAGS.loss == "multibox":
-            loss = MultiBoxLoss(neg_pos_ratio=FLAGS.neg_pos_ratio)
+            loss = MultiBoxLoss(
+                neg_pos_ratio=FLAGS.neg_pos_ratio, class_weights=_class_weights()
+            )
         else:
             loss = ScaleBalancedLoss(
                 alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
                 apply_to=FLAGS.apply_to, weighting=FLAGS.weighting,
+                class_weights=_class_weights(),
             )
         if FLAGS.match_on == "device":
             return MatchOnDevice(loss, detector.anchor_spec)
@@ -175,8 +181,30 @@ def _loss(detector):
         arm_weighting=branch_weighting("arm"),
         odm_weighting=branch_weighting("odm"),
         alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
-        apply_to=FLAGS.apply_to,
+        apply_to=FLAGS.apply_to, class_weights=_class_weights(),
     )
+
+
+def _class_weights():
+    """``--class_weights`` as floats (checked in `_check_class_weights`), or None."""
+    return [float(w) for w in FLAGS.class_weights] or None
+
+
+def _check_class_weights(class_names):
+    """One factor per class, each a finite number >= 0; a one-line error otherwise."""
+    if not FLAGS.class_weights:
+        return
+    try:
+        weights = [float(w) for w in FLAGS.class_weights]
+    except ValueError:
+        raise app.UsageError(
+            f"--class_weights={','.join(FLAGS.class_weights)}: not a list of numbers."
+        ) from None
+    if len(weights) != len(class_names) or not all(0 <= w < float("inf") for w in weights):
+        raise app.UsageError(
+            f"--class_weights={','.join(FLAGS.class_weights)}: need {len(class_names)} finite "
+            f"numbers >= 0, one per class {list(class_names)}."
+        )
 
 
 # The cosine schedule's final learning rate, as a fraction of the peak rate.
@@ -302,6 +330,7 @@ def train():
             f"--num_classes={FLAGS.num_classes} but --dataset={FLAGS.dataset} has "
             f"{num_classes} classes {list(train_data.class_names)}."
         )
+    _check_class_weights(train_data.class_names)
     # Resuming: the last finished epoch's weights and optimizer state.
     backup = EpochBackup(os.path.join(FLAGS.model_dir, "backup"))
     _check_resumed_label_map(backup, train_data.class_names)

@@ -64,7 +64,8 @@ def weight(m, weighting, alpha=1.0, beta=3.0):
 
 
 def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
-                  neg_pos_ratio=3, apply_to="classification", negative_mask=None):
+                  neg_pos_ratio=3, apply_to="classification", negative_mask=None,
+                  class_weights=None):
     """Loops over images and anchors; float64."""
     y_true = np.asarray(y_true, np.float64)
     y_pred = np.asarray(y_pred, np.float64)
@@ -89,7 +90,7 @@ def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
             mean = sum(anchor_weights.values()) / len(positives)
             anchor_weights = {a: w / mean for a, w in anchor_weights.items()}
         for a in positives:
-            w = anchor_weights[a]
+            w = anchor_weights[a] * (1.0 if class_weights is None else class_weights[labels[a] - 1])
             diff = y_pred[b, a, :4] - y_true[b, a, :4]
             box = sum(0.5 * d * d if abs(d) < 1 else abs(d) - 0.5 for d in diff)
             total += w * ce[a] + (w if apply_to == "both" else 1.0) * box

@@ -219,7 +219,11 @@ def test_config_round_trip_and_keras_file(tmp_path):
     assert type(mb) is MultiBoxLoss and mb.neg_pos_ratio == 2 and mb.weighting == "uniform"
     # Siblings on a shared base, not one a special case of the other.
     assert isinstance(mb, DetectionLoss) and not isinstance(mb, ScaleBalancedLoss)
-    assert set(mb.get_config()) == set(keras.losses.Loss().get_config()) | {"neg_pos_ratio"}
+    assert set(mb.get_config()) == set(keras.losses.Loss().get_config()) | {
+        "neg_pos_ratio", "class_weights"}
+    weighted = ScaleBalancedLoss(class_weights=[0.5] * 19 + [3])
+    restored = keras.losses.deserialize(json.loads(json.dumps(keras.losses.serialize(weighted))))
+    assert restored.class_weights == weighted.class_weights == (0.5,) * 19 + (3.0,)
 
     y_true, _ = make_batch(3, images=2)
     model = _tiny_detector(y_true.shape[1])
@@ -234,6 +238,8 @@ def test_config_round_trip_and_keras_file(tmp_path):
         ({"weighting": "log"}, "Unknown weighting 'log'"),
         ({"apply_to": "localization"}, "Unknown apply_to 'localization'"),
         ({"neg_pos_ratio": -1}, "neg_pos_ratio must be >= 0"),
+        ({"class_weights": [1.0, -2.0]}, "class_weights must be finite and >= 0"),
+        ({"class_weights": [1.0, float("nan")]}, "class_weights must be finite and >= 0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -352,3 +358,26 @@ def assert_keras_file_keeps_loss(model, loss, x, y_true, folder):
         loaded.evaluate(x, y_true, verbose=0), model.evaluate(x, y_true, verbose=0), rtol=1e-6
     )
     return loaded
+
+
+@pytest.mark.parametrize("apply_to", ["classification", "both"])
+@pytest.mark.parametrize("loss_class", [ScaleBalancedLoss, MultiBoxLoss])
+def test_class_weights_against_loop_reference(batch, loss_class, apply_to):
+    y_true, y_pred = batch
+    class_weights = list(np.random.default_rng(7).uniform(0.2, 4.0, NUM_CLASSES))
+    kwargs = {} if loss_class is MultiBoxLoss else {"apply_to": apply_to}
+    weighting = loss_class.weighting if loss_class is MultiBoxLoss else "scb"
+    got = float(loss_class(class_weights=class_weights, **kwargs)(y_true, y_pred))
+    want = reference.multibox_loss(y_true, y_pred, weighting=weighting, class_weights=class_weights,
+                                   apply_to=kwargs.get("apply_to", "classification"))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # All ones is the unweighted loss; the weights change it otherwise.
+    ones = float(loss_class(class_weights=[1.0] * NUM_CLASSES, **kwargs)(y_true, y_pred))
+    np.testing.assert_allclose(ones, float(loss_class(**kwargs)(y_true, y_pred)), rtol=1e-6)
+    assert abs(got - ones) > 1e-3 * ones
+
+
+def test_class_weights_need_one_value_per_class(batch):
+    y_true, y_pred = batch
+    with pytest.raises(ValueError, match=f"class_weights has 3 values for {NUM_CLASSES} classes"):
+        ScaleBalancedLoss(class_weights=[1.0, 2.0, 3.0])(y_true, y_pred)

@@ -226,6 +226,30 @@ def test_loss_config_round_trip():
         RefineDetLoss("refinedet320", neg_pos_ratio=-1)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_class_weights_weigh_the_odm_positives_only(seed):
+    """All ones is the unweighted loss; other factors change the loss but not the
+    gradient of the ARM outputs (the ARM's one class is never weighted)."""
+    y_true, y_pred, anchors = tiny_problem(seed)
+    plain = loss_value(y_true, y_pred, anchors)
+    np.testing.assert_allclose(
+        loss_value(y_true, y_pred, anchors, class_weights=[1.0] * NUM_CLASSES), plain, rtol=1e-6)
+    weights = [0.5, 2.0, 4.0]
+    assert abs(loss_value(y_true, y_pred, anchors, class_weights=weights) - plain) > 1e-3 * plain
+    y_pred = tf.constant(y_pred)
+    grads = []
+    for class_weights in (None, weights):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = refinedet_loss(y_true, y_pred, anchors, class_weights=class_weights)
+        grads.append(tape.gradient(value, y_pred).numpy())
+    np.testing.assert_allclose(grads[1][..., :6], grads[0][..., :6], rtol=1e-6, atol=1e-8)
+    assert np.abs(grads[1][..., 6:] - grads[0][..., 6:]).max() > 0
+    clone = keras.losses.deserialize(keras.losses.serialize(
+        RefineDetLoss(AnchorSpec(64, (2, 1), (16, 40), None, ((2,), (2,))), class_weights=weights)))
+    assert clone.class_weights == tuple(weights)
+
+
 _JAX_SCRIPT = """
 import json, jax, numpy as np, keras
 from keras_scb.refinedet_loss import refinedet_loss

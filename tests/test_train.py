@@ -42,6 +42,8 @@ def assert_ok(result):
         ("--num_classes=7", "--num_classes=7 but --dataset=synthetic has"),
         ("--dataset=voc", "--data_dir is required with --dataset=voc"),
         ("--lr_schedule=cosine --lr_decay_steps=5", "--lr_decay_steps belongs to --lr_schedule=step"),
+        ("--class_weights=1,2", "--class_weights=1,2: need 3 finite numbers >= 0, one per class"),
+        ("--class_weights=1,x,2", "--class_weights=1,x,2: not a list of numbers"),
     ],
 )
 def test_bad_flags_give_clear_errors(tmp_path, flag, message):
@@ -103,7 +105,9 @@ print(len(names))
 
 
 def test_tiny_training_under_jax_backend(tmp_path):
-    result = run(train_command(tmp_path, "--epochs=1"), env={"KERAS_BACKEND": "jax"})
+    # With --class_weights: the option reaches the loss in a real run (and under JAX).
+    result = run(train_command(tmp_path, "--epochs=1", "--class_weights=0.5,1,2"),
+                 env={"KERAS_BACKEND": "jax"})
     assert_ok(result)
     assert os.path.exists(os.path.join(tmp_path, "last.keras"))
     with open(os.path.join(tmp_path, "history.csv")) as f:
