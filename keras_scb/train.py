@@ -186,20 +186,21 @@ def _loss(detector):
 
 
 def _class_weights():
-    """``--class_weights`` as floats (checked in `_check_class_weights`), or None."""
-    return [float(w) for w in FLAGS.class_weights] or None
-
-
-def _check_class_weights(class_names):
-    """One factor per class, each a finite number >= 0; a one-line error otherwise."""
-    if not FLAGS.class_weights:
-        return
+    """``--class_weights`` as floats, or None; a one-line error for a non-number
+    (the count and range are checked in `_check_class_weights`)."""
     try:
-        weights = [float(w) for w in FLAGS.class_weights]
+        return [float(w) for w in FLAGS.class_weights] or None
     except ValueError:
         raise app.UsageError(
             f"--class_weights={','.join(FLAGS.class_weights)}: not a list of numbers."
         ) from None
+
+
+def _check_class_weights(class_names):
+    """One factor per class, each a finite number >= 0; a one-line error otherwise."""
+    weights = _class_weights()
+    if weights is None:
+        return
     if len(weights) != len(class_names) or not all(0 <= w < float("inf") for w in weights):
         raise app.UsageError(
             f"--class_weights={','.join(FLAGS.class_weights)}: need {len(class_names)} finite "
