@@ -127,3 +127,12 @@ def format_interval(stats: Mapping[str, object], scale: float = 100.0, digits: i
     if stats["half_width"] is None:
         return text
     return f"{text} [{scale * stats['low']:.{digits}f}, {scale * stats['high']:.{digits}f}]"
+
+
+def format_median_interval(stats: Mapping[str, object], digits: int = 3) -> str:
+    """``"1.003 [0.998, 1.008]"`` from `median_interval`; the median alone when the
+    values are too few for an interval."""
+    text = f"{stats['median']:.{digits}f}"
+    if stats["low"] is None:
+        return text
+    return f"{text} [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"

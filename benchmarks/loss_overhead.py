@@ -16,14 +16,6 @@ import statistics
 import time
 
 
-def format_ratio(interval):
-    """``"1.003 [0.998, 1.008]"`` from `experiment_stats.median_interval`."""
-    text = f"{interval['median']:.3f}"
-    if interval["low"] is None:
-        return text
-    return f"{text} [{interval['low']:.3f}, {interval['high']:.3f}]"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -36,7 +28,7 @@ def main():
     import numpy as np
 
     from keras_scb.anchors import get_anchors
-    from experiment_stats import median_interval
+    from experiment_stats import format_median_interval, median_interval
     from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
     from synthetic import encoded_targets, random_ground_truth
 
@@ -97,7 +89,7 @@ def main():
         shape = f"({y_true.shape[0]}, {y_true.shape[1]}, {depth})"
         print(
             f"{shape:<18} {1e3 * statistics.median(times['mb']):>12.2f} "
-            f"{1e3 * statistics.median(times['scb']):>9.2f} {format_ratio(median_interval(ratios)):>22}",
+            f"{1e3 * statistics.median(times['scb']):>9.2f} {format_median_interval(median_interval(ratios)):>22}",
             flush=True,
         )
 

@@ -127,9 +127,8 @@ def step_timer_class():
 def benchmark(name, precision, args):
     import keras
 
-    from experiment_stats import median_interval
+    from experiment_stats import format_median_interval, median_interval
     from keras_scb.models import build_detector
-    from loss_overhead import format_ratio
 
     step_timer = step_timer_class()
 
@@ -173,7 +172,7 @@ def benchmark(name, precision, args):
     params = models["scb"].count_params() / 1e6
     print(
         f"{name:<24} {precision:<15} {params:>7.2f}M {speed['scb']:>9.2f} "
-        f"{speed['multibox']:>12.2f} {format_ratio(ratio):>22}",
+        f"{speed['multibox']:>12.2f} {format_median_interval(ratio):>22}",
         flush=True,
     )
     keras.mixed_precision.set_global_policy("float32")

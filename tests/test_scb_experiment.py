@@ -50,6 +50,8 @@ def test_median_interval_hand_case():
     # Five values cannot give 95 % (the widest interval covers 1 - 2/32 = 0.9375).
     few = stats.median_interval([3, 1, 2, 5, 4])
     assert few["median"] == 3 and few["low"] is None and few["coverage"] is None
+    assert stats.format_median_interval(got) == "5.500 [2.000, 9.000]"
+    assert stats.format_median_interval(few) == "3.000"
 
 
 def test_paired_difference_pairs_by_key():
