@@ -31,6 +31,7 @@ of all its runs. ``--report_only`` summarises the finished runs and trains nothi
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -55,8 +56,11 @@ HEADLINE = ("AP", "AP50", "AP_S", "AP_M", "AP_L", "voc07_mAP")
 
 
 def parse_variant(text):
+    """``NAME:--flag=v,--flag=v`` -> (NAME, [flags]). Flags are split only at a
+    comma followed by ``--``, so a list value (``--class_weights=0.7,2.5,2.5``)
+    stays one flag."""
     name, _, flags = text.partition(":")
-    return name, [f for f in flags.split(",") if f]
+    return name, [f for f in re.split(r",(?=--)", flags) if f]
 
 
 def run_dir(output, arm, seed, run):

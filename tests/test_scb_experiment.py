@@ -76,6 +76,14 @@ def _fake_results(ap50):
     return results
 
 
+def test_parse_variant_keeps_list_values():
+    assert scb_experiment.parse_variant(
+        "cw:--loss=scb,--class_weights=0.74,2.46,2.5,--beta=3") == (
+        "cw", ["--loss=scb", "--class_weights=0.74,2.46,2.5", "--beta=3"])
+    assert scb_experiment.parse_variant("multibox:--loss=multibox") == (
+        "multibox", ["--loss=multibox"])
+
+
 def test_report_from_finished_runs(tmp_path, monkeypatch):
     ap50 = {"multibox": [0.60, 0.70, 0.65], "scb": [0.66, 0.75, 0.69]}
     for arm, values in ap50.items():
