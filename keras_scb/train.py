@@ -65,6 +65,11 @@ flags.DEFINE_enum("match_on", "cpu", ["cpu", "device"],
                   "always matches in its loss.")
 flags.DEFINE_integer("max_boxes", 100, "Boxes per image kept by the input pipeline (padding size).")
 flags.DEFINE_bool("augment", True, "SSD data augmentation.")
+flags.DEFINE_float("expand_prob", 0.5,
+                   "--augment: probability of SSD's zoom out (the paper's 0.5).")
+flags.DEFINE_float("max_expand", 4.0,
+                   "--augment: largest zoom-out canvas side, as a multiple of the image side "
+                   "(the paper's 4; objects shrink up to this factor).")
 flags.DEFINE_bool("keep_difficult", False,
                   "Train on VOC 'difficult' (COCO crowd) boxes too, as Caffe SSD/RefineDet "
                   "(use_difficult_gt) and PytorchSSD do; ssd.pytorch drops them (the default). "
@@ -278,6 +283,20 @@ def _check_flags():
     for name in ("batch_size", "epochs"):
         if getattr(FLAGS, name) <= 0:
             raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
+    if not 0.0 <= FLAGS.expand_prob <= 1.0:
+        raise app.UsageError(f"--expand_prob must lie in [0, 1]; got {FLAGS.expand_prob}.")
+    if not FLAGS.max_expand >= 1.0:
+        raise app.UsageError(f"--max_expand must be >= 1; got {FLAGS.max_expand}.")
+
+
+def augment_config():
+    """The `AugmentConfig` of ``--augment``, ``--expand_prob`` and ``--max_expand``
+    (None without augmentation)."""
+    from keras_scb.data.augment import AugmentConfig
+
+    if not FLAGS.augment:
+        return None
+    return AugmentConfig(expand_prob=FLAGS.expand_prob, max_expand=FLAGS.max_expand)
 
 
 def _check_resumed_label_map(backup, class_names):
@@ -308,7 +327,6 @@ def train():
     )
     from keras_scb.checkpoints import load_checkpoint
     from keras_scb.data import pipeline
-    from keras_scb.data.augment import AugmentConfig
     from keras_scb.models import build_detector
     from keras_scb.validation import evaluate_detector, summary_scalars, write_report
 
@@ -368,7 +386,7 @@ def train():
         image_size=detector.image_size,
         # Matching in the train step (MatchOnDevice) takes the padded ground truth.
         targets="gt" if FLAGS.match_on == "device" else detector.targets,
-        augment=AugmentConfig() if FLAGS.augment else None,
+        augment=augment_config(),
         keep_difficult=FLAGS.keep_difficult,
         max_boxes=FLAGS.max_boxes,
         seed=FLAGS.seed,

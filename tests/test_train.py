@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +51,45 @@ def test_bad_flags_give_clear_errors(tmp_path, flag, message):
     result = run(train_command(tmp_path, *flag.split()))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--expand_prob=1.5", "--expand_prob must lie in [0, 1]; got 1.5."),
+        ("--max_expand=0.5", "--max_expand must be >= 1; got 0.5."),
+    ],
+)
+def test_bad_zoom_out_flags_give_clear_errors(tmp_path, flag, message):
+    from absl import app, flags
+
+    from keras_scb import train
+
+    flags.FLAGS(["train", f"--model_dir={tmp_path}", "--backbone_weights=none", flag])
+    try:
+        with pytest.raises(app.UsageError, match=re.escape(message)):
+            train._check_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_zoom_out_flags_reach_the_augmentation():
+    from absl import flags
+
+    from keras_scb import train
+    from keras_scb.data.augment import AugmentConfig
+
+    try:
+        flags.FLAGS(["train", "--expand_prob=0.25", "--max_expand=2"])
+        assert train.augment_config() == AugmentConfig(expand_prob=0.25, max_expand=2.0)
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train"])
+        assert train.augment_config() == AugmentConfig()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train", "--noaugment"])
+        assert train.augment_config() is None
+    finally:
+        flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
