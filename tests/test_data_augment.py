@@ -185,3 +185,4 @@ def test_photometric_distortion_leaves_the_expand_fill_at_the_mean():
         image_colour = [c for c in top if not np.allclose(c, aug.MEAN_RGB, atol=0.01)][0]
         recoloured += not np.allclose(image_colour, 40.0, atol=0.5)
     assert recoloured >= 10
+

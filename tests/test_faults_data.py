@@ -19,6 +19,8 @@ import tensorflow as tf
 from keras_scb import data, evaluation
 from keras_scb.data import records, voc
 
+from flag_testing import train_flags
+
 HEIGHT, WIDTH = 40, 60
 
 
@@ -182,23 +184,16 @@ def test_misspelled_class_is_an_error_naming_the_file_not_a_new_class(tmp_path):
 
 def test_explicit_class_names_flag_gives_every_split_the_same_label_map(tmp_path):
     """``--dataset=voc --class_names=...``: every split object carries exactly those names."""
-    from absl import flags
-
-    import keras_scb.train  # noqa: F401  (defines the data flags)
     from keras_scb import flags as common_flags
 
     root = _voc_tree(tmp_path, {"train": THREE, "val": {"d": [("WBC", (1, 1, 30, 30))]}})
-    flags.FLAGS(["train", "--dataset=voc", f"--data_dir={root}", "--class_names=WBC,RBC,Platelets"])
-    try:
+    with train_flags("--dataset=voc", f"--data_dir={root}", "--class_names=WBC,RBC,Platelets"):
         train, val = common_flags.load_split("train"), common_flags.load_split("val")
         common_flags.check_same_class_names(train, val)
-        assert train.class_names == val.class_names == ("WBC", "RBC", "Platelets")
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train", "--dataset=bccd", "--class_names=rbc,wbc,platelets"])
+    assert train.class_names == val.class_names == ("WBC", "RBC", "Platelets")
+    with train_flags("--dataset=bccd", "--class_names=rbc,wbc,platelets"):
         with pytest.raises(ValueError, match=r"--class_names=rbc,wbc,platelets.*\['RBC', 'WBC', 'Platelets'\]"):
             common_flags.load_split("val")
-    finally:
-        flags.FLAGS.unparse_flags()
 
 
 # --- TFRecord shards ---------------------------------------------------------------
@@ -313,21 +308,14 @@ def test_bad_input_error_names_the_command_line_flag_that_skips_it(tmp_path):
 
 
 def test_skip_counts_are_printed_at_the_end(tmp_path, monkeypatch, capsys):
-    from absl import flags
-
-    import keras_scb.train  # noqa: F401  (defines the data flags)
     from keras_scb import flags as common_flags
 
     root = _voc_tree(tmp_path, {"train": {"a": [("dog", (1, 1, 9, 9)), ("cat", (1, 1, "inf", 9))],
                                           "b": [("cat", (1, 1, 9, 9))]}})
     os.remove(os.path.join(root, "JPEGImages", "b.jpg"))
     monkeypatch.setattr(common_flags, "_ISSUES", [])
-    flags.FLAGS(["train", "--dataset=voc", f"--data_dir={root}", "--class_names=cat",
-                 "--bad_input=skip"])
-    try:
+    with train_flags("--dataset=voc", f"--data_dir={root}", "--class_names=cat", "--bad_input=skip"):
         dataset = common_flags.load_split("train")
-    finally:
-        flags.FLAGS.unparse_flags()
     common_flags.print_skipped_input()
     assert len(dataset) == 1
     assert "1 missing image, 1 non-finite box, 1 unknown class" in capsys.readouterr().err

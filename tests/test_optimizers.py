@@ -6,6 +6,8 @@ import pytest
 
 from keras_scb.optimizers import CoupledDecaySGD
 
+from flag_testing import train_flags
+
 LR, MOMENTUM, L2 = 0.1, 0.9, 0.05
 W0, B0 = np.array([1.0, -2.0]), np.array([0.5])
 GRADS = [(np.array([0.3, 0.1]), np.array([0.2])), (np.array([-0.4, 0.6]), np.array([-0.1]))]
@@ -64,15 +66,10 @@ def test_keras_weight_decay_is_refused():
 
 @pytest.mark.parametrize("mode,expected", [("l2", CoupledDecaySGD), ("decoupled", keras.optimizers.SGD)])
 def test_trainer_flag_selects_the_decay(mode, expected):
-    from absl import flags
-
     from keras_scb import train
 
-    flags.FLAGS(["train", f"--weight_decay_mode={mode}", "--weight_decay=0.0005"])
-    try:
+    with train_flags(f"--weight_decay_mode={mode}", "--weight_decay=0.0005"):
         optimizer = train._optimizer(total_steps=10)
-    finally:
-        flags.FLAGS.unparse_flags()
     assert type(optimizer) is expected
     if mode == "l2":
         assert optimizer.l2 == pytest.approx(5e-4) and optimizer.weight_decay is None

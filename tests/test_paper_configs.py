@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flag_testing import train_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "table*.cfg")))
 
@@ -191,15 +193,9 @@ def data_root(tmp_path_factory):
 @pytest.fixture
 def config_flags(request, data_root, monkeypatch):
     """The config's flags, parsed as ``keras_scb.train`` parses them, from ``data_root``."""
-    from absl import flags
-
-    import keras_scb.train  # noqa: F401  (defines the flags)
-
     monkeypatch.chdir(data_root)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train", f"--flagfile={request.param}"])
-    yield flags.FLAGS
-    flags.FLAGS.unparse_flags()
+    with train_flags(f"--flagfile={request.param}") as parsed:
+        yield parsed
 
 
 def test_one_config_per_experiment_of_the_paper():

@@ -8,12 +8,15 @@ reading data. The new layers follow ssd.pytorch's initialisation.
 
 import hashlib
 import os
+
 import keras
 import numpy as np
 import pytest
 
 from keras_scb.models import backbones, build_detector
 from keras_scb.models.layers import CaffeImageNetNormalization, L2Normalization
+
+from flag_testing import train_flags
 
 NUM_CLASSES = 3
 # urllib reads the proxy from the environment on each request: every download
@@ -152,7 +155,7 @@ def test_imagenet_offline_fails_in_the_builder_too(name, tmp_path, monkeypatch):
 
 
 def test_offline_imagenet_stops_training_before_reading_data(tmp_path, monkeypatch):
-    from absl import app, flags
+    from absl import app
 
     from keras_scb import flags as common_flags
     from keras_scb import train
@@ -162,15 +165,12 @@ def test_offline_imagenet_stops_training_before_reading_data(tmp_path, monkeypat
 
     _go_offline(monkeypatch, tmp_path)
     monkeypatch.setattr(common_flags, "load_split", read_data)
-    flags.FLAGS([
-        "train", "--model=ssd300", "--backbone_weights=imagenet", "--dataset=voc",
+    with train_flags(
+        "--model=ssd300", "--backbone_weights=imagenet", "--dataset=voc",
         "--data_dir=/nonexistent/VOC2007", f"--model_dir={tmp_path / 'run'}",
-    ])
-    try:
+    ):
         with pytest.raises(app.UsageError, match="vgg16_weights_tf_dim_ordering_tf_kernels.h5"):
             train.train()
-    finally:
-        flags.FLAGS.unparse_flags()
     assert not os.path.exists(tmp_path / "run")
 
 

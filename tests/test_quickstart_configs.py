@@ -2,19 +2,14 @@
 
 import os
 
-from absl import flags
+from flag_testing import train_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parsed(config):
-    from keras_scb import train  # noqa: F401  (defines the flags)
-
-    flags.FLAGS(["train", f"--flagfile=configs/{config}"])
-    try:
-        return flags.FLAGS.flag_values_dict()
-    finally:
-        flags.FLAGS.unparse_flags()
+    with train_flags(f"--flagfile=configs/{config}") as parsed_flags:
+        return parsed_flags.flag_values_dict()
 
 
 def test_baseline_differs_from_the_quickstart_only_in_loss(monkeypatch):

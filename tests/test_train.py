@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from flag_testing import train_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny detector on the synthetic data: seconds per step on two cores.
@@ -61,52 +63,37 @@ def test_bad_flags_give_clear_errors(tmp_path, flag, message):
     ],
 )
 def test_bad_zoom_out_flags_give_clear_errors(tmp_path, flag, message):
-    from absl import app, flags
+    from absl import app
 
     from keras_scb import train
 
-    flags.FLAGS(["train", f"--model_dir={tmp_path}", "--backbone_weights=none", flag])
-    try:
+    with train_flags(f"--model_dir={tmp_path}", "--backbone_weights=none", flag):
         with pytest.raises(app.UsageError, match=re.escape(message)):
             train._check_flags()
-    finally:
-        flags.FLAGS.unparse_flags()
 
 
 def test_zoom_out_flags_reach_the_augmentation():
-    from absl import flags
-
     from keras_scb import train
     from keras_scb.data.augment import AugmentConfig
 
-    try:
-        flags.FLAGS(["train", "--expand_prob=0.25", "--max_expand=2"])
+    with train_flags("--expand_prob=0.25", "--max_expand=2"):
         assert train.augment_config() == AugmentConfig(expand_prob=0.25, max_expand=2.0)
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train"])
+    with train_flags():
         assert train.augment_config() == AugmentConfig()
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train", "--noaugment"])
+    with train_flags("--noaugment"):
         assert train.augment_config() is None
-    finally:
-        flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
 def test_learning_rate_schedules_warm_up_then_decay(schedule):
-    from absl import flags
-
     from keras_scb import train
 
-    flags.FLAGS([
-        "train", "--learning_rate=0.3", "--warmup_steps=10", f"--lr_schedule={schedule}",
+    with train_flags(
+        "--learning_rate=0.3", "--warmup_steps=10", f"--lr_schedule={schedule}",
         *(["--lr_decay_steps=60,90", "--lr_decay=0.1"] if schedule == "step" else []),
-    ])
-    try:
+    ):
         rate = train.learning_rate_schedule(total_steps=110)
         values = {s: float(rate(s)) for s in (0, 5, 10, 60, 95, 110)}
-    finally:
-        flags.FLAGS.unparse_flags()
     assert values[0] == pytest.approx(0.1)
     assert values[5] == pytest.approx(0.2)
     assert values[10] == pytest.approx(0.3)
