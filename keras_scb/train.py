@@ -283,20 +283,20 @@ def _check_flags():
     for name in ("batch_size", "epochs"):
         if getattr(FLAGS, name) <= 0:
             raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
-    if not 0.0 <= FLAGS.expand_prob <= 1.0:
-        raise app.UsageError(f"--expand_prob must lie in [0, 1]; got {FLAGS.expand_prob}.")
-    if not FLAGS.max_expand >= 1.0:
-        raise app.UsageError(f"--max_expand must be >= 1; got {FLAGS.max_expand}.")
+    augment_config()  # a bad zoom-out flag stops the run before any data is read
 
 
 def augment_config():
     """The `AugmentConfig` of ``--augment``, ``--expand_prob`` and ``--max_expand``
-    (None without augmentation)."""
+    (None without augmentation); `app.UsageError` naming the flag if one is out of range."""
     from keras_scb.data.augment import AugmentConfig
 
     if not FLAGS.augment:
         return None
-    return AugmentConfig(expand_prob=FLAGS.expand_prob, max_expand=FLAGS.max_expand)
+    try:
+        return AugmentConfig(expand_prob=FLAGS.expand_prob, max_expand=FLAGS.max_expand)
+    except ValueError as error:  # the message starts with the field, named as its flag
+        raise app.UsageError(f"--{error}") from None
 
 
 def _check_resumed_label_map(backup, class_names):

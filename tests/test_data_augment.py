@@ -186,3 +186,24 @@ def test_photometric_distortion_leaves_the_expand_fill_at_the_mean():
         recoloured += not np.allclose(image_colour, 40.0, atol=0.5)
     assert recoloured >= 10
 
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"expand_prob": 1.5}, "expand_prob must lie in [0, 1]; got 1.5."),
+        ({"flip_prob": -0.1}, "flip_prob must lie in [0, 1]; got -0.1."),
+        ({"max_expand": 0.5}, "max_expand must be >= 1; got 0.5."),
+        ({"min_ious": ()}, "min_ious must be None or lie in [0, 1]; got ()."),
+        ({"min_ious": (None, 1.2)}, "min_ious must be None or lie in [0, 1]; got (None, 1.2)."),
+        ({"crop_trials": 0}, "crop_trials must be >= 1; got 0."),
+        ({"min_crop_scale": 0.0}, "min_crop_scale must lie in (0, 1]; got 0.0."),
+        ({"max_crop_aspect": 0.9}, "max_crop_aspect must be >= 1; got 0.9."),
+    ],
+)
+def test_config_out_of_range_is_refused_with_its_name(setting, message):
+    with pytest.raises(ValueError) as error:
+        aug.AugmentConfig(**setting)
+    assert str(error.value) == message
+    # The bounds themselves are allowed.
+    aug.AugmentConfig(expand_prob=0.0, flip_prob=1.0, max_expand=1.0, min_ious=(None, 0.0, 1.0),
+                      crop_trials=1, min_crop_scale=1.0, max_crop_aspect=1.0)

@@ -72,6 +72,23 @@ class AugmentConfig:
     max_crop_aspect: float = 2.0
     flip_prob: float = 0.5
 
+    def __post_init__(self):
+        # Checked here, not where the graph is traced, so that a bad setting fails at
+        # once with its name; the train CLI turns these messages into flag errors.
+        for name in ("expand_prob", "flip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}.")
+        if not self.max_expand >= 1.0:
+            raise ValueError(f"max_expand must be >= 1; got {self.max_expand}.")
+        if not self.min_ious or any(m is not None and not 0.0 <= m <= 1.0 for m in self.min_ious):
+            raise ValueError(f"min_ious must be None or lie in [0, 1]; got {self.min_ious}.")
+        if self.crop_trials < 1:
+            raise ValueError(f"crop_trials must be >= 1; got {self.crop_trials}.")
+        if not 0.0 < self.min_crop_scale <= 1.0:
+            raise ValueError(f"min_crop_scale must lie in (0, 1]; got {self.min_crop_scale}.")
+        if not self.max_crop_aspect >= 1.0:
+            raise ValueError(f"max_crop_aspect must be >= 1; got {self.max_crop_aspect}.")
+
 
 def _split(seed, n):
     return tf.random.experimental.stateless_split(seed, n)
