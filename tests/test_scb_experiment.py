@@ -84,12 +84,17 @@ def test_parse_variant_keeps_list_values():
         "multibox", ["--loss=multibox"])
 
 
-def test_report_from_finished_runs(tmp_path, monkeypatch):
+@pytest.fixture
+def finished_runs(tmp_path, monkeypatch):
+    """Two arms x seeds 0, 1, 2 x runs 0, 1 with metrics in ``tmp_path/runs``, and
+    training disabled; returns the command-line arguments that report them and
+    the output folder."""
+    output = tmp_path / "runs"
     ap50 = {"multibox": [0.60, 0.70, 0.65], "scb": [0.66, 0.75, 0.69]}
     for arm, values in ap50.items():
         for seed, value in enumerate(values):
             for run in (0, 1):
-                folder = os.path.join(scb_experiment.run_dir(str(tmp_path), arm, seed, run), "eval")
+                folder = os.path.join(scb_experiment.run_dir(str(output), arm, seed, run), "eval")
                 os.makedirs(folder)
                 with open(os.path.join(folder, "metrics.json"), "w") as f:
                     json.dump(_fake_results(value + 0.01 * run), f)
@@ -98,10 +103,16 @@ def test_report_from_finished_runs(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(subprocess, "run", no_training)
-    scb_experiment.main(["--variant", "multibox:--loss=multibox", "--variant", "scb:--loss=scb",
-                         "--seeds", "0,1,2", "--runs_per_seed", "2", "--output", str(tmp_path)])
-    text = (tmp_path / "summary.md").read_text()
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    argv = ["--variant", "multibox:--loss=multibox", "--variant", "scb:--loss=scb",
+            "--seeds", "0,1,2", "--runs_per_seed", "2", "--output", str(output)]
+    return argv, output
+
+
+def test_report_from_finished_runs(finished_runs):
+    argv, output = finished_runs
+    scb_experiment.main(argv)
+    text = (output / "summary.md").read_text()
+    summary = json.loads((output / "summary.json").read_text())
     # AP50 differences per (seed, run): 0.06, 0.05, 0.04 twice -> mean 0.05.
     paired = summary["summary"]["scb"]["AP50"]["paired"]
     assert paired["n"] == 6 and paired["mean"] == pytest.approx(0.05)
@@ -111,7 +122,7 @@ def test_report_from_finished_runs(tmp_path, monkeypatch):
     assert "| scb - multibox |" in text and "| P_input_small@0.3 |" in text
     assert "| FPI_orig_all@0.01 | 1.50 [1.50, 1.50] |" in text  # 3 FPs on 2 images, every run
     assert "| AP_WBC |" in text and "| scb | 2 | 1 |" in text
-    assert (tmp_path / "calibration_scb.png").stat().st_size > 0
+    assert (output / "calibration_scb.png").stat().st_size > 0
     # Six identical runs pooled: the ECE of one.
     one = ev.evaluate_detections(*hand_case())["calibration"]
     assert summary["calibration"]["scb"]["ece"] == pytest.approx(
