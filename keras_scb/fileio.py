@@ -168,10 +168,14 @@ def write_json(value, path, indent: Optional[int] = 2, **dump_kwargs) -> None:
     write_text(json.dumps(value, indent=indent, **dump_kwargs) + "\n", path)
 
 
-def read_text(path) -> str:
-    """The UTF-8 text of ``path``; a missing or undecodable file is a `ValueError` naming it."""
+def read_text(path, newline: Optional[str] = None) -> str:
+    """The UTF-8 text of ``path``; a missing or undecodable file is a `ValueError` naming it.
+
+    ``newline`` is `open`'s: ``None`` turns ``\r\n`` into ``\n``, ``""`` keeps
+    the line endings as they are (to rewrite a file byte for byte).
+    """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline=newline) as f:
             return f.read()
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist.") from None
