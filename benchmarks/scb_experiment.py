@@ -26,21 +26,32 @@ first arm (``multibox`` by default; pairs share seed and run), the per-run table
 with per-class AP and wall time, the calibration), ``summary.json``, and one
 reliability diagram per arm, ``OUTPUT/calibration_ARM.png``, from the detections
 of all its runs. ``--report_only`` summarises the finished runs and trains nothing.
+
+``--docs docs/results.md --docs_block NAME`` also puts the report into that file,
+between the lines ``<!-- scb_experiment:NAME -->`` and ``<!-- /scb_experiment:NAME -->``
+(which must be there, once each, before the run starts; the rest of the file is
+kept byte for byte): the command that redoes the experiment, the tables of
+``summary.md``, and the reliability diagrams, copied to ``images/NAME/`` next to
+the file and linked from it.
 """
 
 import argparse
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from functools import partial
+from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import experiment_stats  # noqa: E402
 
-from keras_scb.fileio import write_json, write_text  # noqa: E402
+from keras_scb.fileio import atomic_write, read_text, write_json, write_text  # noqa: E402
 
 DEFAULT_ARMS = (
     "multibox:--loss=multibox",
@@ -53,6 +64,7 @@ THRESHOLDS = ("0.01", "0.1", "0.3")
 # (results key, label): objects sized on the original image / on the network input.
 SIZINGS = (("", "orig"), ("_at_input", "input"))
 HEADLINE = ("AP", "AP50", "AP_S", "AP_M", "AP_L", "voc07_mAP")
+BLOCK_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_variant(text):
@@ -209,6 +221,73 @@ def markdown(summary, runs, baseline, calibration, seconds):
     return "\n".join(lines) + "\n"
 
 
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the lines between ``<!-- scb_experiment:NAME -->`` and
+    ``<!-- /scb_experiment:NAME -->`` replaced by ``body``; the rest, marker lines
+    included, is kept as it is.
+
+    A marker is a line of its own (spaces around it allowed). ``body`` gets a
+    final newline, and ``\r\n`` line endings if the start marker's line has one.
+    Raises `ValueError` naming the marker if either marker is missing or
+    repeated, or if the end marker comes before the start marker.
+    """
+    found = []
+    for marker in (f"<!-- scb_experiment:{name} -->", f"<!-- /scb_experiment:{name} -->"):
+        lines = list(re.finditer(rf"^[ \t]*{re.escape(marker)}[ \t]*(\r?\n|\Z)", text, re.M))
+        numbers = ", ".join(str(text.count("\n", 0, m.start()) + 1) for m in lines)
+        if len(lines) != 1:
+            raise ValueError(f"the marker line {marker} is "
+                             + (f"repeated (lines {numbers})." if lines else "missing."))
+        found.append((lines[0], marker, numbers))
+    (start, start_marker, start_line), (end, end_marker, end_line) = found
+    if end.start() < start.end():
+        raise ValueError(f"the marker line {end_marker} (line {end_line}) comes before "
+                         f"{start_marker} (line {start_line}).")
+    if body and not body.endswith("\n"):
+        body += "\n"
+    if start.group(1) == "\r\n":
+        body = re.sub(r"\r?\n", "\r\n", body)
+    return text[:start.end()] + body + text[end.start():]
+
+
+def docs_text(path: str, name: str, body: str) -> str:
+    """The text of the file ``path`` with its block ``name`` replaced by ``body``;
+    a `ValueError` naming ``path`` if it cannot be read or lacks the block."""
+    try:
+        text = read_text(path, newline="")
+    except OSError as error:
+        raise ValueError(f"Cannot read {path}: {error.strerror or error}.") from None
+    try:
+        return replace_block(text, name, body)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def command_line(args) -> str:
+    """The command that redoes the experiment of ``args``, every option spelled out
+    (the output folder as given), without --docs, --docs_block and --report_only."""
+    words = ["python", "benchmarks/scb_experiment.py", "--config", args.config]
+    for variant in args.variant or DEFAULT_ARMS:
+        words += ["--variant", variant]
+    words += ["--seeds", args.seeds, "--runs_per_seed", str(args.runs_per_seed),
+              "--output", args.output]
+    return shlex.join(words)
+
+
+def update_docs(path: str, name: str, command: str, summary: str, diagrams: list) -> None:
+    """Writes the block ``name`` of the Markdown file ``path``: ``command`` (as a
+    code line), the ``summary`` tables and the PNG files ``diagrams``, copied to
+    ``images/NAME/`` next to ``path`` and linked from it."""
+    links = [f"![{os.path.basename(png)[:-4]}](images/{name}/{quote(os.path.basename(png))})"
+             for png in diagrams]
+    body = f"    {command}\n\n{summary}" + "".join(f"\n{link}" for link in links)
+    text = docs_text(path, name, body)
+    for png in diagrams:
+        atomic_write(os.path.join(os.path.dirname(path), "images", name, os.path.basename(png)),
+                     partial(shutil.copyfile, png))
+    write_text(text, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.cfg")
@@ -220,9 +299,24 @@ def main(argv=None):
     parser.add_argument("--output", default="runs/scb_experiment")
     parser.add_argument("--report_only", action="store_true",
                         help="Summarise the runs that exist; train nothing.")
+    parser.add_argument("--docs", metavar="FILE",
+                        help="Also write the report into this Markdown file (with --docs_block).")
+    parser.add_argument("--docs_block", metavar="NAME",
+                        help="The block of --docs to replace: the lines between "
+                             "<!-- scb_experiment:NAME --> and <!-- /scb_experiment:NAME -->.")
     args = parser.parse_args(argv)
     if args.runs_per_seed < 1:
         parser.error(f"--runs_per_seed must be >= 1; got {args.runs_per_seed}.")
+    if (args.docs is None) != (args.docs_block is None):
+        parser.error("--docs and --docs_block go together; got only "
+                     + ("--docs." if args.docs_block is None else "--docs_block."))
+    if args.docs_block is not None and not BLOCK_NAME.fullmatch(args.docs_block):
+        parser.error(f"--docs_block must match [A-Za-z0-9_-]+; got {args.docs_block!r}.")
+    if args.docs is not None:
+        try:  # before hours of training, not after
+            docs_text(args.docs, args.docs_block, "")
+        except ValueError as error:
+            parser.error(str(error))
     from keras_scb import calibration as calibration_lib
 
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_ARMS)]
@@ -280,6 +374,13 @@ def main(argv=None):
     text = markdown(summary, runs, baseline, calibration, seconds)
     write_text(text, os.path.join(args.output, "summary.md"))
     print(text)
+    if args.docs is not None:
+        try:
+            update_docs(args.docs, args.docs_block, command_line(args), text,
+                        [path for _, _, path in calibration.values()])
+        except (ValueError, OSError) as error:  # OSError: fileio's OutputError names the file
+            parser.error(str(error))
+        print(f"Wrote the block {args.docs_block} of {args.docs}.")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """benchmarks/scb_experiment.py and its statistics: intervals and paired
-differences against hand-computed cases; the report from finished runs."""
+differences against hand-computed cases; the report from finished runs, also
+into a marked block of a Markdown file (--docs, --docs_block)."""
 
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -127,3 +129,101 @@ def test_report_from_finished_runs(finished_runs):
     one = ev.evaluate_detections(*hand_case())["calibration"]
     assert summary["calibration"]["scb"]["ece"] == pytest.approx(
         calibration.expected_calibration_error(one))
+
+
+START, END = "<!-- scb_experiment:main -->\n", "<!-- /scb_experiment:main -->\n"
+
+
+def test_replace_block_keeps_everything_else():
+    head = ("# Results ± β\r\n"  # a CRLF line outside the block stays CRLF
+            "Prose naming <!-- scb_experiment:main --> inline: not a marker.\n"
+            "<!-- scb_experiment:main --> and text after it: not a marker either.\n"
+            "<!-- scb_experiment:main-2 -->\nanother block\n<!-- /scb_experiment:main-2 -->\n"
+            "  <!-- scb_experiment:main -->  \n")
+    tail = "<!-- /scb_experiment:main -->\ntext after, no final newline"
+    text = head + "old\ntable\n" + tail
+    once = scb_experiment.replace_block(text, "main", "| new | table |")
+    assert once == head + "| new | table |\n" + tail
+    assert scb_experiment.replace_block(once, "main", "| new | table |") == once
+    assert scb_experiment.replace_block(once, "main", "") == head + tail
+    # A block whose start marker ends in CRLF gets CRLF lines.
+    assert scb_experiment.replace_block("a\r\n<!-- scb_experiment:b -->\r\nold\r\n"
+                                        "<!-- /scb_experiment:b -->\r\n", "b", "x\ny\n") == (
+        "a\r\n<!-- scb_experiment:b -->\r\nx\r\ny\r\n<!-- /scb_experiment:b -->\r\n")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("prose\n" + END, "<!-- scb_experiment:main --> is missing."),
+    ("<!-- scb_experiment:main-2 -->\n" + END, "<!-- scb_experiment:main --> is missing."),
+    (START + "prose\n", "<!-- /scb_experiment:main --> is missing."),
+    (START + END + START, "<!-- scb_experiment:main --> is repeated (lines 1, 3)."),
+    (START + END + "x\n" + END, "<!-- /scb_experiment:main --> is repeated (lines 2, 4)."),
+    ("x\n" + END + START, "<!-- /scb_experiment:main --> (line 2) comes before "
+                          "<!-- scb_experiment:main --> (line 3)."),
+])
+def test_replace_block_refuses_malformed_markers(text, problem):
+    with pytest.raises(ValueError) as error:
+        scb_experiment.replace_block(text, "main", "new")
+    assert str(error.value) == "the marker line " + problem
+
+
+def test_report_into_docs_block(finished_runs, tmp_path):
+    argv, output = finished_runs
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    head = ("# Results ± β\r\n\n" + START).encode()
+    tail = (END[:-1] + "\r\ntext after, no final newline").encode()
+    docs.write_bytes(head + b"stale table\n" + tail)
+    scb_experiment.main(argv + ["--report_only", "--docs", str(docs), "--docs_block", "main"])
+    data = docs.read_bytes()
+    assert data.startswith(head) and data.endswith(tail)
+    block = data[len(head):-len(tail)].decode()
+    command, blank, summary = block.split("\n", 2)
+    assert command == "    " + shlex.join(["python", "benchmarks/scb_experiment.py", "--config",
+                                           "configs/quickstart.cfg", *argv])
+    assert blank == "" and summary.startswith((output / "summary.md").read_text())
+    assert "| scb | 2 | 1 |" in summary and "stale" not in block
+    for arm in ("multibox", "scb"):
+        assert f"\n![calibration_{arm}](images/main/calibration_{arm}.png)\n" in summary
+        copied = docs.parent / "images" / "main" / f"calibration_{arm}.png"
+        assert copied.read_bytes() == (output / f"calibration_{arm}.png").read_bytes()
+    assert sorted(os.listdir(docs.parent)) == ["images", "results.md"]  # no temporaries left
+
+
+@pytest.mark.parametrize("doc, block, message", [
+    ("no markers\n", "main", "DOCS: the marker line <!-- scb_experiment:main --> is missing."),
+    (END + START, "main",
+     "DOCS: the marker line <!-- /scb_experiment:main --> (line 1) comes before"),
+    (START + END + START, "main", "DOCS: the marker line <!-- scb_experiment:main --> is repeated"),
+    (START + END, "ma in", "--docs_block must match [A-Za-z0-9_-]+; got 'ma in'."),
+    (START + END, None, "--docs and --docs_block go together; got only --docs."),
+])
+def test_docs_errors_before_any_work(finished_runs, tmp_path, capsys, doc, block, message):
+    argv, output = finished_runs
+    docs = tmp_path / "results.md"
+    docs.write_text(doc)
+    with pytest.raises(SystemExit):
+        scb_experiment.main(argv + ["--docs", str(docs)]
+                            + (["--docs_block", block] if block else []))
+    assert message.replace("DOCS", str(docs)) in capsys.readouterr().err
+    assert docs.read_text() == doc and not (output / "summary.md").exists()
+    assert sorted(os.listdir(tmp_path)) == ["results.md", "runs"]  # no images, no temporaries
+
+
+def test_docs_block_removed_during_the_run(finished_runs, tmp_path, monkeypatch, capsys):
+    argv, output = finished_runs
+    docs = tmp_path / "results.md"
+    docs.write_text(START + END)
+    markdown = scb_experiment.markdown
+
+    def edit_then_markdown(*args):
+        docs.write_text("someone removed the block\n")
+        return markdown(*args)
+
+    monkeypatch.setattr(scb_experiment, "markdown", edit_then_markdown)
+    with pytest.raises(SystemExit):
+        scb_experiment.main(argv + ["--docs", str(docs), "--docs_block", "main"])
+    error = capsys.readouterr().err
+    assert f"{docs}: the marker line <!-- scb_experiment:main --> is missing." in error
+    assert docs.read_text() == "someone removed the block\n"
+    assert (output / "summary.md").exists() and not (tmp_path / "images").exists()
