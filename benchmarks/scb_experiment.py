@@ -181,6 +181,8 @@ def markdown(summary, runs, baseline, calibration, seconds):
         "",
         "| metric | " + " | ".join(arms) + " |",
         "|---" * (len(arms) + 1) + "|",
+        # Arms can have different runs while the experiment is under way.
+        "| runs | " + " | ".join(str(len(runs[a])) for a in arms) + " |",
     ]
     for key in keys:
         cells = [_cell(summary[a][key]["interval"], key) if key in summary[a] else "n/a"
@@ -195,6 +197,8 @@ def markdown(summary, runs, baseline, calibration, seconds):
             "",
             "| metric | " + " | ".join(f"{a} - {baseline}" for a in others) + " |",
             "|---" * (len(others) + 1) + "|",
+            "| pairs | " + " | ".join(str(len(runs[a].keys() & runs[baseline].keys()))
+                                       for a in others) + " |",
         ]
         for key in keys:
             cells = [_cell(summary[a][key]["paired"], key) if key in summary[a] else "n/a"

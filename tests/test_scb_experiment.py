@@ -124,6 +124,11 @@ def test_report_from_finished_runs(finished_runs):
     assert "| scb - multibox |" in text and "| P_input_small@0.3 |" in text
     assert "| FPI_orig_all@0.01 | 1.50 [1.50, 1.50] |" in text  # 3 FPs on 2 images, every run
     assert "| AP_WBC |" in text and "| scb | 2 | 1 |" in text
+    assert "| runs | 6 | 6 |" in text and "| pairs | 6 |" in text
+    os.remove(output / "scb" / "seed2_run1" / "eval" / "metrics.json")  # an unfinished run
+    scb_experiment.main([*argv, "--report_only"])
+    text = (output / "summary.md").read_text()
+    assert "| runs | 6 | 5 |" in text and "| pairs | 5 |" in text
     assert (output / "calibration_scb.png").stat().st_size > 0
     # Six identical runs pooled: the ECE of one.
     one = ev.evaluate_detections(*hand_case())["calibration"]
