@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import experiment_stats  # noqa: E402
 
+from keras_scb.callbacks import EpochBackup  # noqa: E402
 from keras_scb.fileio import atomic_write, read_text, write_json, write_text  # noqa: E402
 
 DEFAULT_ARMS = (
@@ -82,10 +83,12 @@ def run_dir(output, arm, seed, run):
 
 def run_one(config, flags, model_dir, log):
     """Trains and evaluates one run unless its metrics exist; returns the metrics
-    path. The wall time is kept in ``MODEL_DIR/wall_time.json``."""
+    path. The wall time is kept in ``MODEL_DIR/wall_time.json``, with the epochs
+    that a resumed run had done before (``resumed_after_epoch``, 0 if none)."""
     metrics = os.path.join(model_dir, "eval", "metrics.json")
     if os.path.exists(metrics):
         return metrics
+    done = EpochBackup(os.path.join(model_dir, "backup")).saved_epoch()
     cmd = [sys.executable, "-m", "keras_scb.train", f"--flagfile={config}",
            f"--model_dir={model_dir}", "--verbose=2", *flags]
     start = time.time()
@@ -94,8 +97,9 @@ def run_one(config, flags, model_dir, log):
         out.flush()
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    # A resumed run's time is that of its last part only; the file says so.
-    write_json({"seconds": time.time() - start, "command": cmd},
+    # A resumed run's time is that of its last part only (the earlier parts were
+    # killed before they could write theirs): the file and the table say so.
+    write_json({"seconds": time.time() - start, "resumed_after_epoch": done, "command": cmd},
                os.path.join(model_dir, "wall_time.json"))
     return metrics
 
@@ -170,8 +174,17 @@ def _cell(stats, key):
                                             digits=2 if key.startswith("FPI") else 1)
 
 
-def markdown(summary, runs, baseline, calibration, seconds):
-    """The Markdown tables of ``summary.md``."""
+def _wall_time(timing):
+    """A run's ``wall_time.json`` (or None) as a table cell."""
+    if timing is None:
+        return "-"
+    done = timing.get("resumed_after_epoch")  # absent in files of earlier experiments
+    return f"{timing['seconds']:.0f}" + (f" (resumed after epoch {done})" if done else "")
+
+
+def markdown(summary, runs, baseline, calibration, timings):
+    """The Markdown tables of ``summary.md``; ``timings``: ``{arm: {(seed, run):
+    wall_time.json's dict}}``."""
     arms = list(summary)
     keys = _metric_keys(summary)
     lines = [
@@ -205,16 +218,15 @@ def markdown(summary, runs, baseline, calibration, seconds):
                      for a in others]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     classes = [k for k in keys if k.startswith("AP_") and k not in HEADLINE]
-    lines += ["", "Every run (percent):", "",
+    lines += ["", "Every run (percent; a resumed run's wall time is that of its last part):", "",
               "| arm | seed | run | AP | AP50 | " + " | ".join(classes) + " | wall time (s) |",
               "|---" * (6 + len(classes)) + "|"]
     for arm in arms:
         for (seed, run), row in sorted(runs[arm].items()):
             values = [row.get("AP"), row.get("AP50")] + [row.get(k) for k in classes]
             cells = ["-" if v is None else f"{100 * v:.1f}" for v in values]
-            took = seconds.get(arm, {}).get((seed, run))
             lines.append(f"| {arm} | {seed} | {run} | " + " | ".join(cells)
-                         + f" | {'-' if took is None else f'{took:.0f}'} |")
+                         + f" | {_wall_time(timings.get(arm, {}).get((seed, run)))} |")
     lines += ["", "Calibration of the detections (all runs of an arm pooled; correct = true "
               "positive at IoU 0.5):", "", "| arm | detections | ECE | diagram |", "|---|---|---|---|"]
     for arm in arms:
@@ -336,7 +348,7 @@ def main(argv=None):
                 for name, flags in variants:
                     run_one(args.config, [*flags, f"--seed={seed}"],
                             run_dir(args.output, name, seed, run), log)
-    runs, seconds, bins = {}, {}, {}
+    runs, timings, bins = {}, {}, {}
     for name, flags in variants:
         for seed in seeds:
             for run in range(args.runs_per_seed):
@@ -352,7 +364,7 @@ def main(argv=None):
                 timing = os.path.join(model_dir, "wall_time.json")
                 if os.path.exists(timing):
                     with open(timing) as f:
-                        seconds.setdefault(name, {})[(seed, run)] = json.load(f)["seconds"]
+                        timings.setdefault(name, {})[(seed, run)] = json.load(f)
                 print(f"{name} seed {seed} run {run}: AP50 {runs[name][(seed, run)]['AP50']:.4f}",
                       flush=True)
     if not runs:
@@ -375,7 +387,7 @@ def main(argv=None):
                      for a, rows in runs.items()},
             "calibration": {a: {"bins": b, "ece": e} for a, (b, e, _) in calibration.items()},
         }, os.path.join(args.output, "summary.json"))
-    text = markdown(summary, runs, baseline, calibration, seconds)
+    text = markdown(summary, runs, baseline, calibration, timings)
     write_text(text, os.path.join(args.output, "summary.md"))
     print(text)
     if args.docs is not None:

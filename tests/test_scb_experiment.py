@@ -232,3 +232,50 @@ def test_docs_block_removed_during_the_run(finished_runs, tmp_path, monkeypatch,
     assert f"{docs}: the marker line <!-- scb_experiment:main --> is missing." in error
     assert docs.read_text() == "someone removed the block\n"
     assert (output / "summary.md").exists() and not (tmp_path / "images").exists()
+
+
+@pytest.mark.parametrize("saved_epoch", [None, 4])
+def test_run_one_records_a_resumed_run(tmp_path, monkeypatch, saved_epoch):
+    model_dir = tmp_path / "scb" / "seed2"
+    if saved_epoch is not None:  # an earlier part was killed after this epoch
+        (model_dir / "backup").mkdir(parents=True)
+        (model_dir / "backup" / "state.json").write_text(
+            json.dumps({"epoch": saved_epoch, "weights": "epoch-00004.weights.h5"}))
+    commands = []
+
+    def train(cmd, **kwargs):
+        commands.append(cmd)
+        (model_dir / "eval").mkdir(parents=True)
+        (model_dir / "eval" / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(subprocess, "run", train)
+    metrics = scb_experiment.run_one("configs/quickstart.cfg", ["--seed=2"], str(model_dir),
+                                     str(tmp_path / "train.log"))
+    assert metrics == str(model_dir / "eval" / "metrics.json") and len(commands) == 1
+    timing = json.loads((model_dir / "wall_time.json").read_text())
+    assert timing["resumed_after_epoch"] == (saved_epoch or 0) and timing["seconds"] >= 0
+    assert timing["command"] == commands[0] and commands[0][-1] == "--seed=2"
+    # Finished: not trained again.
+    scb_experiment.run_one("configs/quickstart.cfg", ["--seed=2"], str(model_dir),
+                           str(tmp_path / "train.log"))
+    assert len(commands) == 1
+
+
+def test_table_marks_resumed_runs(finished_runs):
+    argv, output = finished_runs
+    for arm, seed, run, timing in [
+        ("multibox", 0, 0, {"seconds": 1400.4}),  # written before resumed runs were marked
+        ("scb", 0, 0, {"seconds": 1399.6, "resumed_after_epoch": 0}),
+        ("scb", 1, 1, {"seconds": 1182.3, "resumed_after_epoch": 4}),
+    ]:
+        with open(os.path.join(scb_experiment.run_dir(str(output), arm, seed, run),
+                               "wall_time.json"), "w") as f:
+            json.dump(timing, f)
+    scb_experiment.main([*argv, "--report_only"])
+    text = (output / "summary.md").read_text()
+    rows = {tuple(line.split(" | ")[:3]): line for line in text.splitlines()
+            if line.startswith(("| multibox | ", "| scb | "))}
+    assert rows[("| multibox", "0", "0")].endswith(" | 1400 |")
+    assert rows[("| scb", "0", "0")].endswith(" | 1400 |")
+    assert rows[("| scb", "1", "1")].endswith(" | 1182 (resumed after epoch 4) |")
+    assert rows[("| scb", "1", "0")].endswith(" | - |")
