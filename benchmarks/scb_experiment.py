@@ -22,7 +22,7 @@ seed (TF CPU kernels are not deterministic: the quickstart's 10-run table is
 
 Writes ``OUTPUT/summary.md`` (Markdown tables for docs/results.md: per arm the
 mean and its 95 % Student-t interval over runs, the paired difference to the
-first arm (``multibox`` by default; pairs share seed and run), the per-run table
+first arm (``multibox`` by default) or ``--baseline`` (pairs share seed and run), the per-run table
 with per-class AP and wall time, the calibration), ``summary.json``, and one
 reliability diagram per arm, ``OUTPUT/calibration_ARM.png``, from the detections
 of all its runs. ``--report_only`` summarises the finished runs and trains nothing.
@@ -287,6 +287,8 @@ def command_line(args) -> str:
         words += ["--variant", variant]
     words += ["--seeds", args.seeds, "--runs_per_seed", str(args.runs_per_seed),
               "--output", args.output]
+    if args.baseline is not None:
+        words += ["--baseline", args.baseline]
     return shlex.join(words)
 
 
@@ -310,6 +312,9 @@ def main(argv=None):
     parser.add_argument("--variant", action="append",
                         help="NAME:--flag=value,--flag=value (repeatable); default: the four "
                              "arms of the module docstring. The first is the paired baseline.")
+    parser.add_argument("--baseline", metavar="NAME",
+                        help="The arm the others are paired with (default: the first); "
+                             "changes the report only, e.g. --report_only --baseline scb.")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--runs_per_seed", type=int, default=1)
     parser.add_argument("--output", default="runs/scb_experiment")
@@ -336,7 +341,10 @@ def main(argv=None):
     from keras_scb import calibration as calibration_lib
 
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_ARMS)]
-    baseline = variants[0][0]
+    names = [name for name, _ in variants]
+    baseline = args.baseline or names[0]
+    if baseline not in names:
+        parser.error(f"--baseline must be one of the arms ({', '.join(names)}); got {baseline!r}.")
     os.makedirs(args.output, exist_ok=True)
     log = os.path.join(args.output, "train.log")
     seeds = [int(s) for s in args.seeds.split(",")]

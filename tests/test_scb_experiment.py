@@ -279,3 +279,18 @@ def test_table_marks_resumed_runs(finished_runs):
     assert rows[("| scb", "0", "0")].endswith(" | 1400 |")
     assert rows[("| scb", "1", "1")].endswith(" | 1182 (resumed after epoch 4) |")
     assert rows[("| scb", "1", "0")].endswith(" | - |")
+
+
+def test_baseline_flag_pairs_with_another_arm(finished_runs, capsys):
+    argv, output = finished_runs
+    scb_experiment.main([*argv, "--report_only", "--baseline", "scb"])
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["baseline"] == "scb" and "paired" not in summary["summary"]["scb"]["AP50"]
+    paired = summary["summary"]["multibox"]["AP50"]["paired"]
+    assert paired["n"] == 6 and paired["mean"] == pytest.approx(-0.05)  # the sign flips
+    text = (output / "summary.md").read_text()
+    assert "| multibox - scb |" in text and "| scb - multibox |" not in text
+    with pytest.raises(SystemExit):
+        scb_experiment.main([*argv, "--report_only", "--baseline", "scb_mean_normalised"])
+    assert ("--baseline must be one of the arms (multibox, scb); got 'scb_mean_normalised'."
+            in capsys.readouterr().err)
