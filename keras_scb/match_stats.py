@@ -72,12 +72,25 @@ def image_match_counts(boxes, classes, anchors, iou_threshold=0.5):
 
 def count_summary(counts):
     """Statistics of ``(N,)`` anchor counts: ``num_objects, mean, median, min, max,
-    fraction_zero, fraction_at_most_1`` and ``histogram`` (list, index = M_i);
-    numbers are None for an empty array."""
+    fraction_zero, fraction_at_most_1``, ``histogram`` (list, index = M_i) and
+    ``scb_weight_per_anchor``; numbers are None for an empty array.
+
+    ``scb_weight_per_anchor`` is the mean SCB weight (the paper's alpha 1, beta 3)
+    of these objects' positive anchors, ``sum_i M_i W_i / sum_i M_i``. Hard negative
+    mining weights every negative 1, so this mean sets how far SCB moves the scores
+    up against plain MultiBox (weight 1); None if no object matched an anchor.
+    """
+    from keras import ops
+
+    from keras_scb.losses import scale_balanced_weights
+
     counts = np.asarray(counts, np.int64)
     if len(counts) == 0:
-        keys = ("mean", "median", "min", "max", "fraction_zero", "fraction_at_most_1")
+        keys = ("mean", "median", "min", "max", "fraction_zero", "fraction_at_most_1",
+                "scb_weight_per_anchor")
         return {"num_objects": 0, **{k: None for k in keys}, "histogram": []}
+    matched = counts[counts > 0]
+    weights = ops.convert_to_numpy(scale_balanced_weights(matched))
     return {
         "num_objects": int(len(counts)),
         "mean": float(counts.mean()),
@@ -87,6 +100,8 @@ def count_summary(counts):
         "fraction_zero": float(np.mean(counts == 0)),
         "fraction_at_most_1": float(np.mean(counts <= 1)),
         "histogram": np.bincount(counts).tolist(),
+        "scb_weight_per_anchor": (float(np.sum(matched * weights) / np.sum(matched))
+                                  if len(matched) else None),
     }
 
 
@@ -331,7 +346,8 @@ def main(argv):
         )
         print(f"{stage}: mean M_i {stats['all']['mean']:.2f} over "
               f"{stats['all']['num_objects']} objects; {means}; "
-              f"M_i <= 1: {100 * stats['all']['fraction_at_most_1']:.1f}%")
+              f"M_i <= 1: {100 * stats['all']['fraction_at_most_1']:.1f}%; mean SCB weight "
+              f"of a positive anchor {stats['all']['scb_weight_per_anchor']:.2f}")
     logging.info("Wrote %s, %s", json_path, ", ".join(plots))
 
 

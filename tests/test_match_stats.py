@@ -113,6 +113,17 @@ def test_count_summary_and_scales():
         assert {v: summary["histogram"][v] for v in values} == dict(zip(values, freq))
         assert sum(summary["histogram"]) == len(c)
     assert ms.count_summary([])["mean"] is None
+    assert ms.count_summary([])["scb_weight_per_anchor"] is None
+
+
+def test_scb_weight_per_anchor_hand_case():
+    # M = 1, 2, 4 (and an object with no anchor): M_i W_i = 3 (ln M_i + 1), so the mean
+    # over the 7 positive anchors is 3 (1 + (ln 2 + 1) + (ln 4 + 1)) / 7 = 9 (1 + ln 2) / 7.
+    summary = ms.count_summary([1, 2, 0, 4])
+    assert summary["scb_weight_per_anchor"] == pytest.approx(9 * (1 + np.log(2)) / 7, rel=1e-6)
+    assert ms.count_summary([0, 0])["scb_weight_per_anchor"] is None
+    assert ms.count_summary([10])["scb_weight_per_anchor"] == pytest.approx(
+        3 * (np.log(10) + 1) / 10, rel=1e-6)  # about 0.99: W < 1 from M = 10 on
 
     # 31x31 px is small, 32x32 medium, 96x96 large (COCO's limits are area < 32^2,
     # < 96^2); the same relative box changes scale with the image size.
