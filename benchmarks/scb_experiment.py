@@ -22,10 +22,10 @@ seed (TF CPU kernels are not deterministic: the quickstart's 10-run table is
 
 Writes ``OUTPUT/summary.md`` (Markdown tables for docs/results.md: per arm the
 mean and its 95 % Student-t interval over runs, the paired difference to the
-first arm (``multibox`` by default) or ``--baseline`` (pairs share seed and run), the per-run table
-with per-class AP and wall time, the calibration), ``summary.json``, and one
-reliability diagram per arm, ``OUTPUT/calibration_ARM.png``, from the detections
-of all its runs. ``--report_only`` summarises the finished runs and trains nothing.
+first arm, ``multibox`` by default, or to ``--baseline`` (pairs share seed and
+run), the per-run table with per-class AP and wall time, the calibration),
+``summary.json``, and one reliability diagram per arm,
+``OUTPUT/calibration_ARM.png``, from the detections of all its runs. ``--report_only`` summarises the finished runs and trains nothing.
 
 ``--docs docs/results.md --docs_block NAME`` also puts the report into that file,
 between the lines ``<!-- scb_experiment:NAME -->`` and ``<!-- /scb_experiment:NAME -->``
@@ -311,7 +311,8 @@ def main(argv=None):
     parser.add_argument("--config", default="configs/quickstart.cfg")
     parser.add_argument("--variant", action="append",
                         help="NAME:--flag=value,--flag=value (repeatable); default: the four "
-                             "arms of the module docstring. The first is the paired baseline.")
+                             "arms of the module docstring. The first is the paired baseline "
+                             "unless --baseline names another.")
     parser.add_argument("--baseline", metavar="NAME",
                         help="The arm the others are paired with (default: the first); "
                              "changes the report only, e.g. --report_only --baseline scb.")
