@@ -25,7 +25,8 @@ mean and its 95 % Student-t interval over runs, the paired difference to the
 first arm, ``multibox`` by default, or to ``--baseline`` (pairs share seed and
 run), the per-run table with per-class AP and wall time, the calibration),
 ``summary.json``, and one reliability diagram per arm,
-``OUTPUT/calibration_ARM.png``, from the detections of all its runs. ``--report_only`` summarises the finished runs and trains nothing.
+``OUTPUT/calibration_ARM.png``, from the detections of all its runs.
+``--report_only`` summarises the finished runs and trains nothing.
 
 ``--docs docs/results.md --docs_block NAME`` also puts the report into that file,
 between the lines ``<!-- scb_experiment:NAME -->`` and ``<!-- /scb_experiment:NAME -->``
