@@ -73,6 +73,10 @@ class MatchOnDevice(keras.losses.Loss):
     ``(B, A, 4 + C + 1)``.
     """
 
+    # What it takes (`keras_scb.data.pipeline` ``targets``): padded ground truth;
+    # a `Detector` fit on box dicts gives it that.
+    targets = "gt"
+
     def __init__(
         self,
         loss: Callable | dict,

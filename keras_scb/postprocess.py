@@ -1,13 +1,16 @@
 """Post-processing: a detector's raw output -> boxes, scores and classes after NMS.
 
-The one inference path of the library: evaluation (`keras_scb.validation`), the
-Keras inference model (`build_inference_model`), the SavedModel and TFLite
-exports and ``exporters.predict`` all decode with `PostProcessor`, built for a
-detector by `build_postprocessor` (its anchors and output layout, the
-`DECODER_DEFAULTS` unless overridden).
+The TF inference path of the library: evaluation (`keras_scb.validation`), the
+SavedModel and TFLite exports and ``exporters.predict`` decode with
+`PostProcessor`, built for a detector by `build_postprocessor` (its anchors and
+output layout, the `DECODER_DEFAULTS` unless overridden). Its decoding is
+`keras_scb.decoding.decode_anchor_outputs`; `keras_scb.decoding.DetectionDecoder`
+is the same post-processing in ``keras.ops`` (any backend: `Detector.predict`
+and the Keras inference model `build_inference_model` use it).
 
 TensorFlow only (runs under the TensorFlow backend, or as ``tf.function`` of
-``PostProcessor.call`` on the output of any backend). NMS is TF's
+``PostProcessor.call`` on the output of any backend; called on JAX tracers inside
+a JAX-backend Keras model, its TF ops fail). NMS is TF's
 ``NonMaxSuppressionV4`` with padded output, which converts to a TFLite builtin;
 ``combined_non_max_suppression`` and keras-cv's NMS would need Flex ops.
 
@@ -40,21 +43,20 @@ import keras
 import tensorflow as tf
 
 from keras_scb.anchors import anchor_spec_from_config, anchor_spec_to_config, get_anchors
-from keras_scb.box_coding import VARIANCES, decode_offsets, tf_ops
+from keras_scb.box_coding import VARIANCES, tf_ops
+from keras_scb.decoding import (  # noqa: F401  (DECODER_DEFAULTS re-exported)
+    DECODER_DEFAULTS,
+    OUTPUT_KEYS,
+    DetectionDecoder,
+    decode_anchor_outputs,
+    detection_specs,
+)
 from keras_scb.output_layout import (
     NEGATIVE_FILTER_THRESHOLD,
     REFINEDET,
     SSD,
     check_layout,
-    refinedet_to_ssd_outputs,
 )
-
-# The SSD paper's: per-class NMS at IoU 0.45, scores from 0.01, 200 detections an
-# image, 400 candidates a class before NMS (Caffe's ``nms_param.top_k``).
-DECODER_DEFAULTS = dict(
-    iou_threshold=0.45, score_threshold=0.01, max_detections=200, pre_nms_top_k=400
-)
-OUTPUT_KEYS = ("boxes", "scores", "classes", "num_detections")
 EXTRA_OUTPUT_KEYS = ("anchor_indices", "multiclass_scores", "raw_boxes", "raw_scores")
 
 
@@ -177,14 +179,10 @@ class PostProcessor(keras.layers.Layer):
             clipped to ``[0, 1]``, and ``(B, A, C + 1)`` softmax probabilities,
             background at 0 (foreground 0 on the anchors RefineDet's ARM filters out).
         """
-        raw = tf.cast(raw, tf.float32)
-        anchors = get_anchors(self.anchor_spec)  # (A, 4) [cx, cy, w, h]
-        if self.output_layout == REFINEDET:
-            anchors, raw = refinedet_to_ssd_outputs(
-                raw, anchors, self.variances, self.negative_filter_threshold, tf_ops()
-            )  # anchors: (B, A, 4) refined
-        corners = decode_offsets(raw[..., :4], anchors, self.variances, tf_ops())
-        return tf.clip_by_value(corners, 0.0, 1.0), tf.nn.softmax(raw[..., 4:], axis=-1)
+        return decode_anchor_outputs(
+            raw, get_anchors(self.anchor_spec), self.output_layout, self.variances,
+            self.negative_filter_threshold, tf_ops(),
+        )
 
     def call(self, raw):
         boxes, probs = self.decode(raw)
@@ -222,12 +220,7 @@ class PostProcessor(keras.layers.Layer):
 
     def compute_output_spec(self, raw):
         batch, num_anchors, k = raw.shape[0], raw.shape[1], self.max_detections
-        spec = {
-            "boxes": keras.KerasTensor((batch, k, 4), "float32"),
-            "scores": keras.KerasTensor((batch, k), "float32"),
-            "classes": keras.KerasTensor((batch, k), "int32"),
-            "num_detections": keras.KerasTensor((batch,), "int32"),
-        }
+        spec = detection_specs(batch, k)
         if self.extra_outputs:
             width = raw.shape[2] - (10 if self.output_layout == REFINEDET else 4)
             spec.update({
@@ -268,19 +261,25 @@ def build_postprocessor(detector: Any, **options) -> PostProcessor:
 
 
 def build_inference_model(detector: Any, **options) -> keras.Model:
-    """Wraps a detector into ``images of any size -> detections``.
+    """Wraps a detector into ``images of any size -> detections``, any Keras backend.
 
     Preprocessing: each batch of images ``(B, H, W, 3)`` float RGB in ``[0, 255]``
     (any ``H, W``, same within a batch) is resized bilinearly to ``S x S``
     without keeping the aspect ratio, as in training; relative output boxes
     therefore apply to the original image unchanged.
 
+    Decoding: `keras_scb.decoding.DetectionDecoder` (``keras.ops``, so the model
+    predicts, saves and loads under JAX too). Asking for a `PostProcessor`-only
+    option (``extra_outputs``, ``single_image``: the exports' TF graph outputs)
+    decodes with `PostProcessor` instead, TensorFlow backend only.
+
     Args:
         detector: a `keras_scb.models.Detector`.
-        **options: `PostProcessor` options (thresholds, ``max_detections``...).
+        **options: decoder options (thresholds, ``max_detections``...).
 
     Returns:
-        ``keras.Model`` ``images (B, H, W, 3)`` -> dict of `PostProcessor` outputs.
+        ``keras.Model`` ``images (B, H, W, 3)`` -> dict of `OUTPUT_KEYS` (module
+        docstring; with ``extra_outputs``, also the extra keys).
     """
     size = detector.image_size
     images = keras.Input((None, None, 3), name="images")
@@ -290,8 +289,14 @@ def build_inference_model(detector: Any, **options) -> keras.Model:
     # training=False: called on a tensor, a nested model would otherwise run
     # BatchNorm in training mode and overwrite its moving statistics.
     raw = detector(x, training=False)
-    detections = build_postprocessor(detector, name="decode", **options)(raw)
-    return keras.Model(images, detections, name=f"{detector.name}_inference")
+    if options.get("extra_outputs") or options.get("single_image"):
+        decoder = build_postprocessor(detector, name="decode", **options)
+    else:
+        decoder = DetectionDecoder(
+            detector.anchor_spec, output_layout=detector.output_layout, name="decode",
+            **options,
+        )
+    return keras.Model(images, decoder(raw), name=f"{detector.name}_inference")
 
 
 def decode_function(detector: Any, **options):

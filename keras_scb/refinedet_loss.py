@@ -210,6 +210,9 @@ class RefineDetLoss(DetectionLoss):
         Others: see `refinedet_loss`.
     """
 
+    # What it takes (`keras_scb.data.pipeline` ``targets``): padded ground truth.
+    targets = "gt"
+
     def __init__(
         self,
         anchor_spec,

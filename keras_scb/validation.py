@@ -37,7 +37,7 @@ def predict_detections(
     """Runs ``detector`` on every image of ``source`` and decodes with NMS.
 
     Works under every Keras backend: the network runs through
-    ``predict_on_batch``; the decoding (TensorFlow) runs on its numpy output.
+    ``predict_raw_on_batch``; the decoding (TensorFlow) runs on its numpy output.
 
     Args:
         detector: a `keras_scb.models.Detector`.
@@ -55,7 +55,7 @@ def predict_detections(
         source, batch_size=batch_size, image_size=detector.image_size
     )
     for images, info in batches:
-        raw = np.asarray(detector.predict_on_batch(images.numpy()))
+        raw = np.asarray(detector.predict_raw_on_batch(images.numpy()))
         out = {k: v.numpy() for k, v in decode(tf.constant(raw)).items()}
         info = {k: v.numpy() for k, v in info.items()}
         detections += detections_from_decoder(

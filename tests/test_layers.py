@@ -13,18 +13,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Module (dotted, a package's __init__ by its package name) -> layer, as in
 # docs/architecture.md ("1. mechanisms" ... "6. command lines, deployment").
 LAYERS = {
-    "keras_scb": 0,  # the package itself imports nothing
+    # The package imports the modules whose Keras objects it registers (layers 1-3).
+    "keras_scb": 3,
     **dict.fromkeys([
         "keras_scb.anchors", "keras_scb.box_coding", "keras_scb.output_layout",
         "keras_scb.matching", "keras_scb.losses", "keras_scb.refinedet_loss",
         "keras_scb.on_device", "keras_scb.schedules", "keras_scb.optimizers",
         "keras_scb.keras_compat", "keras_scb.fileio", "keras_scb.label_map",
+        "keras_scb.box_formats", "keras_scb.decoding",
     ], 1),
     **dict.fromkeys([
         "keras_scb.models", "keras_scb.models.backbones", "keras_scb.models.detector",
         "keras_scb.models.dssd", "keras_scb.models.factory", "keras_scb.models.fssd",
         "keras_scb.models.heads", "keras_scb.models.layers", "keras_scb.models.refinedet",
-        "keras_scb.models.ssd", "keras_scb.models.ssdlite", "keras_scb.checkpoints",
+        "keras_scb.models.ssd", "keras_scb.models.ssdlite", "keras_scb.models.task",
+        "keras_scb.checkpoints",
     ], 2),
     "keras_scb.postprocess": 3,
     **dict.fromkeys([

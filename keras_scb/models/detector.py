@@ -16,12 +16,19 @@ from keras_scb.anchors import (
     anchor_spec_to_config,
     get_anchors,
 )
+from keras_scb.box_formats import check_box_format
+from keras_scb.models.task import DetectionTask
 from keras_scb.output_layout import SSD, TARGETS, check_layout
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
-class Detector(keras.Model):
+class Detector(DetectionTask, keras.Model):
     """A functional model ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, D)``.
+
+    Called, it gives the raw output; ``fit`` takes box dicts in its
+    ``bounding_box_format`` (or the library's encoded targets) and ``predict``
+    returns decoded detections, keras-hub style (`keras_scb.models.task`);
+    ``predict_raw`` gives the raw output.
 
     Build it like a functional model, ``Detector(inputs, outputs,
     anchor_spec=..., num_classes=..., name=...)``; the extra arguments are saved
@@ -41,6 +48,9 @@ class Detector(keras.Model):
         targets: what it trains on, ``"ssd"`` (encoded anchors) or ``"gt"``
             (padded ground truth); the ``targets`` of `keras_scb.data.pipeline`.
         class_names: ``C`` class names (the label map), or None.
+        bounding_box_format: the Keras box format of ``fit``'s box dicts and
+            ``predict``'s boxes (`keras_scb.box_formats`; pixel formats are
+            pixels of the ``S x S`` input). Default ``"xyxy"``.
     """
 
     # *args/**kwargs keep the functional signature, which Keras needs to rebuild
@@ -54,6 +64,7 @@ class Detector(keras.Model):
         output_layout: str = SSD,
         targets: Optional[str] = None,
         class_names: Optional[Sequence[str]] = None,
+        bounding_box_format: str = "xyxy",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -63,6 +74,7 @@ class Detector(keras.Model):
         self.output_layout = check_layout(output_layout)
         self.targets = TARGETS[self.output_layout] if targets is None else targets
         self.class_names = check_class_names(class_names, self.num_classes)
+        self.bounding_box_format = check_box_format(bounding_box_format)
 
     @property
     def anchors(self) -> np.ndarray:
@@ -81,6 +93,7 @@ class Detector(keras.Model):
             "output_layout": self.output_layout,
             "targets": self.targets,
             "class_names": None if self.class_names is None else list(self.class_names),
+            "bounding_box_format": self.bounding_box_format,
         }
 
 

@@ -9,6 +9,7 @@ detector is one module with its builder plus that one decorator line.
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+from keras_scb.box_formats import check_box_format
 from keras_scb.models.detector import Detector, check_class_names
 from keras_scb.output_layout import SSD, TARGETS, check_layout
 
@@ -78,6 +79,7 @@ def build_detector(
     name: str,
     num_classes: int,
     class_names: Optional[Sequence[str]] = None,
+    bounding_box_format: str = "xyxy",
     **kwargs: Any,
 ) -> Detector:
     """Builds a registered detector.
@@ -86,16 +88,22 @@ def build_detector(
         name: one of `available_detectors()`.
         num_classes: number of foreground classes ``C``.
         class_names: optional ``C`` class names stored with the model.
+        bounding_box_format: the Keras box format of ``fit``'s box dicts and
+            ``predict``'s boxes (`keras_scb.box_formats.BOX_FORMATS`; pixel
+            formats in pixels of the model input).
         **kwargs: builder-specific options (e.g. ``anchors``, ``backbone_weights``).
 
     Returns:
         A `keras_scb.models.detector.Detector` whose ``registry_name``,
-        ``output_layout``, ``targets`` and ``class_names`` are set.
+        ``output_layout``, ``targets``, ``class_names`` and
+        ``bounding_box_format`` are set.
     """
+    check_box_format(bounding_box_format)
     entry = detector_entry(name)
     detector = entry.builder(num_classes, **kwargs)
     detector.registry_name = entry.name
     detector.output_layout = entry.output_layout
     detector.targets = entry.targets
     detector.class_names = check_class_names(class_names, detector.num_classes)
+    detector.bounding_box_format = bounding_box_format
     return detector
