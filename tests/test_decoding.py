@@ -138,7 +138,7 @@ def test_inference_model_resizes_any_image_and_decodes(tmp_path):
     out = inference.predict(images, verbose=0)
     assert out["boxes"].shape == (2, 50, 4) and out["num_detections"].shape == (2,)
 
-    raw = detector.predict(tf.image.resize(images, (320, 320)).numpy(), verbose=0)
+    raw = detector.predict_raw(tf.image.resize(images, (320, 320)).numpy(), verbose=0)
     want = PostProcessor(detector.anchor_spec, max_detections=50, score_threshold=0.2)(raw)
     # Order-free: the network runs in two graphs, so near-equal scores may swap.
     assert_same_detections(out, {k: v.numpy() for k, v in want.items()}, box_atol=1e-5,

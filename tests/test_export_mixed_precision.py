@@ -22,7 +22,7 @@ def test_mixed_bfloat16_checkpoint_loads_as_float32(tmp_path):
     for a, b in zip(trained.get_weights(), detector.get_weights()):
         np.testing.assert_array_equal(a, b)
     images = np.random.default_rng(0).uniform(0, 255, (1, 300, 300, 3)).astype("float32")
-    full = np.asarray(detector.predict_on_batch(images))
-    half = np.asarray(trained.predict_on_batch(images))
+    full = np.asarray(detector.predict_raw_on_batch(images))
+    half = np.asarray(trained.predict_raw_on_batch(images))
     # Same network: only bfloat16 rounding separates the two.
     assert np.abs(full - half).max() < 0.05 * max(1.0, np.abs(full).max())

@@ -122,7 +122,7 @@ def test_detect_zero_based_matches_keras(detector, reloaded):
 def test_raw_signature(detector, reloaded):
     images = export_testing.images(2, seed=13).astype(np.float32)
     raw = reloaded.signatures["raw"](images=tf.constant(images))["raw_predictions"]
-    np.testing.assert_allclose(raw.numpy(), detector.predict(images, verbose=0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(raw.numpy(), detector.predict_raw(images, verbose=0), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -183,10 +183,10 @@ def _train_and_round_trip(name, tmp_path, jit_compile=False):
         optimizer=keras.optimizers.SGD(1e-4), loss=ScaleBalancedLoss(), jit_compile=jit_compile
     )
     images, targets = random_images(model), random_targets(model)
-    before = model.predict(images, verbose=0)
+    before = model.predict_raw(images, verbose=0)
     history = model.fit(images, targets, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    after = model.predict(images, verbose=0)
+    after = model.predict_raw(images, verbose=0)
     assert not np.allclose(before, after), "the train step changed nothing"
 
     path = str(tmp_path / f"{name}.keras")
@@ -194,7 +194,7 @@ def _train_and_round_trip(name, tmp_path, jit_compile=False):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, Detector)
     assert loaded.anchor_spec == model.anchor_spec and loaded.num_classes == NUM_CLASSES
-    np.testing.assert_array_equal(loaded.predict(images, verbose=0), after)
+    np.testing.assert_array_equal(loaded.predict_raw(images, verbose=0), after)
 
 
 @pytest.mark.parametrize("name", FAST_MODELS)
@@ -240,12 +240,13 @@ def test_detector_identity_survives_the_keras_file(tmp_path):
         build_detector("ssd300", NUM_CLASSES, class_names=("a", "b"), backbone_weights=None)
 
 
-def test_loss_and_postprocessing_import_no_architecture(python_subprocess):
+def test_loss_and_decoding_import_without_tensorflow(python_subprocess):
+    # That the losses and the post-processing import no architecture is
+    # tests/test_layers.py's (``import keras_scb`` itself registers the models).
     python_subprocess(
         "import sys, keras_scb.refinedet_loss, keras_scb.box_coding, keras_scb.output_layout\n"
-        "assert 'tensorflow' not in sys.modules\n"
-        "import keras_scb.postprocess\n"
-        "assert not [m for m in sys.modules if m.startswith('keras_scb.models')]",
+        "import keras_scb.decoding, keras_scb.box_formats\n"
+        "assert 'tensorflow' not in sys.modules",
         env={"KERAS_BACKEND": "jax"},
     )
 
@@ -264,7 +265,7 @@ from keras_scb.models import Detector
 data = np.load({data!r})
 model = keras.saving.load_model({model!r})
 assert keras.backend.backend() == "jax" and isinstance(model, Detector)
-out = model.predict(data["images"], verbose=0)
+out = model.predict_raw(data["images"], verbose=0)
 scale = np.abs(data["outputs"]).max()
 np.testing.assert_allclose(out, data["outputs"], rtol=1e-4, atol=1e-4 * max(scale, 1.0))
 model.compile(optimizer=keras.optimizers.SGD(1e-4), loss=ScaleBalancedLoss())
@@ -282,7 +283,7 @@ def test_tensorflow_saved_model_runs_identically_under_jax(name, tmp_path, pytho
     model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "data.npz")
     model.save(model_path)
     np.savez(
-        data_path, images=images, outputs=model.predict(images, verbose=0),
+        data_path, images=images, outputs=model.predict_raw(images, verbose=0),
         targets=random_targets(model, batch=2),
     )
     out = python_subprocess(

@@ -28,7 +28,7 @@ set, the shuffle, the seeds and the element order (``deterministic``) are fixed,
 so two runs give identical batches.
 """
 
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -45,12 +45,23 @@ Source = Union[records_lib.Dataset, tfrecord.TFRecordSource, str]
 Targets = Union[str, Callable]
 
 
-def ssd_targets(anchors, iou_threshold=0.5, variances=(0.1, 0.2)) -> Callable:
+Anchors = Union[str, anchors_lib.AnchorSpec, np.ndarray, Any]
+
+
+def _anchor_source(anchors):
+    """A detector (anything with an ``anchor_spec``) -> its `AnchorSpec`; else unchanged."""
+    spec = getattr(anchors, "anchor_spec", None)
+    return anchors if spec is None else spec
+
+
+def ssd_targets(anchors: Anchors, iou_threshold=0.5, variances=(0.1, 0.2)) -> Callable:
     """Target encoder ``(boxes (B, G, 4), classes (B, G)) -> (B, A, 6)``.
 
     Args:
-        anchors: preset name, `AnchorSpec`, or ``(A, 4)`` ``[cx, cy, w, h]`` array.
+        anchors: a detector, preset name, `AnchorSpec`, or ``(A, 4)``
+            ``[cx, cy, w, h]`` array.
     """
+    anchors = _anchor_source(anchors)
     if isinstance(anchors, (str, anchors_lib.AnchorSpec)):
         anchors = anchors_lib.get_anchors(anchors)
     anchors = tf.constant(np.asarray(anchors, np.float32))
@@ -67,6 +78,7 @@ def padded_gt_targets(boxes, classes):
 
 
 def _image_size(anchors, image_size):
+    anchors = _anchor_source(anchors)
     if isinstance(anchors, (str, anchors_lib.AnchorSpec)):
         spec_size = anchors_lib.get_anchor_spec(anchors).image_size
         if image_size is not None and image_size != spec_size:
@@ -75,7 +87,10 @@ def _image_size(anchors, image_size):
             )
         return spec_size
     if image_size is None:
-        raise ValueError("image_size is required unless anchors is a preset or AnchorSpec.")
+        raise ValueError(
+            "anchors is an array (or None): pass image_size=, or pass the detector, "
+            "its AnchorSpec or a preset name as anchors."
+        )
     return int(image_size)
 
 
@@ -218,11 +233,11 @@ def _options(deterministic, shard_policy):
 
 def training_pipeline(
     source: Source,
-    anchors=None,
+    anchors: Optional[Anchors] = None,
     *,
     batch_size: int = 32,
     image_size: Optional[int] = None,
-    targets: Targets = "ssd",
+    targets: Optional[Targets] = None,
     augment: Optional[augment_lib.AugmentConfig] = augment_lib.AugmentConfig(),
     max_boxes: Optional[int] = None,
     keep_difficult: bool = False,
@@ -237,11 +252,15 @@ def training_pipeline(
 
     Args:
         source: `Dataset`, `TFRecordSource`, or a TFRecord metadata path.
-        anchors: preset name, `AnchorSpec` or ``(A, 4)`` array; sets the image size
-            (for a preset or spec) and the ``"ssd"`` targets.
+        anchors: the detector (`keras_scb.models.Detector`: its anchors), a preset
+            name, an `AnchorSpec`, or an ``(A, 4)`` array with ``image_size``;
+            sets the image size and the ``"ssd"`` targets.
         batch_size: images per batch.
-        image_size: output side; needed only when ``anchors`` is an array or None.
-        targets: ``"ssd"``, ``"gt"`` or a callable (see the module docstring).
+        image_size: output side; needed only when ``anchors`` is an array or None
+            (else it must agree with the anchors').
+        targets: ``"ssd"``, ``"gt"`` or a callable (see the module docstring);
+            default: the detector's ``targets`` when ``anchors`` is a detector,
+            else ``"ssd"``.
         augment: `AugmentConfig`, or ``None`` to only resize.
         max_boxes: boxes per image after padding, for ``"gt"`` and callable
             targets (extra ones are cut); defaults to the source's most boxes on
@@ -259,6 +278,8 @@ def training_pipeline(
         ``tf.data.Dataset`` of ``(images (B, S, S, 3) float32, targets)``.
     """
     size = _image_size(anchors, image_size)
+    if targets is None:
+        targets = getattr(anchors, "targets", "ssd")
     encode, per_image = _encoder(targets, anchors)
     deterministic = seed is not None if deterministic is None else deterministic
     elements, are_paths, source_max, shard_policy = _elements(
@@ -295,7 +316,7 @@ def training_pipeline(
 
 def validation_pipeline(
     source: Source,
-    anchors=None,
+    anchors: Optional[Anchors] = None,
     *,
     batch_size: int = 32,
     image_size: Optional[int] = None,
