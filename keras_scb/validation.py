@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from keras_scb.callbacks import PeriodicEvaluation
 from keras_scb.data.pipeline import validation_pipeline
 from keras_scb.evaluation import (
     ImageDetections,
@@ -151,6 +152,28 @@ def summary_scalars(results: Dict[str, Any]) -> Dict[str, float]:
     for name, ap in results["voc07"].get("per_class", {}).items():
         scalars["voc07_AP_" + name.replace(" ", "_")] = number(ap)
     return scalars
+
+
+def coco_evaluation_callback(
+    source: Any, every: int = 1, batch_size: int = 8, prefix: str = "val_", **decoder_kwargs
+) -> PeriodicEvaluation:
+    """A callback that adds the detector's COCO AP (pycocotools) and VOC07 mAP on
+    ``source`` to the epoch logs, like keras-cv's ``PyCOCOCallback``.
+
+    ``model.fit(..., callbacks=[coco_evaluation_callback(val)])`` logs
+    ``val_coco_AP``, ``val_coco_AP50``, ... and ``val_voc07_mAP`` (the
+    `summary_scalars` of `evaluate_detector`) every ``every`` epochs and after
+    the last one (`keras_scb.callbacks.PeriodicEvaluation`).
+
+    Args:
+        source: a `Dataset`, `TFRecordSource` or TFRecord metadata path (with
+            its ground truth; not a batched pipeline).
+        **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
+    """
+    def evaluate(model):
+        return summary_scalars(evaluate_detector(model, source, batch_size, **decoder_kwargs))
+
+    return PeriodicEvaluation(evaluate, every, prefix=prefix)
 
 
 def write_report(results: Dict[str, Any], output_dir: str) -> str:
