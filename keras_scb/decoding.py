@@ -187,7 +187,8 @@ class DetectionDecoder(keras.layers.Layer):
         negative_filter_threshold: float = NEGATIVE_FILTER_THRESHOLD,
         **kwargs,
     ):
-        # float32 whatever the global policy, as PostProcessor.
+        # float32 whatever the global policy: a mixed policy would otherwise
+        # cast the offsets and logits to 16 bits before `call`.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.anchor_spec = anchor_spec_from_config(anchor_spec)
@@ -199,11 +200,16 @@ class DetectionDecoder(keras.layers.Layer):
         self.pre_nms_top_k = pre_nms_top_k
         self.negative_filter_threshold = negative_filter_threshold
 
-    def call(self, raw: Tensor) -> dict:
-        boxes, probs = decode_anchor_outputs(
+    def decode(self, raw: Tensor, ops: Optional[Any] = None) -> tuple[Tensor, Tensor]:
+        """Every anchor's ``(boxes, probs)`` before NMS (`decode_anchor_outputs`),
+        with ``ops`` (default ``keras.ops``)."""
+        return decode_anchor_outputs(
             raw, get_anchors(self.anchor_spec), self.output_layout, self.variances,
-            self.negative_filter_threshold,
+            self.negative_filter_threshold, ops,
         )
+
+    def call(self, raw: Tensor) -> dict:
+        boxes, probs = self.decode(raw)
         return per_class_nms(
             probs, boxes, self.iou_threshold, self.score_threshold,
             self.max_detections, self.pre_nms_top_k,

@@ -42,20 +42,17 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from keras_scb.anchors import anchor_spec_from_config, anchor_spec_to_config, get_anchors
 from keras_scb.box_coding import VARIANCES, tf_ops
 from keras_scb.decoding import (  # noqa: F401  (DECODER_DEFAULTS re-exported)
     DECODER_DEFAULTS,
     OUTPUT_KEYS,
     DetectionDecoder,
-    decode_anchor_outputs,
     detection_specs,
 )
 from keras_scb.output_layout import (
     NEGATIVE_FILTER_THRESHOLD,
     REFINEDET,
     SSD,
-    check_layout,
 )
 EXTRA_OUTPUT_KEYS = ("anchor_indices", "multiclass_scores", "raw_boxes", "raw_scores")
 
@@ -113,26 +110,26 @@ def nms_one_image(
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
-class PostProcessor(keras.layers.Layer):
+class PostProcessor(DetectionDecoder):
     """Raw detector output ``(B, A, D)`` -> NMS'd detections (TF backend only).
 
-    For the ``"refinedet"`` layout, first refines the anchors with the ARM
-    offsets and zeroes the scores of the anchors the ARM filters out
-    (`keras_scb.output_layout.refinedet_to_ssd_outputs`). Then decodes the
+    `keras_scb.decoding.DetectionDecoder`'s decoding (its options and config),
+    run with TF ops, then TF's ``NonMaxSuppressionV4`` per image
+    (`nms_one_image`): for the ``"refinedet"`` layout, first refines the anchors
+    with the ARM offsets and zeroes the scores of the anchors the ARM filters
+    out (`keras_scb.output_layout.refinedet_to_ssd_outputs`). Then decodes the
     offsets against the (refined) anchors, takes the softmax, keeps per class
     the ``pre_nms_top_k`` best anchors, runs per-class NMS and keeps the
     ``max_detections`` best.
 
     Args:
-        anchor_spec: preset name, `AnchorSpec` or its config dict.
-        output_layout: ``"ssd"`` (``D = 4 + C + 1``) or ``"refinedet"`` (``D = 10 + C + 1``).
-        variances: the SSD box coding variances.
+        anchor_spec, output_layout, variances, iou_threshold, score_threshold,
+            max_detections, pre_nms_top_k, negative_filter_threshold: as
+            `keras_scb.decoding.DetectionDecoder`.
         single_image: the batch is one image (``B = 1``): no ``tf.map_fn``. The
             ``WHILE`` op that ``tf.map_fn`` becomes in TFLite crashes TF 2.21's
             int8 calibrator (segmentation fault), and a loop of one iteration
             is useless in a batch-1 mobile model.
-        negative_filter_threshold: RefineDet's ARM background probability above
-            which an anchor gives no detection.
         extra_outputs: also return `EXTRA_OUTPUT_KEYS` (module docstring).
 
     Call: ``raw (B, A, D)`` -> dict described in the module docstring.
@@ -152,37 +149,16 @@ class PostProcessor(keras.layers.Layer):
         extra_outputs: bool = False,
         **kwargs,
     ):
-        # float32 whatever the global policy: a mixed policy would otherwise
-        # cast the offsets and logits to 16 bits before `call`.
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.anchor_spec = anchor_spec_from_config(anchor_spec)
-        self.output_layout = check_layout(output_layout)
-        self.variances = tuple(variances)
-        self.iou_threshold = iou_threshold
-        self.score_threshold = score_threshold
-        self.max_detections = max_detections
-        self.pre_nms_top_k = pre_nms_top_k
+        super().__init__(
+            anchor_spec, output_layout, variances, iou_threshold, score_threshold,
+            max_detections, pre_nms_top_k, negative_filter_threshold, **kwargs,
+        )
         self.single_image = single_image
-        self.negative_filter_threshold = negative_filter_threshold
         self.extra_outputs = extra_outputs
 
     def decode(self, raw):
-        """Every anchor's box and class probabilities, before NMS (the first
-        half of `call`).
-
-        Args:
-            raw: ``(B, A, D)`` detector output.
-
-        Returns:
-            ``(boxes, probs)``: float32 ``(B, A, 4)`` ``[xmin, ymin, xmax, ymax]``
-            clipped to ``[0, 1]``, and ``(B, A, C + 1)`` softmax probabilities,
-            background at 0 (foreground 0 on the anchors RefineDet's ARM filters out).
-        """
-        return decode_anchor_outputs(
-            raw, get_anchors(self.anchor_spec), self.output_layout, self.variances,
-            self.negative_filter_threshold, tf_ops(),
-        )
+        """`DetectionDecoder.decode` in TF ops (the first half of `call`)."""
+        return super().decode(raw, tf_ops())
 
     def call(self, raw):
         boxes, probs = self.decode(raw)
@@ -234,15 +210,7 @@ class PostProcessor(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            "anchor_spec": anchor_spec_to_config(self.anchor_spec),
-            "output_layout": self.output_layout,
-            "variances": self.variances,
-            "iou_threshold": self.iou_threshold,
-            "score_threshold": self.score_threshold,
-            "max_detections": self.max_detections,
-            "pre_nms_top_k": self.pre_nms_top_k,
             "single_image": self.single_image,
-            "negative_filter_threshold": self.negative_filter_threshold,
             "extra_outputs": self.extra_outputs,
         }
 

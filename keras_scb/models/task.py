@@ -32,7 +32,6 @@ them, or use `keras_scb.postprocess.build_inference_model`, which does).
 import contextlib
 from typing import Any, Optional
 
-import keras
 import numpy as np
 from keras import ops
 
