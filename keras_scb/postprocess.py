@@ -37,23 +37,20 @@ SavedModel), also, for ``A`` anchors:
   at 0 (RefineDet: background 1 for the anchors its ARM filters out).
 """
 
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from keras_scb.box_coding import VARIANCES, tf_ops
+from keras_scb.box_coding import tf_ops
 from keras_scb.decoding import (  # noqa: F401  (DECODER_DEFAULTS re-exported)
     DECODER_DEFAULTS,
     OUTPUT_KEYS,
     DetectionDecoder,
     detection_specs,
 )
-from keras_scb.output_layout import (
-    NEGATIVE_FILTER_THRESHOLD,
-    REFINEDET,
-    SSD,
-)
+from keras_scb.output_layout import REFINEDET
+
 EXTRA_OUTPUT_KEYS = ("anchor_indices", "multiclass_scores", "raw_boxes", "raw_scores")
 
 
@@ -135,24 +132,8 @@ class PostProcessor(DetectionDecoder):
     Call: ``raw (B, A, D)`` -> dict described in the module docstring.
     """
 
-    def __init__(
-        self,
-        anchor_spec,
-        output_layout: str = SSD,
-        variances: Sequence[float] = VARIANCES,
-        iou_threshold: float = DECODER_DEFAULTS["iou_threshold"],
-        score_threshold: float = DECODER_DEFAULTS["score_threshold"],
-        max_detections: int = DECODER_DEFAULTS["max_detections"],
-        pre_nms_top_k: int = DECODER_DEFAULTS["pre_nms_top_k"],
-        single_image: bool = False,
-        negative_filter_threshold: float = NEGATIVE_FILTER_THRESHOLD,
-        extra_outputs: bool = False,
-        **kwargs,
-    ):
-        super().__init__(
-            anchor_spec, output_layout, variances, iou_threshold, score_threshold,
-            max_detections, pre_nms_top_k, negative_filter_threshold, **kwargs,
-        )
+    def __init__(self, *args, single_image: bool = False, extra_outputs: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
         self.single_image = single_image
         self.extra_outputs = extra_outputs
 
