@@ -253,6 +253,14 @@ def test_bad_box_dicts_and_images_are_refused_before_training():
         model.predict_raw(small, verbose=0)
     with pytest.raises(ValueError, match=r"y must be a dict with 'boxes' and 'labels'"):
         model.fit(x, {"bbox": boxes, "cls": labels}, epochs=1, verbose=0)
+    # A tf.data dataset of box dicts: checked batch by batch, before its step.
+    import tensorflow as tf
+
+    for target, message in ((bad[5][0], r"y\['boxes'\] holds NaN or inf"),
+                            (bad[3][0], r"labels\\?'\] must be -1 \(padding\) or 0..2")):
+        dataset = tf.data.Dataset.from_tensor_slices((x, target)).batch(2)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            model.fit(dataset, epochs=1, verbose=0)
     for a, b in zip(before, model.trainable_weights):
         np.testing.assert_array_equal(a, np.array(b))  # nothing was trained
 

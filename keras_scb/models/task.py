@@ -24,7 +24,8 @@ keras-hub's ``ObjectDetector`` contract, on top of the library's own:
 
 Bad input is refused with a one-line ValueError naming the argument: box dicts
 of the wrong shape, non-finite boxes or labels out of range (checked on arrays
-before training; box shapes also when a dataset is traced), and images of
+before training; box shapes also when a dataset is traced, and a ``tf.data``
+dataset's values batch by batch, `checked_dataset`), and images of
 another size than the detector's square input (refused, not resized: resize
 them, or use `keras_scb.postprocess.build_inference_model`, which does).
 """
@@ -115,6 +116,35 @@ def check_box_dict(y: Any, num_classes: int, argument: str = "y") -> None:
         )
 
 
+def checked_dataset(dataset: Any, num_classes: int) -> Any:
+    """A ``tf.data`` dataset of ``(images, box dict)`` whose batches are checked
+    as `check_box_dict` checks arrays: a batch with NaN / inf boxes or labels
+    outside ``-1..C-1`` stops ``fit`` (``InvalidArgumentError`` naming the
+    field) before any step trains on it. Other datasets come back unchanged."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) >= 2 and isinstance(spec[1], dict)
+            and "labels" in spec[1] and "boxes" in spec[1]):
+        return dataset
+    import tensorflow as tf  # a tf.data dataset: TensorFlow is there
+
+    def check(images, y, *rest):
+        labels = tf.cast(y["labels"], tf.float32)
+        checks = [
+            tf.debugging.assert_all_finite(
+                tf.cast(y["boxes"], tf.float32), "y['boxes'] holds NaN or inf; not trained on"
+            ),
+            tf.debugging.assert_equal(
+                tf.reduce_all((labels >= -1) & (labels < num_classes)), True,
+                message=f"y['labels'] must be -1 (padding) or 0..{num_classes - 1}",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            y = {key: tf.identity(value) for key, value in y.items()}
+        return (images, y, *rest)
+
+    return dataset.map(check)
+
+
 def _image_shape(x: Any) -> Optional[tuple]:
     """The ``(H, W)`` of an image batch or of a dataset's images, if known."""
     spec = getattr(x, "element_spec", None)
@@ -168,6 +198,8 @@ class DetectionTask:
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
         self.check_images(x)
         check_box_dict(y, self.num_classes)
+        if hasattr(x, "element_spec"):
+            x = checked_dataset(x, self.num_classes)
         if isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
             self.check_images(validation_data[0], "validation_data")
             check_box_dict(validation_data[1], self.num_classes, "validation_data")
