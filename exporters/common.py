@@ -268,8 +268,11 @@ def export_metadata(detector, class_names, decoder_kwargs, **extra):
     ``model`` is the registry name (`keras_scb.models.build_detector` takes it
     back); the Keras name only for a detector built outside the registry.
     """
+    import dataclasses
+
     from keras_scb.anchors import anchor_spec_to_config
 
+    normalization = detector.input_normalization
     return {
         "model": detector.registry_name or detector.name,
         "output_layout": detector.output_layout,
@@ -277,6 +280,9 @@ def export_metadata(detector, class_names, decoder_kwargs, **extra):
         "num_classes": detector.num_classes,
         "class_names": list(class_names) if class_names else None,
         "anchor_spec": anchor_spec_to_config(detector.anchor_spec),
+        # Inside the network (the export takes uint8 RGB); recorded to say what
+        # the weights were trained with.
+        "input_normalization": normalization and dataclasses.asdict(normalization),
         "decoder": dict(decoder_kwargs),
         "outputs": list(DETECTION_KEYS),
         "box_order": "ymin, xmin, ymax, xmax (relative)",

@@ -16,6 +16,7 @@ from keras_scb.anchors import (
     anchor_spec_to_config,
     get_anchors,
 )
+from keras_scb.models.layers import InputNormalization, input_normalization
 from keras_scb.output_layout import SSD, TARGETS, check_layout
 
 
@@ -71,6 +72,12 @@ class Detector(keras.Model):
     @property
     def image_size(self) -> int:
         return self.anchor_spec.image_size
+
+    @property
+    def input_normalization(self) -> Optional[InputNormalization]:
+        """What the network does first to its RGB ``[0, 255]`` pixels (its
+        `layers.CaffeImageNetNormalization`, so saved with it), or None."""
+        return input_normalization(self)
 
     def get_config(self) -> dict:
         return {
