@@ -19,20 +19,28 @@ exporters and ``train --init_checkpoint`` take the file as any checkpoint.
 """
 
 import os
+from typing import TYPE_CHECKING, Sequence
 
 from absl import flags
 
 from keras_scb import cli
 
+if TYPE_CHECKING:
+    from keras_scb.models import Detector
+
 SOURCE_NAMES = ("torchvision", "ssd.pytorch")
 
-flags.DEFINE_enum("source", None, list(SOURCE_NAMES), "The implementation that wrote --input.")
-flags.DEFINE_string("input", None, "The reference state dict: .pth, or .npz of the same names.")
-flags.DEFINE_string("output", None, "The .keras file to write (atomically).")
-flags.DEFINE_list("class_names", [], "The label map, class names in id order; default: the "
-                  "source's for its class count (torchvision 90 COCO slots, VOC 20, COCO 80).")
-
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing `convert`
+    next to another command's flags defines no flag twice)."""
+    flags.DEFINE_enum("source", None, list(SOURCE_NAMES), "The implementation that wrote --input.")
+    flags.DEFINE_string("input", None, "The reference state dict: .pth, or .npz of the same names.")
+    flags.DEFINE_string("output", None, "The .keras file to write (atomically).")
+    flags.DEFINE_list("class_names", [], "The label map, class names in id order; default: the "
+                      "source's for its class count (torchvision 90 COCO slots, VOC 20, COCO 80).")
 
 
 def default_class_names(source: str, num_classes: int) -> tuple[str, ...] | None:
@@ -48,7 +56,12 @@ def default_class_names(source: str, num_classes: int) -> tuple[str, ...] | None
     return next((tuple(names) for names in known if len(names) == num_classes), None)
 
 
-def convert(source: str, input_path: str, output_path: str, class_names=None):
+def convert(
+    source: str,
+    input_path: str,
+    output_path: str,
+    class_names: Sequence[str] | None = None,
+) -> "Detector":
     """Reads, checks and converts ``input_path``; writes ``output_path`` (atomically).
 
     Returns:
@@ -86,7 +99,7 @@ def convert(source: str, input_path: str, output_path: str, class_names=None):
     return detector
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
     for name in ("source", "input", "output"):
         if not getattr(FLAGS, name):
@@ -104,4 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.run(main)

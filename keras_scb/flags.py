@@ -58,7 +58,10 @@ def define_model_flags():
                         "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, the with-top file); "
                         "DSSD loads ResNet-101 (resnet101_weights_tf_dim_ordering_tf_kernels"
                         "_notop.h5). A path: that file (the same Keras file, or a .weights.h5 "
-                        "of the keras.applications model). 'none': random.")
+                        "of the keras.applications model), or for VGG16 detectors a reference "
+                        ".pth (torchvision's / ssd.pytorch's reduced-fc VGG16, docs/pretrained.md"
+                        "), which sets the input normalisation it was trained with. 'none': "
+                        "random.")
     flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width multiplier of SSDLite models.")
     flags.DEFINE_float("bn_momentum", None, "BatchNorm momentum of models that take it.")
     flags.DEFINE_string("anchors", None, "Anchor preset overriding the model's default "

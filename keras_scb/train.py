@@ -90,6 +90,12 @@ flags.DEFINE_integer("eval_every", 0, "Evaluate on --val_split every N epochs (0
 flags.DEFINE_integer("eval_batch_size", 8, "Batch size of evaluation.")
 flags.DEFINE_bool("final_eval", True, "Evaluate the best checkpoint at the end.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar, 2: one line an epoch).")
+# Fine-tuning a trained model (keras_scb.checkpoints.init_from_checkpoint).
+flags.DEFINE_string("init_checkpoint", None,
+                    "A .keras of the same --model (e.g. from keras_scb.convert_weights) to start "
+                    "from: every layer whose name and shapes match is loaded, the others (a head "
+                    "for another class count) are new; its input normalisation comes along. A "
+                    "resumed run continues from its backup instead.")
 
 FLAGS = flags.FLAGS
 
@@ -325,12 +331,18 @@ def train():
         PeriodicEvaluation,
         trim_history,
     )
-    from keras_scb.checkpoints import load_checkpoint
+    from keras_scb.checkpoints import init_checkpoint_options, init_from_checkpoint, load_checkpoint
     from keras_scb.data import pipeline
     from keras_scb.models import build_detector
     from keras_scb.validation import evaluate_detector, summary_scalars, write_report
 
     _check_flags()
+    # --init_checkpoint: checked before any data is read.
+    if FLAGS.init_checkpoint and FLAGS.backbone_weights:
+        raise app.UsageError("--init_checkpoint sets the backbone; drop --backbone_weights.")
+    init_options = (
+        init_checkpoint_options(FLAGS.init_checkpoint, FLAGS.model) if FLAGS.init_checkpoint else {}
+    )
     # Multi-worker collectives must be set up before TensorFlow runs anything.
     strategy = _strategy()
     keras.utils.set_random_seed(FLAGS.seed)
@@ -368,8 +380,10 @@ def train():
     with scope:
         detector = build_detector(
             FLAGS.model, num_classes, class_names=train_data.class_names,
-            **common_flags.model_kwargs(),
+            **common_flags.model_kwargs(), **init_options,
         )
+        if FLAGS.init_checkpoint:
+            logging.info(init_from_checkpoint(detector, FLAGS.init_checkpoint))
         detector.compile(
             optimizer=_optimizer(total_steps=steps * FLAGS.epochs),
             loss=_loss(detector),

@@ -83,7 +83,7 @@ def _same_detections(ours, theirs, report, name):
     cut-off that rounding can move)."""
     (ob, os_, oc), (tb, ts, tc) = ours, theirs
     floor = min(ts.min(), os_.min()) + SCORE if len(ts) else 0
-    unmatched = 0
+    unmatched, ious, score_differences = 0, [], []
     used = np.zeros(len(ob), bool)
     for box, score, cls in zip(tb, ts, tc):
         candidates = [
@@ -92,14 +92,27 @@ def _same_detections(ours, theirs, report, name):
         ]
         if candidates:
             used[candidates[0]] = True
+            ious.append(_iou(ob[candidates[0]], box))
+            score_differences.append(abs(os_[candidates[0]] - score))
         elif score > floor:
             unmatched += 1
     extra = int(np.count_nonzero(~used & (os_ > floor)))
     report.append(f"{name}: {len(ts)} reference detections, {len(ob)} ours, "
                   f"{unmatched} of theirs unmatched, {extra} of ours extra (above the "
-                  f"cut-off band)")
+                  f"cut-off band); matched: min IoU {min(ious, default=0):.6f}, max |score "
+                  f"difference| {max(score_differences, default=0):.2g}")
     assert len(ts) > 20, report[-1]  # the image gives enough detections to test
     assert unmatched == 0 and extra == 0, report[-1]
+
+
+def _converted(model, source, folder, seed):
+    """``model`` randomised, saved as a ``.pth``, converted, and the ``.keras`` loaded."""
+    _randomise(model, seed)
+    path = str(folder / f"{source}.pth")
+    torch.save(model.state_dict(), path)
+    output = str(folder / f"{source}.keras")
+    convert_weights.convert(source, path, output)
+    return load_checkpoint(output)
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +127,7 @@ def test_torchvision_ssd300_vgg16_converts_exactly(tmp_path, report):
 
     torch.manual_seed(0)
     model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91).eval()
-    _randomise(model, 0)
-    path = str(tmp_path / "ssd300_vgg16.pth")
-    torch.save(model.state_dict(), path)
-    output = str(tmp_path / "ssd300_vgg16.keras")
-    convert_weights.convert("torchvision", path, output)
-    ours = load_checkpoint(output)
+    ours = _converted(model, "torchvision", tmp_path, seed=0)
     assert ours.count_params() == 35_641_826
     assert ours.class_names == TORCHVISION_COCO_NAMES
 
@@ -284,12 +292,7 @@ def test_ssd_pytorch_layout_converts_exactly(tmp_path, report):
     for layer in list(model.vgg) + list(model.extras) + list(model.loc) + list(model.conf):
         if isinstance(layer, torch.nn.Conv2d):
             torch.nn.init.xavier_uniform_(layer.weight)
-    _randomise(model, 1)
-    path = str(tmp_path / "ssd300_voc.pth")
-    torch.save(model.state_dict(), path)
-    output = str(tmp_path / "ssd300_voc.keras")
-    convert_weights.convert("ssd.pytorch", path, output)
-    ours = load_checkpoint(output)
+    ours = _converted(model, "ssd.pytorch", tmp_path, seed=1)
     assert ours.num_classes == 20 and len(ours.class_names) == 20
 
     pixels = _pixels()

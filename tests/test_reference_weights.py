@@ -16,10 +16,19 @@ import pytest
 
 from keras_scb import convert_weights
 from keras_scb.anchors import AnchorSpec, get_anchor_spec, get_anchors
-from keras_scb.checkpoints import load_checkpoint
+from keras_scb.checkpoints import (
+    CheckpointError,
+    init_checkpoint_options,
+    init_from_checkpoint,
+    load_checkpoint,
+)
 from keras_scb.models import build_detector
 from keras_scb.models import reference_weights as rw
-from keras_scb.models.layers import NORMALIZATIONS, CaffeImageNetNormalization
+from keras_scb.models.layers import (
+    NORMALIZATIONS,
+    CaffeImageNetNormalization,
+    get_normalization,
+)
 
 # conv1_1 .. conv5_3, fc6, fc7 (in, out, kernel); then the extras; then the maps' channels.
 _VGG = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
@@ -177,12 +186,20 @@ def test_a_wrong_tensor_is_named_and_nothing_is_set(
             np.testing.assert_array_equal(old, new)
 
 
-def test_convert_writes_a_keras_file_with_the_references_input_anchors_and_labels(tmp_path):
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """An ssd.pytorch-layout SSD300 of 3 classes converted: (its state dict, the .keras)."""
+    folder = tmp_path_factory.mktemp("converted")
     state = _ssd_pytorch_state(3, seed=2)
-    source = tmp_path / "ssd300_bccd.npz"
+    source = folder / "ssd300_bccd.npz"
     np.savez(source, **state)
-    output = tmp_path / "ssd300_bccd.keras"
+    output = folder / "ssd300_bccd.keras"
     convert_weights.convert("ssd.pytorch", str(source), str(output), ["a", "b", "c"])
+    return state, output
+
+
+def test_convert_writes_a_keras_file_with_the_references_input_anchors_and_labels(converted):
+    state, output = converted
     model = load_checkpoint(output)
     assert model.input_normalization == NORMALIZATIONS["ssd.pytorch"]
     assert model.anchor_spec == get_anchor_spec("ssd300_coco")  # ssd.pytorch: not 21 classes
@@ -267,3 +284,51 @@ def test_normalisations_are_the_references_and_survive_the_config():
     # A config written before the normalisation was configurable: keras's VGG16.
     old = CaffeImageNetNormalization.from_config({"name": "preprocess", "trainable": True})
     assert old.normalization == NORMALIZATIONS["keras_vgg"]
+
+
+def test_init_checkpoint_loads_the_matching_layers_and_a_new_head(converted):
+    state, path = converted
+    options = init_checkpoint_options(path, "ssd300")
+    assert get_normalization(options.pop("normalization")) == NORMALIZATIONS["ssd.pytorch"]
+    assert options == {}
+    options = init_checkpoint_options(path, "ssd300")
+    model = build_detector("ssd300", 2, anchors="ssd300_coco", **options)
+    assert model.input_normalization == NORMALIZATIONS["ssd.pytorch"]
+    before = model.get_layer("head_0_pred").get_weights()
+    line = init_from_checkpoint(model, path)
+    heads = ", ".join(f"head_{i}_pred" for i in range(6))
+    assert line == (f"--init_checkpoint={path}: 24 of 30 layers loaded (3 classes there, "
+                    f"2 here); newly initialised: {heads}.")
+    np.testing.assert_array_equal(
+        model.get_layer("conv9_2").get_weights()[0], _hwio(state["extras.7.weight"]))
+    for old, new in zip(before, model.get_layer("head_0_pred").get_weights()):
+        np.testing.assert_array_equal(old, new)
+    with pytest.raises(CheckpointError, match="is a 'ssd300', not the --model=ssd512"):
+        init_checkpoint_options(path, "ssd512")
+
+
+def test_train_checks_init_checkpoint_before_reading_data(tmp_path, monkeypatch, converted):
+    from absl import app
+
+    from flag_testing import train_flags
+    from keras_scb import flags as common_flags
+    from keras_scb import train
+
+    def read_data(*args, **kwargs):
+        raise AssertionError("the data was read before --init_checkpoint was checked")
+
+    monkeypatch.setattr(common_flags, "load_split", read_data)
+    run = [f"--model_dir={tmp_path / 'run'}", "--dataset=voc", "--data_dir=/nonexistent"]
+    _, path = converted
+    for flags, error, message in [
+        ([f"--init_checkpoint={tmp_path / 'none.keras'}", "--model=ssd300"],
+         CheckpointError, "none.keras does not exist"),
+        ([f"--init_checkpoint={path}", "--model=fssd300"],
+         CheckpointError, "is a 'ssd300', not the --model=fssd300"),
+        ([f"--init_checkpoint={path}", "--model=ssd300", f"--backbone_weights={path}"],
+         app.UsageError, "drop --backbone_weights"),
+    ]:
+        with train_flags(*run, *flags):
+            with pytest.raises(error, match=message):
+                train.train()
+    assert not os.path.exists(tmp_path / "run")

@@ -210,6 +210,14 @@ class _Conv:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Scale:
+    """The reference's L2Norm scale ``torch`` -> our ``layer``'s one weight."""
+
+    layer: str
+    torch: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _Head:
     """A reference box conv and class conv -> our interleaved ``layer``."""
 
@@ -222,11 +230,10 @@ def ssd_layout(source: ReferenceSource, num_extra_blocks: int, num_heads: int) -
     """The reference state dict of an SSD with that many extra blocks and maps.
 
     Returns:
-        `_Conv` / `_Head` entries and the L2Norm scale (a ``(layer, name)``
-        tuple), in state-dict order.
+        `_Conv`, `_Scale` and `_Head` entries, in state-dict order.
     """
     layout = [_Conv(layer, name) for layer, name in zip(VGG_LAYERS, source.ssd_vgg)]
-    layout.append(("conv4_3_norm", source.l2norm))
+    layout.append(_Scale("conv4_3_norm", source.l2norm))
     for block in range(num_extra_blocks):
         for conv in (0, 1):
             layout.append(_Conv(f"conv{6 + block}_{conv + 1}", source.extra(block, conv)))
@@ -252,9 +259,8 @@ def expected_shapes(
     """
     shapes = {}
     for entry in layout:
-        if isinstance(entry, tuple):  # the L2Norm scale
-            layer, name = entry
-            shapes[name] = tuple(target[layer][0])
+        if isinstance(entry, _Scale):
+            shapes[entry.torch] = tuple(target[entry.layer][0])
         elif isinstance(entry, _Conv):
             kernel, bias = target[entry.layer]
             shapes[f"{entry.torch}.weight"] = _oihw(kernel)
@@ -313,9 +319,8 @@ def map_state_dict(
     """
     weights = {}
     for entry in layout:
-        if isinstance(entry, tuple):
-            layer, name = entry
-            weights[layer] = [state[name]]
+        if isinstance(entry, _Scale):
+            weights[entry.layer] = [state[entry.torch]]
         elif isinstance(entry, _Conv):
             weights[entry.layer] = [
                 _hwio(state[f"{entry.torch}.weight"]), state[f"{entry.torch}.bias"]
@@ -403,6 +408,18 @@ def _backbone_layout(source: ReferenceSource) -> list[_Conv]:
     return [_Conv(layer, name) for layer, name in zip(VGG_LAYERS, source.backbone_vgg)]
 
 
+# (kernel HWIO, bias) of the reduced-fc VGG16's convs.
+_VGG_SHAPES = {
+    layer: ((k, k, cin, cout), cout)
+    for layer, k, cin, cout in zip(
+        VGG_LAYERS,
+        (3,) * 14 + (1,),
+        (3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024),
+        (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
+    )
+}
+
+
 def read_vgg16_backbone(path: str) -> ReferenceBackbone:
     """Reads torchvision's or ssd.pytorch's reduced-fc VGG16 backbone file.
 
@@ -426,18 +443,6 @@ def read_vgg16_backbone(path: str) -> ReferenceBackbone:
         source.backbone_unused,
     )
     return ReferenceBackbone(path, source, state)
-
-
-# (kernel HWIO, bias) of the reduced-fc VGG16's convs.
-_VGG_SHAPES = {
-    layer: ((k, k, cin, cout), cout)
-    for layer, k, cin, cout in zip(
-        VGG_LAYERS,
-        (3,) * 14 + (1,),
-        (3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024),
-        (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
-    )
-}
 
 
 def load_vgg16_backbone(model: keras.Model, backbone: ReferenceBackbone) -> list[str]:
