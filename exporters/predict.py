@@ -27,6 +27,7 @@ Drawing uses matplotlib (Agg), from the ``dev`` extra.
 
 import os
 import sys
+from typing import List, Sequence
 
 from absl import flags
 
@@ -58,7 +59,7 @@ def list_images(paths):
     return found
 
 
-def output_paths(image_paths, output_dir, drawings=True):
+def output_paths(image_paths: Sequence[str], output_dir: str, drawings: bool = True) -> List[str]:
     """The drawing of each image: ``<output_dir>/<path relative to the inputs' common folder>.png``.
 
     Unique for distinct inputs (relative paths from one folder differ, and the
@@ -70,16 +71,16 @@ def output_paths(image_paths, output_dir, drawings=True):
     """
     real = [os.path.realpath(path) for path in image_paths]
     root = os.path.commonpath([os.path.dirname(path) for path in real]) if real else ""
-    drawings = [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
+    pngs = [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
     inputs = dict(zip(real, image_paths))
-    outputs = (*(drawings if drawings else ()), os.path.join(output_dir, DETECTIONS_FILE))
+    outputs = (*(pngs if drawings else ()), os.path.join(output_dir, DETECTIONS_FILE))
     for output in outputs:
         if os.path.realpath(output) in inputs:
             raise ValueError(
                 f"--output_dir={output_dir}: {output} would overwrite the input "
                 f"{inputs[os.path.realpath(output)]}; choose another --output_dir"
             )
-    return drawings
+    return pngs
 
 
 def read_image(path):

@@ -84,6 +84,24 @@ def test_output_dir_equal_to_the_input_folder_keeps_every_input(tmp_path):
     assert _contents(photos) == snapshot
 
 
+def test_without_drawings_only_detections_json_can_collide(tmp_path):
+    """``--nodraw`` writes no PNG, so a folder whose drawing paths are inputs is fine
+    (``output_paths`` used to check the drawings whatever ``drawings`` said)."""
+    photos = tmp_path / "photos"
+    _write_image(photos / "cell.jpg", seed=0)
+    _write_image(photos / "cell.jpg.png", seed=1)  # where cell.jpg's drawing would go
+    images = predict.list_images([str(photos)])
+    with pytest.raises(ValueError, match=r"cell\.jpg\.png would overwrite the input"):
+        predict.output_paths(images, str(photos))
+    predict.output_paths(images, str(photos), drawings=False)
+    before = _contents(photos)
+    results = predict.predict(FakeRunner(), images, str(photos), draw_images=False)
+    assert [r["png"] for r in results] == [None, None]
+    after = _contents(photos)
+    assert {name: after[name] for name in before} == before
+    assert sorted(after) == ["cell.jpg", "cell.jpg.png", "detections.json"]
+
+
 def test_input_named_like_the_detections_file_is_refused(tmp_path):
     image = tmp_path / "detections.json"
     _write_image(tmp_path / "x.png", seed=2)
