@@ -33,8 +33,8 @@ from absl import flags
 
 from exporters import common, runtime
 from keras_scb import cli
+from keras_scb.data.records import is_image_file, read_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DETECTIONS_FILE = "detections.json"
 
 
@@ -46,7 +46,7 @@ def list_images(paths):
         if os.path.isdir(path):
             files = [
                 os.path.join(path, name) for name in sorted(os.listdir(path))
-                if name.lower().endswith(IMAGE_EXTENSIONS)
+                if is_image_file(name)
             ]
         elif os.path.isfile(path):
             files = [path]
@@ -81,24 +81,6 @@ def output_paths(image_paths: Sequence[str], output_dir: str, drawings: bool = T
                 f"{inputs[os.path.realpath(output)]}; choose another --output_dir"
             )
     return pngs
-
-
-def read_image(path):
-    """uint8 ``(H, W, 3)`` RGB.
-
-    Raises:
-        ValueError: naming ``path``, if it cannot be read or decoded (truncated,
-            not an image).
-    """
-    import tensorflow as tf
-
-    from keras_scb.data.records import op_error
-
-    try:
-        data = tf.io.read_file(path)
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-    except tf.errors.OpError as error:
-        raise ValueError(f"{path}: cannot read the image ({op_error(error)})") from None
 
 
 def image_detections(outputs, index, height, width, score_threshold, class_names):

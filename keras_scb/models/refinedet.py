@@ -30,6 +30,7 @@ from keras_scb.models.factory import register_detector
 from keras_scb.models.heads import check_feature_maps, multibox_head
 from keras_scb.models.layers import L2Normalization
 from keras_scb.models.ssd import extra_block, load_vgg16_weights, vgg16_trunk
+from keras_scb.output_layout import REFINEDET
 
 TCB_DEPTH = 256
 _L2_SCALES = (10.0, 8.0)  # conv4_3, conv5_3 (authors' values)
@@ -133,6 +134,7 @@ def refinedet_vgg16(
         outputs,
         anchor_spec=anchors,
         num_classes=num_classes,
+        output_layout=REFINEDET,
         name=f"refinedet{image_size}",
     )
     load_vgg16_weights(model, backbone_weights)
@@ -140,6 +142,6 @@ def refinedet_vgg16(
 
 
 for _size in (320, 512):
-    register_detector(f"refinedet{_size}", output_layout="refinedet")(
+    register_detector(f"refinedet{_size}", output_layout=REFINEDET)(
         functools.partial(refinedet_vgg16, image_size=_size)
     )
