@@ -1,9 +1,9 @@
 """Detect objects in images and draw them: boxes labelled with class and score.
 
-    python -m exporters.predict --model_path export/model.tflite --images photos/ --output_dir out/
-    python -m exporters.predict --model_path model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
+    python -m exporters.predict --checkpoint export/model.tflite --images photos/ --output_dir out/
+    python -m exporters.predict --checkpoint model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
 
-``--model_path`` is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
+``--checkpoint`` (formerly ``--model_path``, still accepted) is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
 ``.keras`` checkpoint. Each image (any size; resized to the model's input as in
 training, the boxes map back to the original) gives a drawing
 ``<output_dir>/<path>.png``, where ``<path>`` is the image's path relative to
@@ -199,22 +199,24 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
 
 
 def _define_flags():
-    flags.DEFINE_string("model_path", None,
+    flags.DEFINE_string("checkpoint", None,
                         "A .tflite file, a SavedModel folder or a .keras checkpoint.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
     flags.DEFINE_string("output_dir", "predictions", "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Detections below this score are left out.")
-    flags.DEFINE_string("class_names", None, "Comma-separated class names (default: labels.txt).")
+    flags.DEFINE_list("class_names", None, "Class names in id order (default: the model's "
+                      "labels.txt).")
     flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
     flags.DEFINE_bool("draw", True, "Write the PNGs (otherwise only detections.json).")
-    flags.mark_flags_as_required(["model_path", "images"])
+    cli.define_renamed("model_path", "checkpoint")
+    flags.mark_flags_as_required(["checkpoint", "images"])
 
 
 def main(argv):
     del argv
     values = flags.FLAGS
-    runner = runtime.load_runner(values.model_path, values.num_threads)
-    class_names = common.read_class_names(values.model_path, values.class_names)
+    runner = runtime.load_runner(values.checkpoint, values.num_threads)
+    class_names = common.read_class_names(values.checkpoint, values.class_names)
     paths = list_images(values.images)
     results = predict(
         runner, paths, values.output_dir, values.score_threshold, class_names, values.draw

@@ -43,7 +43,7 @@ from keras_scb.data.augment import AugmentConfig
 from keras_scb.fileio import read_text, write_json, write_text
 from keras_scb.output_layout import REFINEDET
 
-DATASETS = ("bccd", "voc", "coco", "tfrecord", "synthetic")
+DATASETS = ("bccd", "coco_subset", "voc", "coco", "tfrecord", "synthetic")
 LOSSES = ("multibox", "scb", "refinedet")
 WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb", "uniform_beta",
               "scb_mean_normalised")
@@ -123,7 +123,8 @@ class DataConfig(_Section):
     """The dataset, its splits and what the training input pipeline does with them."""
 
     dataset: str = setting("bccd", "Data source. 'bccd' is the vendored BCCD (VOC format), "
-                           "the offline default.", choices=DATASETS)
+                           "the offline default; 'coco_subset' the vendored COCO val2017 "
+                           "subset.", choices=DATASETS)
     data_dir: Tuple[str, ...] = setting(
         (), "voc: VOCdevkit year folders (comma-separated, e.g. VOC2007,VOC2012); "
         "coco: the dataset root holding annotations/ and <split>/; "
@@ -219,6 +220,8 @@ class DataConfig(_Section):
             )
         if len(splits) != 1:
             raise ValueError(f"--dataset={self.dataset} takes one split; got {splits}.")
+        if self.dataset == "coco_subset":
+            return vendored.load_coco_subset(splits[0], **policy)
         root = self._folders()[0]
         if self.dataset == "tfrecord":
             metadata = os.path.join(root, f"{splits[0]}.json")

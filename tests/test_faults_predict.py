@@ -152,6 +152,7 @@ def test_cli_exits_nonzero_naming_the_bad_image(tmp_path):
     _write_image(tmp_path / "in" / "a.jpg", seed=5, size=(120, 160))
     with open(tmp_path / "in" / "b.jpg", "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    # The flag's old name still works, with one warning line.
     done = subprocess.run(
         [sys.executable, "-m", "exporters.predict", f"--model_path={checkpoint}",
          f"--images={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}"],
@@ -159,6 +160,7 @@ def test_cli_exits_nonzero_naming_the_bad_image(tmp_path):
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    assert done.stderr.count("warning: --model_path is deprecated; use --checkpoint.") == 1
     assert "could not be read" in done.stderr and str(tmp_path / "in" / "b.jpg") in done.stderr
     with open(tmp_path / "out" / "detections.json") as f:
         a, b = json.load(f)
