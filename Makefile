@@ -38,7 +38,7 @@ test-clients: $(CLIENTS_STAMP)
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
 demo: $(STAMP)
 	$(PY) -m keras_scb.train --flagfile=configs/quickstart.cfg --model_dir=$(DEMO_DIR)
-	$(PY) -m exporters.predict --model_path=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
+	$(PY) -m exporters.predict --checkpoint=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
 		--output_dir=$(DEMO_DIR)/predictions --score_threshold=0.4
 	@echo "Per-class VOC07 AP on the BCCD test split (all metrics: $(DEMO_DIR)/eval/metrics.md):"
 	@awk '/VOC07 11-point AP/ {f = 1} f && /^\|/ {print; p = 1; next} p {exit}' $(DEMO_DIR)/eval/metrics.md

@@ -308,27 +308,24 @@ def test_init_checkpoint_loads_the_matching_layers_and_a_new_head(converted):
 
 
 def test_train_checks_init_checkpoint_before_reading_data(tmp_path, monkeypatch, converted):
-    from absl import app
-
-    from flag_testing import train_flags
-    from keras_scb import flags as common_flags
     from keras_scb import train
+    from keras_scb.config import DataConfig, TrainConfig
 
     def read_data(*args, **kwargs):
         raise AssertionError("the data was read before --init_checkpoint was checked")
 
-    monkeypatch.setattr(common_flags, "load_split", read_data)
+    monkeypatch.setattr(DataConfig, "read_split", read_data)
     run = [f"--model_dir={tmp_path / 'run'}", "--dataset=voc", "--data_dir=/nonexistent"]
     _, path = converted
-    for flags, error, message in [
+    for flags, message in [
         ([f"--init_checkpoint={tmp_path / 'none.keras'}", "--model=ssd300"],
-         CheckpointError, "none.keras does not exist"),
+         "none.keras does not exist"),
         ([f"--init_checkpoint={path}", "--model=fssd300"],
-         CheckpointError, "is a 'ssd300', not the --model=fssd300"),
-        ([f"--init_checkpoint={path}", "--model=ssd300", f"--backbone_weights={path}"],
-         app.UsageError, "drop --backbone_weights"),
+         "is a 'ssd300', not the --model=fssd300"),
     ]:
-        with train_flags(*run, *flags):
-            with pytest.raises(error, match=message):
-                train.train()
+        with pytest.raises(CheckpointError, match=message):
+            train.train(TrainConfig.from_args(run + flags))
+    with pytest.raises(ValueError, match="drop --backbone_weights"):
+        TrainConfig.from_args(
+            run + [f"--init_checkpoint={path}", "--model=ssd300", "--backbone_weights=none"])
     assert not os.path.exists(tmp_path / "run")

@@ -45,7 +45,8 @@ Source = Union[records_lib.Dataset, tfrecord.TFRecordSource, str]
 Targets = Union[str, Callable]
 
 
-def ssd_targets(anchors, iou_threshold=0.5, variances=(0.1, 0.2)) -> Callable:
+def ssd_targets(anchors, iou_threshold=matching.MATCH_IOU,
+                variances=matching.VARIANCES) -> Callable:
     """Target encoder ``(boxes (B, G, 4), classes (B, G)) -> (B, A, 6)``.
 
     Args:

@@ -35,6 +35,7 @@ from keras_scb.models.vgg import (
     resolve_backbone,
     vgg16_blocks,
 )
+from keras_scb.output_layout import REFINEDET
 
 TCB_DEPTH = 256
 _L2_SCALES = (10.0, 8.0)  # conv4_3, conv5_3 (authors' values)
@@ -140,6 +141,7 @@ def refinedet_vgg16(
         outputs,
         anchor_spec=anchors,
         num_classes=num_classes,
+        output_layout=REFINEDET,
         name=f"refinedet{image_size}",
     )
     load_vgg16_weights(model, backbone_weights)
@@ -147,6 +149,6 @@ def refinedet_vgg16(
 
 
 for _size in (320, 512):
-    register_detector(f"refinedet{_size}", output_layout="refinedet")(
+    register_detector(f"refinedet{_size}", output_layout=REFINEDET)(
         functools.partial(refinedet_vgg16, image_size=_size)
     )
