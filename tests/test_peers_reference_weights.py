@@ -321,3 +321,30 @@ def test_ssd_pytorch_layout_converts_exactly(tmp_path, report):
                        np.asarray(decoded["scores"][0, :n]),
                        np.asarray(decoded["classes"][0, :n]))
     _same_detections(ours_detections, theirs, report, f"ssd.pytorch detections at {width}x{height}")
+
+
+def test_torchvision_vgg16_backbone_file_initialises_the_trunk(tmp_path, report):
+    """VGG16_Weights.IMAGENET1K_FEATURES's layout: a whole torchvision VGG16 state dict
+    (features.N, classifier.N), RGB; conv1_1 .. conv5_3 go in, fc6/fc7 stay new."""
+    from keras_scb.models import build_detector
+    from keras_scb.models.layers import NORMALIZATIONS
+
+    torch.manual_seed(2)
+    vgg = torchvision.models.vgg16(weights=None)
+    path = str(tmp_path / "vgg16_features.pth")
+    torch.save(vgg.state_dict(), path)
+    ours = build_detector("ssd300", 3, backbone_weights=path)
+    assert ours.input_normalization == NORMALIZATIONS["torchvision"]
+    # conv5_3 (features.28) through our trunk: the same map as torchvision's features[:30].
+    pixels = tf.image.resize(_pixels()[None].astype(np.float32), (300, 300)).numpy()
+    import keras
+
+    trunk = keras.Model(ours.inputs, ours.get_layer("block5_conv3").output)
+    mine = trunk.predict_on_batch(pixels)[0]
+    mean = torch.tensor([0.48235, 0.45882, 0.40784])[:, None, None] * 255
+    x = torch.from_numpy(pixels[0].transpose(2, 0, 1).copy())[None] - mean
+    features = vgg.features
+    features[16].ceil_mode = True  # SSD's pool3, as torchvision's SSD patches it
+    with torch.no_grad():
+        theirs = features[:30](x)[0].permute(1, 2, 0).numpy()
+    _agree(mine, theirs, "torchvision VGG16 backbone conv5_3", report)
