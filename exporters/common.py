@@ -13,6 +13,7 @@ Sorted by name, the keys are in the order of the outputs of TFLite's
 ``TFLite_Detection_PostProcess`` (boxes, classes, scores, count).
 """
 
+import dataclasses
 import os
 
 from keras_scb import label_map
@@ -268,8 +269,6 @@ def export_metadata(detector, class_names, decoder_kwargs, **extra):
     ``model`` is the registry name (`keras_scb.models.build_detector` takes it
     back); the Keras name only for a detector built outside the registry.
     """
-    import dataclasses
-
     from keras_scb.anchors import anchor_spec_to_config
 
     normalization = detector.input_normalization
