@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-clients demo bench bench-peers gpu-wheels clean
+.PHONY: install test test-slow test-clients test-peers demo bench bench-peers gpu-wheels clean
 
 DEMO_DIR ?= runs/quickstart
 DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
@@ -38,7 +38,7 @@ test-clients: $(CLIENTS_STAMP)
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
 demo: $(STAMP)
 	$(PY) -m keras_scb.train --flagfile=configs/quickstart.cfg --model_dir=$(DEMO_DIR)
-	$(PY) -m exporters.predict --model_path=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
+	$(PY) -m exporters.predict --checkpoint=$(DEMO_DIR)/last.keras --images=$(DEMO_IMAGE) \
 		--output_dir=$(DEMO_DIR)/predictions --score_threshold=0.4
 	@echo "Per-class VOC07 AP on the BCCD test split (all metrics: $(DEMO_DIR)/eval/metrics.md):"
 	@awk '/VOC07 11-point AP/ {f = 1} f && /^\|/ {print; p = 1; next} p {exit}' $(DEMO_DIR)/eval/metrics.md
@@ -59,6 +59,21 @@ bench-peers: $(STAMP)
 	$(PEERS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PEERS_VENV)/bin/python benchmarks/torchvision_peer.py
 	$(PY) benchmarks/train_step.py --models ssd300
+
+# Converted torchvision / ssd.pytorch checkpoints against the networks themselves (pytest -m
+# peers): the library, torch and torchvision in the peers venv. torch's Linux wheel from PyPI
+# brings its CUDA libraries (the venv is ~5.5 GB; the tests run on the CPU). Only the peers
+# file is collected: torchvision must be imported before TensorFlow (see the test's header).
+PEERS_STAMP := $(PEERS_VENV)/.installed-stamp
+$(PEERS_STAMP): pyproject.toml constraints.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PEERS_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[torch]' pytest
+	touch $(PEERS_STAMP)
+
+test-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python -m pytest -q -s -m peers tests/test_peers_reference_weights.py
 
 # Wheels for benchmarks/gpu_check.py on a GPU machine that has JAX and PyTorch but no
 # TensorFlow and no package registry (Python 3.12, x86-64): fill .whl/ here, carry it

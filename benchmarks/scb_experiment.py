@@ -12,7 +12,8 @@ trains the four default arms, identical but for the loss's object weighting:
   anchors (only the balance between objects changes);
 
 ``--variant NAME:--flag=v,--flag=v`` (repeatable) replaces them with other arms.
-Each (arm, seed, run) trains with ``python -m keras_scb.train`` into
+Each (arm, seed, run) trains in this process, ``keras_scb.train.train`` of the
+config with the arm's flags (its output appended to ``OUTPUT/train.log``), into
 ``OUTPUT/ARM/seedS`` (run 0) or ``OUTPUT/ARM/seedS_runR`` and is evaluated on the
 config's validation split; a run whose ``eval/metrics.json`` exists is not redone,
 so the script resumes after an interruption; runs go seed by seed (every arm of
@@ -37,12 +38,12 @@ the file and linked from it.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from functools import partial
@@ -53,7 +54,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import experiment_stats  # noqa: E402
 
 from keras_scb.callbacks import EpochBackup  # noqa: E402
+from keras_scb.config import TrainConfig  # noqa: E402
 from keras_scb.fileio import atomic_write, read_text, write_json, write_text  # noqa: E402
+from keras_scb.train import train  # noqa: E402
 
 DEFAULT_ARMS = (
     "multibox:--loss=multibox",
@@ -85,19 +88,19 @@ def run_dir(output, arm, seed, run):
 def run_one(config, flags, model_dir, log):
     """Trains and evaluates one run unless its metrics exist; returns the metrics
     path. The wall time is kept in ``MODEL_DIR/wall_time.json``, with the epochs
-    that a resumed run had done before (``resumed_after_epoch``, 0 if none)."""
+    that a resumed run had done before (``resumed_after_epoch``, 0 if none) and
+    the command line that redoes the run."""
     metrics = os.path.join(model_dir, "eval", "metrics.json")
     if os.path.exists(metrics):
         return metrics
     done = EpochBackup(os.path.join(model_dir, "backup")).saved_epoch()
-    cmd = [sys.executable, "-m", "keras_scb.train", f"--flagfile={config}",
-           f"--model_dir={model_dir}", "--verbose=2", *flags]
+    args = [f"--flagfile={config}", f"--model_dir={model_dir}", "--verbose=2", *flags]
+    recipe = TrainConfig.from_args(args)  # a bad variant flag stops here, before training
+    cmd = [sys.executable, "-m", "keras_scb.train", *args]
     start = time.time()
-    with open(log, "a") as out:
-        out.write(" ".join(cmd) + "\n")
-        out.flush()
-        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    with open(log, "a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        print(" ".join(cmd), flush=True)
+        train(recipe)
     # A resumed run's time is that of its last part only (the earlier parts were
     # killed before they could write theirs): the file and the table say so.
     write_json({"seconds": time.time() - start, "resumed_after_epoch": done, "command": cmd},

@@ -1,7 +1,7 @@
 """How much an export changes the detections: agreement with Keras, and mAP drop.
 
     python -m exporters.accuracy --checkpoint model_dir/best.keras \\
-        --dataset bccd --split test --precisions fp32,fp16,int8
+        --dataset bccd --val_split test --precisions fp32,fp16,int8
 
 exports the checkpoint to TFLite at each precision (int8 calibrated on
 ``--representative_data``), runs every model and the Keras inference model on the
@@ -17,6 +17,7 @@ from absl import flags
 
 from exporters import common
 from keras_scb import cli
+from keras_scb import flags as common_flags
 from keras_scb.matching import pairwise_iou
 
 
@@ -160,8 +161,8 @@ def _fmt(value):
 
 def _define_flags():
     flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
-    flags.DEFINE_string("dataset", "bccd", "'bccd' or 'coco_subset' (the vendored datasets).")
-    flags.DEFINE_string("split", "test", "Dataset split (BCCD: test/val/train; COCO subset: val2017).")
+    common_flags.define_data_flags()  # --dataset, --data_dir, --val_split (the split scored), ...
+    cli.define_renamed("split", "val_split")
     flags.DEFINE_list("precisions", ["fp32", "fp16", "int8"], "TFLite precisions.")
     flags.DEFINE_string("representative_data", "bccd", "int8 calibration: 'bccd', 'synthetic' or a folder.")
     flags.DEFINE_string("representative_split", "train", "Split for --representative_data=bccd.")
@@ -175,17 +176,14 @@ def _define_flags():
 def main(argv):
     del argv
     from exporters import tflite
-    from keras_scb import data
-
-    values = flags.FLAGS
     from keras_scb.checkpoints import check_checkpoint_classes
 
+    values = flags.FLAGS
     detector = common.load_detector(values.checkpoint)
-    loaders = {"bccd": data.load_bccd, "coco_subset": data.load_coco_subset}
-    dataset = loaders[values.dataset](values.split)
+    dataset = common_flags.load_split(values.val_split)
     check_checkpoint_classes(
         values.checkpoint, detector.num_classes, dataset.class_names,
-        f"--dataset={values.dataset} split {values.split}",
+        common_flags.split_name(values.val_split),
     )
     representative = None
     if "int8" in values.precisions:

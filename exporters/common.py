@@ -13,6 +13,7 @@ Sorted by name, the keys are in the order of the outputs of TFLite's
 ``TFLite_Detection_PostProcess`` (boxes, classes, scores, count).
 """
 
+import dataclasses
 import os
 
 from keras_scb import label_map
@@ -270,6 +271,7 @@ def export_metadata(detector, class_names, decoder_kwargs, **extra):
     """
     from keras_scb.anchors import anchor_spec_to_config
 
+    normalization = detector.input_normalization
     return {
         "model": detector.registry_name or detector.name,
         "output_layout": detector.output_layout,
@@ -277,6 +279,9 @@ def export_metadata(detector, class_names, decoder_kwargs, **extra):
         "num_classes": detector.num_classes,
         "class_names": list(class_names) if class_names else None,
         "anchor_spec": anchor_spec_to_config(detector.anchor_spec),
+        # Inside the network (the export takes uint8 RGB); recorded to say what
+        # the weights were trained with.
+        "input_normalization": normalization and dataclasses.asdict(normalization),
         "decoder": dict(decoder_kwargs),
         "outputs": list(DETECTION_KEYS),
         "box_order": "ymin, xmin, ymax, xmax (relative)",

@@ -2,7 +2,7 @@
 the LiteRT interpreter's detections (MediaPipe is optional: ``pip install
 'keras-scb[clients]'``).
 
-    python -m exporters.mediapipe_check --model export/model.tflite \\
+    python -m exporters.mediapipe_check --checkpoint export/model.tflite \\
         --images data/bccd/JPEGImages --count 20 --score_threshold 0.5
 
 MediaPipe reads everything from the file's metadata (`exporters.metadata`): the
@@ -113,21 +113,22 @@ def load_images(folder, image_size: int, count: int) -> np.ndarray:
 
 
 def _define_flags():
-    flags.DEFINE_string("model", None, "A .tflite file written by exporters.tflite.")
+    flags.DEFINE_string("checkpoint", None, "A .tflite file written by exporters.tflite.")
     flags.DEFINE_string("images", None, "A folder of JPEG/PNG images.")
     flags.DEFINE_integer("count", 20, "How many images of --images.")
     flags.DEFINE_float("score_threshold", 0.5, "Detections compared: score >= this.")
-    flags.mark_flags_as_required(["model", "images"])
+    cli.define_renamed("model", "checkpoint")
+    flags.mark_flags_as_required(["checkpoint", "images"])
 
 
 def main(argv: Sequence[str]):
     del argv
     values = flags.FLAGS
-    size = runtime.TFLiteDetector(values.model).image_size
+    size = runtime.TFLiteDetector(values.checkpoint).image_size
     images = load_images(values.images, size, values.count)
-    result = compare(values.model, images, values.score_threshold)
+    result = compare(values.checkpoint, images, values.score_threshold)
     print(
-        f"{values.model}: MediaPipe ObjectDetector vs LiteRT interpreter on {len(images)} images, "
+        f"{values.checkpoint}: MediaPipe ObjectDetector vs LiteRT interpreter on {len(images)} images, "
         f"score >= {values.score_threshold}: {result['matched']}/{result['total']} matched "
         f"(MediaPipe gave {result['mediapipe_total']}), max score diff "
         f"{result['max_score_diff']}, min IoU {result['min_iou']}."

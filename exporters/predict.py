@@ -1,9 +1,9 @@
 """Detect objects in images and draw them: boxes labelled with class and score.
 
-    python -m exporters.predict --model_path export/model.tflite --images photos/ --output_dir out/
-    python -m exporters.predict --model_path model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
+    python -m exporters.predict --checkpoint export/model.tflite --images photos/ --output_dir out/
+    python -m exporters.predict --checkpoint model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
 
-``--model_path`` is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
+``--checkpoint`` (formerly ``--model_path``, still accepted) is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
 ``.keras`` checkpoint. Each image (any size; resized to the model's input as in
 training, the boxes map back to the original) gives a drawing
 ``<output_dir>/<path>.png``, where ``<path>`` is the image's path relative to
@@ -27,13 +27,14 @@ Drawing uses matplotlib (Agg), from the ``dev`` extra.
 
 import os
 import sys
+from typing import List, Sequence
 
 from absl import flags
 
 from exporters import common, runtime
 from keras_scb import cli
+from keras_scb.data.records import is_image_file, read_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DETECTIONS_FILE = "detections.json"
 
 
@@ -45,7 +46,7 @@ def list_images(paths):
         if os.path.isdir(path):
             files = [
                 os.path.join(path, name) for name in sorted(os.listdir(path))
-                if name.lower().endswith(IMAGE_EXTENSIONS)
+                if is_image_file(name)
             ]
         elif os.path.isfile(path):
             files = [path]
@@ -58,7 +59,7 @@ def list_images(paths):
     return found
 
 
-def output_paths(image_paths, output_dir, drawings=True):
+def output_paths(image_paths: Sequence[str], output_dir: str, drawings: bool = True) -> List[str]:
     """The drawing of each image: ``<output_dir>/<path relative to the inputs' common folder>.png``.
 
     Unique for distinct inputs (relative paths from one folder differ, and the
@@ -70,34 +71,16 @@ def output_paths(image_paths, output_dir, drawings=True):
     """
     real = [os.path.realpath(path) for path in image_paths]
     root = os.path.commonpath([os.path.dirname(path) for path in real]) if real else ""
-    drawings = [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
+    pngs = [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
     inputs = dict(zip(real, image_paths))
-    outputs = (*(drawings if drawings else ()), os.path.join(output_dir, DETECTIONS_FILE))
+    outputs = (*(pngs if drawings else ()), os.path.join(output_dir, DETECTIONS_FILE))
     for output in outputs:
         if os.path.realpath(output) in inputs:
             raise ValueError(
                 f"--output_dir={output_dir}: {output} would overwrite the input "
                 f"{inputs[os.path.realpath(output)]}; choose another --output_dir"
             )
-    return drawings
-
-
-def read_image(path):
-    """uint8 ``(H, W, 3)`` RGB.
-
-    Raises:
-        ValueError: naming ``path``, if it cannot be read or decoded (truncated,
-            not an image).
-    """
-    import tensorflow as tf
-
-    from keras_scb.data.records import op_error
-
-    try:
-        data = tf.io.read_file(path)
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-    except tf.errors.OpError as error:
-        raise ValueError(f"{path}: cannot read the image ({op_error(error)})") from None
+    return pngs
 
 
 def image_detections(outputs, index, height, width, score_threshold, class_names):
@@ -216,22 +199,24 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
 
 
 def _define_flags():
-    flags.DEFINE_string("model_path", None,
+    flags.DEFINE_string("checkpoint", None,
                         "A .tflite file, a SavedModel folder or a .keras checkpoint.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
     flags.DEFINE_string("output_dir", "predictions", "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Detections below this score are left out.")
-    flags.DEFINE_string("class_names", None, "Comma-separated class names (default: labels.txt).")
+    flags.DEFINE_list("class_names", None, "Class names in id order (default: the model's "
+                      "labels.txt).")
     flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
     flags.DEFINE_bool("draw", True, "Write the PNGs (otherwise only detections.json).")
-    flags.mark_flags_as_required(["model_path", "images"])
+    cli.define_renamed("model_path", "checkpoint")
+    flags.mark_flags_as_required(["checkpoint", "images"])
 
 
 def main(argv):
     del argv
     values = flags.FLAGS
-    runner = runtime.load_runner(values.model_path, values.num_threads)
-    class_names = common.read_class_names(values.model_path, values.class_names)
+    runner = runtime.load_runner(values.checkpoint, values.num_threads)
+    class_names = common.read_class_names(values.checkpoint, values.class_names)
     paths = list_images(values.images)
     results = predict(
         runner, paths, values.output_dir, values.score_threshold, class_names, values.draw

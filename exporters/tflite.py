@@ -316,15 +316,11 @@ def to_uint8(images):
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
 def folder_image_paths(folder):
-    """The JPEG/PNG files of ``folder``, sorted; `ValueError` if there are none."""
-    paths = sorted(
-        os.path.join(folder, name) for name in os.listdir(folder)
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    """The image files of ``folder``, sorted; `ValueError` if there are none."""
+    from keras_scb.data.records import IMAGE_EXTENSIONS, is_image_file
+
+    paths = sorted(os.path.join(folder, name) for name in os.listdir(folder) if is_image_file(name))
     if not paths:
         raise ValueError(
             f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} image to calibrate int8 with."
@@ -333,22 +329,17 @@ def folder_image_paths(folder):
 
 
 def folder_images(folder, image_size, count=None):
-    """Yields uint8 ``(S, S, 3)`` images from the JPEG/PNG files of ``folder`` (sorted).
+    """Yields uint8 ``(S, S, 3)`` images from the image files of ``folder`` (sorted).
 
     Raises:
         ValueError: naming the file, for a file that does not decode.
     """
     import tensorflow as tf
 
+    from keras_scb.data.records import read_image
+
     for path in folder_image_paths(folder)[:count]:
-        try:
-            image = tf.io.decode_image(
-                tf.io.read_file(path), channels=3, expand_animations=False
-            )
-        except tf.errors.InvalidArgumentError as error:
-            raise ValueError(
-                f"{path}: not a decodable JPEG/PNG image ({error.message.splitlines()[0]})."
-            ) from None
+        image = read_image(path)
         resized = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size))
         yield to_uint8(resized.numpy())
 

@@ -20,6 +20,10 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 
+# `AnchorSpec.clip`: all four coordinates, none, or only the width and height.
+CLIP_MODES = (True, False, "wh")
+
+
 @dataclasses.dataclass(frozen=True)
 class AnchorSpec:
     """Geometry of the priors of one detector.
@@ -33,8 +37,11 @@ class AnchorSpec:
         aspect_ratios: per map, the ratios ``r > 1``; each adds ``r`` and ``1/r``.
         steps: per map, the pixel stride between anchor centres; ``None`` means
             ``image_size / feature_map_size`` (centres spread evenly over the image).
-        clip: clip ``[cx, cy, w, h]`` to ``[0, 1]`` (ssd.pytorch and PytorchSSD
-            do; the Caffe SSD, RefineDet and DSSD configs do not).
+        clip: ``True``: clip ``[cx, cy, w, h]`` to ``[0, 1]`` (ssd.pytorch's
+            ``PriorBox`` and PytorchSSD); ``"wh"``: clip only ``w, h``, so the
+            centres of the last row and column may lie past 1 (torchvision's
+            ``DefaultBoxGenerator``); ``False``: no clipping (the Caffe SSD,
+            RefineDet and DSSD configs).
         offsets: per map, the pixel position of the first centre (centres are
             ``offset + i * step``); ``None`` means ``step / 2``. DSSD places them
             at the receptive-field centres of its cells.
@@ -46,10 +53,14 @@ class AnchorSpec:
     max_sizes: Optional[Tuple[float, ...]]
     aspect_ratios: Tuple[Tuple[float, ...], ...]
     steps: Optional[Tuple[float, ...]] = None
-    clip: bool = True
+    clip: bool | str = True
     offsets: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
+        if self.clip not in CLIP_MODES:
+            raise ValueError(
+                f"AnchorSpec.clip must be one of {CLIP_MODES}; got {self.clip!r}."
+            )
         n = len(self.feature_map_sizes)
         fields = {"min_sizes": self.min_sizes, "aspect_ratios": self.aspect_ratios}
         if self.max_sizes is not None:
@@ -127,6 +138,13 @@ PRESETS = {
     "ssd300_coco": _ssd_spec(
         300, [38, 19, 10, 5, 3, 1], _SSD300_COCO_SIZES[:-1], _SSD300_COCO_SIZES[1:],
         _SSD300_RATIOS, steps=[8, 16, 32, 64, 100, 300],
+    ),
+    # torchvision's `ssd300_vgg16` (`DefaultBoxGenerator` with scales 0.07, 0.15,
+    # 0.33, ..., 1.05 = the COCO sizes / 300, the same ratios and steps), which
+    # clamps only w, h: 114 anchors of the 10x10 map differ from ssd300_coco's.
+    "ssd300_torchvision": _ssd_spec(
+        300, [38, 19, 10, 5, 3, 1], _SSD300_COCO_SIZES[:-1], _SSD300_COCO_SIZES[1:],
+        _SSD300_RATIOS, steps=[8, 16, 32, 64, 100, 300], clip="wh",
     ),
     "ssd512": _ssd_spec(
         512, [64, 32, 16, 8, 4, 2, 1], _SSD512_VOC_SIZES[:-1], _SSD512_VOC_SIZES[1:],
@@ -213,7 +231,7 @@ def get_anchors(name_or_spec) -> np.ndarray:
 
     Returns:
         float32 ``(A, 4)`` relative ``[cx, cy, w, h]``, in the order described in
-        the module docstring, clipped to ``[0, 1]`` when ``spec.clip``.
+        the module docstring, clipped to ``[0, 1]`` as ``spec.clip`` says.
     """
     spec = get_anchor_spec(name_or_spec)
     size = float(spec.image_size)
@@ -240,7 +258,9 @@ def get_anchors(name_or_spec) -> np.ndarray:
         grid[..., 2:] = wh[None, None]
         per_map.append(grid.reshape(-1, 4))
     anchors = np.concatenate(per_map, axis=0)
-    if spec.clip:
+    if spec.clip == "wh":
+        anchors[:, 2:] = np.clip(anchors[:, 2:], 0.0, 1.0)
+    elif spec.clip:
         anchors = np.clip(anchors, 0.0, 1.0)
     return anchors.astype(np.float32)
 

@@ -82,14 +82,86 @@ def stored_class_names(path) -> Optional[Tuple[str, ...]]:
     Raises:
         CheckpointError: ``path`` is not a readable ``.keras`` archive.
     """
+    names = _stored_config(path).get("config", {}).get("class_names")
+    return None if names is None else tuple(str(name) for name in names)
+
+
+def _stored_config(path) -> dict:
+    """The ``config.json`` of the ``.keras`` archive ``path`` (the model's config)."""
     path = os.fspath(path)
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"Checkpoint {path} has no readable config.json: {error}") from error
-    names = config.get("config", {}).get("class_names") if isinstance(config, dict) else None
-    return None if names is None else tuple(str(name) for name in names)
+    return config if isinstance(config, dict) else {}
+
+
+def init_checkpoint_options(path, model_name: str) -> dict:
+    """What a run starting from the checkpoint ``path`` builds its ``model_name`` with.
+
+    The checkpoint must be a ``model_name``; its input normalisation comes
+    along (its weights were trained with it), read from its ``config.json``
+    before anything is built, so that a wrong file stops a run at once.
+
+    Returns:
+        Builder keyword arguments: ``{"normalization": config}`` for a network
+        with a `CaffeImageNetNormalization`, else ``{}``.
+
+    Raises:
+        CheckpointError: missing, not a ``.keras`` archive, or another detector.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--init_checkpoint={path} does not exist.")
+    config = _stored_config(path).get("config", {})
+    if config.get("registry_name") != model_name:
+        raise CheckpointError(
+            f"--init_checkpoint={path} is a {config.get('registry_name')!r}, not the "
+            f"--model={model_name} of this run."
+        )
+    for layer in config.get("layers", []):
+        if layer.get("class_name") == "CaffeImageNetNormalization":
+            normalization = layer.get("config", {}).get("normalization")
+            return {} if normalization is None else {"normalization": normalization}
+    return {}
+
+
+def init_from_checkpoint(model, path) -> str:
+    """Sets every weight of ``model`` that the checkpoint ``path`` has.
+
+    A layer is taken when the checkpoint has a layer of that name whose weights
+    have the same shapes; the others (a head for another class count) keep
+    their initialisation.
+
+    Returns:
+        One line saying what was loaded and what is new.
+    """
+    source = load_checkpoint(path)
+    loaded, new = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError:  # no layer of that name
+            weights = None
+        if weights is not None and [w.shape for w in weights] == [
+            tuple(w.shape) for w in layer.weights
+        ]:
+            layer.set_weights(weights)
+            loaded.append(layer.name)
+        else:
+            new.append(layer.name)
+    line = (
+        f"--init_checkpoint={path}: {len(loaded)} of {len(loaded) + len(new)} layers "
+        f"loaded ({source.num_classes} classes there, {model.num_classes} here)"
+    )
+    if new:
+        line += f"; newly initialised: {', '.join(new)}"
+    if getattr(source, "anchor_spec", None) != model.anchor_spec:
+        line += "; this run's anchors differ from the checkpoint's (--anchors sets them)"
+    return line + "."
 
 
 def checkpoint_class_names(path) -> Optional[Tuple[str, ...]]:

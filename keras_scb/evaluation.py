@@ -67,6 +67,10 @@ COCO_METRICS = (
 
 DEFAULT_SCORE_THRESHOLDS = (0.01, 0.1, 0.3)
 
+# A detection is a true positive at IoU >= this with an unclaimed ground-truth box
+# (VOC07's and COCO's AP50 criterion).
+TRUE_POSITIVE_IOU = 0.5
+
 
 @dataclasses.dataclass
 class ImageGroundTruth:
@@ -428,7 +432,7 @@ def voc07_metrics(
     detections: Sequence[ImageDetections],
     num_classes: Optional[int] = None,
     class_names: Optional[Sequence[str]] = None,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = TRUE_POSITIVE_IOU,
 ) -> Dict[str, object]:
     """PASCAL VOC2007 11-point mAP, with the devkit's matching rules.
 
@@ -492,7 +496,7 @@ def recall_by_scale(
     ground_truths: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
     score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = TRUE_POSITIVE_IOU,
     class_aware: bool = True,
 ) -> Dict[str, object]:
     """The paper's recall of small / medium / large objects.
@@ -546,7 +550,7 @@ def recall_by_scale(
 def match_detections(
     ground_truths: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
-    iou_threshold: float = 0.5,
+    iou_threshold: float = TRUE_POSITIVE_IOU,
 ) -> Dict[str, np.ndarray]:
     """Labels every detection true / false positive with VOC07's per-class greedy
     matching (`voc07_metrics`' rules), and gives it a scale.
@@ -594,7 +598,7 @@ def precision_by_scale(
     ground_truths: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
     score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = TRUE_POSITIVE_IOU,
 ) -> Dict[str, object]:
     """True and false positives by scale at each score threshold, the other half
     of `recall_by_scale`: if a loss only shifts every score up, recall at a
@@ -635,7 +639,7 @@ def detection_calibration(
     ground_truths: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
     num_bins: int = 10,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = TRUE_POSITIVE_IOU,
 ) -> Optional[Dict[str, list]]:
     """`keras_scb.calibration.calibration_bins` of the detections labelled by
     `match_detections` (hits on difficult objects left out); ``None`` when some

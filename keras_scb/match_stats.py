@@ -17,11 +17,11 @@ import os
 import numpy as np
 
 from keras_scb.evaluation import SCALES, scale_of_area
-from keras_scb.matching import pixel_box_areas
+from keras_scb.matching import MATCH_IOU, pixel_box_areas
 from keras_scb.fileio import write_json
 
 
-def match_counts_per_box(boxes, classes, anchors, iou_threshold=0.5):
+def match_counts_per_box(boxes, classes, anchors, iou_threshold=MATCH_IOU):
     """``M_i`` of every box: how many anchors it matches, in TensorFlow (usable
     inside ``tf.data`` maps). The loss's per-anchor view of the same count is
     `keras_scb.losses.match_count_per_anchor`.
@@ -51,7 +51,7 @@ def match_counts_per_box(boxes, classes, anchors, iou_threshold=0.5):
     return counts[..., 1:]
 
 
-def image_match_counts(boxes, classes, anchors, iou_threshold=0.5):
+def image_match_counts(boxes, classes, anchors, iou_threshold=MATCH_IOU):
     """`match_counts_per_box` of one image, as numpy.
 
     Args:
@@ -190,7 +190,7 @@ def write_report(report, output_dir):
     return path
 
 
-def annotated_counts(dataset, anchors, iou_threshold=0.5):
+def annotated_counts(dataset, anchors, iou_threshold=MATCH_IOU):
     """``M_i`` of every non-difficult object of the annotated images.
 
     Args:
@@ -221,7 +221,7 @@ def annotated_counts(dataset, anchors, iou_threshold=0.5):
 
 
 def augmented_counts(
-    dataset, anchors, samples_per_image, seed=0, batch_size=32, iou_threshold=0.5
+    dataset, anchors, samples_per_image, seed=0, batch_size=32, iou_threshold=MATCH_IOU
 ):
     """``M_i`` of the objects of random training samples (SSD augmentation).
 
@@ -277,7 +277,7 @@ def _define_flags():
     flags.DEFINE_integer("max_images", 0, "Use only the first N images of the split (0: all).")
     flags.DEFINE_integer("batch_size", 32, "Images per batch of the augmentation pipeline.")
     flags.DEFINE_integer("seed", 0, "Seed of the augmentation.")
-    flags.DEFINE_float("iou_threshold", 0.5, "Anchor matching IoU threshold.")
+    flags.DEFINE_float("iou_threshold", MATCH_IOU, "Anchor matching IoU threshold.")
     flags.DEFINE_string("output_dir", None, "Where match_stats.json and the plots go.")
     flags.mark_flag_as_required("output_dir")
 

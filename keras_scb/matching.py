@@ -20,7 +20,12 @@ import numpy as np
 # Re-exported: the box-coding names callers of the matching use with it.
 from keras_scb.box_coding import VARIANCES, encode_offsets, tf_ops, to_corners
 
+# An anchor matches a ground-truth box at IoU >= this (SSD's and RefineDet's 0.5;
+# the evaluation's true-positive IoU is `keras_scb.evaluation`'s own concept).
+MATCH_IOU = 0.5
+
 __all__ = [
+    "MATCH_IOU",
     "VARIANCES",
     "argmax_first",
     "box_areas",
@@ -203,7 +208,7 @@ def match_and_encode(gt_boxes, gt_classes, anchors, iou_threshold, variances, op
 
 
 def encode_targets(
-    gt_boxes, gt_classes, anchors, iou_threshold=0.5, variances=VARIANCES
+    gt_boxes, gt_classes, anchors, iou_threshold=MATCH_IOU, variances=VARIANCES
 ):
     """Encodes ground truth against anchors for SSD training.
 

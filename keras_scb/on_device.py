@@ -23,7 +23,7 @@ from keras_scb.anchors import (
     anchor_spec_to_config,
     get_anchors,
 )
-from keras_scb.matching import match_and_encode
+from keras_scb.matching import MATCH_IOU, VARIANCES, match_and_encode
 
 Tensor = Any
 
@@ -31,8 +31,8 @@ Tensor = Any
 def encode_ground_truth(
     y_true: Tensor,
     anchors: Tensor,
-    iou_threshold: float = 0.5,
-    variances: Sequence[float] = (0.1, 0.2),
+    iou_threshold: float = MATCH_IOU,
+    variances: Sequence[float] = VARIANCES,
 ) -> Tensor:
     """Padded ground truth -> SSD targets, with ``keras.ops`` (any backend, jittable).
 
@@ -81,8 +81,8 @@ class MatchOnDevice(keras.losses.Loss):
         self,
         loss: Callable | dict,
         anchor_spec: str | AnchorSpec | dict,
-        iou_threshold: float = 0.5,
-        variances: Sequence[float] = (0.1, 0.2),
+        iou_threshold: float = MATCH_IOU,
+        variances: Sequence[float] = VARIANCES,
         name: str | None = None,
         **kwargs,
     ):

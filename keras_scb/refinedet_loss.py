@@ -49,16 +49,16 @@ import keras
 from keras import ops
 
 from keras_scb.anchors import anchor_spec_from_config, anchor_spec_to_config, get_anchors
-from keras_scb.box_coding import refine_anchors, to_corners
+from keras_scb.box_coding import VARIANCES, refine_anchors, to_corners
 from keras_scb.losses import DetectionLoss, check_options, multibox_loss
-from keras_scb.matching import argmax_first, encode_matches, pairwise_iou
-from keras_scb.output_layout import split_refinedet_outputs
+from keras_scb.matching import MATCH_IOU, argmax_first, encode_matches, pairwise_iou
+from keras_scb.output_layout import NEGATIVE_FILTER_THRESHOLD, split_refinedet_outputs
 
 # Caffe's MatchBBox keeps only overlaps above this as candidate pairs.
 _MIN_OVERLAP = 1e-6
 
 
-def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: float = 0.5):
+def caffe_match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold: float = MATCH_IOU):
     """Assigns each anchor a ground-truth box by the RefineDet authors' rule.
 
     Caffe's ``MatchBBox`` (``src/caffe/util/bbox_util.cpp``) with
@@ -140,9 +140,9 @@ def refinedet_loss(
     beta=3.0,
     neg_pos_ratio=3,
     apply_to="classification",
-    iou_threshold=0.5,
-    variances=(0.1, 0.2),
-    negative_filter_threshold=0.99,
+    iou_threshold=MATCH_IOU,
+    variances=VARIANCES,
+    negative_filter_threshold=NEGATIVE_FILTER_THRESHOLD,
     class_weights=None,
 ):
     """ARM loss + ODM loss; see the module docstring.
@@ -222,9 +222,9 @@ class RefineDetLoss(DetectionLoss):
         beta=3.0,
         neg_pos_ratio=3,
         apply_to="classification",
-        iou_threshold=0.5,
-        variances=(0.1, 0.2),
-        negative_filter_threshold=0.99,
+        iou_threshold=MATCH_IOU,
+        variances=VARIANCES,
+        negative_filter_threshold=NEGATIVE_FILTER_THRESHOLD,
         class_weights=None,
         name="refinedet_loss",
         **kwargs,

@@ -1,124 +1,137 @@
-"""Trains a detector: ``python -m keras_scb.train --flagfile=configs/NAME.cfg``.
+"""Trains a detector: ``train(config)`` in Python, ``python -m keras_scb.train
+--flagfile=configs/NAME.cfg`` on the command line.
 
-Writes to ``--model_dir``: ``last.keras`` every epoch, ``best.keras`` when the
+`train` runs the recipe of a `keras_scb.config.TrainConfig` in this process and
+returns a `TrainResult`; the command line only parses its flags into one (every
+flag is a field of the config, listed by ``python -m keras_scb.train --helpfull``).
+
+Writes to ``model_dir``: ``last.keras`` every epoch, ``best.keras`` when the
 validation AP50 improves (both written atomically), ``backup/`` (the resumable
 state: run the same command again after a crash or kill and training continues
 from the last finished epoch), ``history.csv``, TensorBoard logs under ``logs/``,
-``labels.txt`` (one class name a line) and, at the end, the evaluation of
-``best.keras`` (or ``last.keras``) in ``eval/metrics.{json,md}``.
+``labels.txt`` (one class name a line), ``flags.json`` (the config as
+``{flag: value}``, `TrainConfig.to_flag_values`) and, at the end, the evaluation
+of ``best.keras`` (or ``last.keras``) in ``eval/metrics.{json,md}``.
 
-Every flag is listed by ``python -m keras_scb.train --helpfull``.
+`train` is a sequence of small steps, each a function below, in the order it
+calls them: check what needs files, set up the distribution, the process-wide
+state, read the data, prepare the run folder (resuming), build and compile,
+the input pipeline, the callbacks, fit, the divergence check, the final
+evaluation.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import app, flags, logging
 
 from keras_scb import cli, label_map
-from keras_scb import flags as common_flags
+from keras_scb import config as config_lib
+from keras_scb.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from keras_scb.fileio import check_writable, remove_stale_temporaries, write_json, write_text
 
-common_flags.define_data_flags()
-common_flags.define_model_flags()
-flags.DEFINE_string("model_dir", None, "Output folder (required).")
-flags.DEFINE_integer("batch_size", 8, "Global batch size (split over replicas).")
-flags.DEFINE_integer("epochs", 10, "Epochs to train.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the training split.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "SGD with momentum, as the paper's baselines.")
-flags.DEFINE_float("learning_rate", 1e-3, "Learning rate after warm-up.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (not applied to biases and BatchNorm).")
-flags.DEFINE_enum("weight_decay_mode", "l2", ["l2", "decoupled"],
-                  "SGD's weight decay. 'l2': weight_decay * w added to the gradient before "
-                  "the momentum, as Caffe and PyTorch (the references); 'decoupled': Keras's "
-                  "weight_decay (w -= lr * weight_decay * w outside the momentum, about 10x "
-                  "weaker at momentum 0.9). AdamW's decay is always decoupled.")
-flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from learning_rate / 3.")
-flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine"],
-                  "After warm-up: 'step' multiplies the rate by lr_decay at lr_decay_steps "
-                  "(SSD's schedule); 'cosine' anneals it to 0 at the last step.")
-flags.DEFINE_list("lr_decay_steps", [], "Global steps at which the rate is multiplied by lr_decay.")
-flags.DEFINE_float("lr_decay", 0.1, "Step-decay factor.")
-flags.DEFINE_float("clipnorm", None, "Optional gradient-norm clipping.")
-flags.DEFINE_enum("loss", "scb", ["multibox", "scb", "refinedet"], "Training loss.")
-flags.DEFINE_float("alpha", 1.0, "SCB alpha in beta * (ln M + alpha) / M.")
-flags.DEFINE_float("beta", 3.0, "SCB beta.")
-flags.DEFINE_enum("weighting", "scb", ["uniform", "inverse_log", "inverse_sqrt", "inverse", "scb",
-                                       "uniform_beta", "scb_mean_normalised"],
-                  "Object weighting of --loss=scb: the paper's Table 1 forms, and the controls "
-                  "'uniform_beta' (every positive weighs beta) and 'scb_mean_normalised' (SCB "
-                  "rescaled to mean 1 over an image's positive anchors); see keras_scb.losses.")
-flags.DEFINE_enum("apply_to", "classification", ["classification", "both"],
-                  "'classification': the authors' code; 'both': the paper's Eq. 2.")
-flags.DEFINE_integer("neg_pos_ratio", 3, "Hard negatives kept per positive.")
-flags.DEFINE_list("class_weights", [],
-                  "Optional factor per class (in the dataset's class order) on the positive "
-                  "anchors' weights, on top of the object weighting; empty: all 1.")
-flags.DEFINE_enum("scb_on", "arm", ["arm", "odm", "both", "none"],
-                  "--loss=refinedet: which RefineDet branch gets SCB (the paper: arm).")
-flags.DEFINE_enum("match_on", "cpu", ["cpu", "device"],
-                  "Where --loss=scb/multibox match anchors to the ground truth: 'cpu', in the "
-                  "input pipeline; 'device', inside the compiled train step (keras_scb.on_device), "
-                  "so the CPUs only decode and augment. Same targets either way. RefineDet "
-                  "always matches in its loss.")
-flags.DEFINE_integer("max_boxes", 100, "Boxes per image kept by the input pipeline (padding size).")
-flags.DEFINE_bool("augment", True, "SSD data augmentation.")
-flags.DEFINE_float("expand_prob", 0.5,
-                   "--augment: probability of SSD's zoom out (the paper's 0.5).")
-flags.DEFINE_float("max_expand", 4.0,
-                   "--augment: largest zoom-out canvas side, as a multiple of the image side "
-                   "(the paper's 4; objects shrink up to this factor).")
-flags.DEFINE_bool("keep_difficult", False,
-                  "Train on VOC 'difficult' (COCO crowd) boxes too, as Caffe SSD/RefineDet "
-                  "(use_difficult_gt) and PytorchSSD do; ssd.pytorch drops them (the default). "
-                  "Evaluation ignores them either way.")
-flags.DEFINE_integer("seed", 0, "Seed of weights, augmentation and shuffling.")
-flags.DEFINE_bool("deterministic", False, "Deterministic input pipeline and TF ops (slower).")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                  "Keras dtype policy. mixed_bfloat16 is about 2x faster on CPUs with AVX512-BF16.")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
-                  "XLA. 'auto' is Keras's choice: off on CPU-only TensorFlow (slower there, "
-                  "especially with depthwise convolutions), on under JAX and on GPUs.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "data_parallel"],
-                  "mirrored / multi_worker: tf.distribute (TensorFlow backend; multi_worker "
-                  "reads TF_CONFIG). data_parallel: keras.distribution.DataParallel over all "
-                  "devices JAX sees (KERAS_BACKEND=jax; multi-host after "
-                  "jax.distributed.initialize, see the README).")
-flags.DEFINE_integer("eval_every", 0, "Evaluate on --val_split every N epochs (0: only at the end).")
-flags.DEFINE_integer("eval_batch_size", 8, "Batch size of evaluation.")
-flags.DEFINE_bool("final_eval", True, "Evaluate the best checkpoint at the end.")
-flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar, 2: one line an epoch).")
-
-FLAGS = flags.FLAGS
+# The cosine schedule's final learning rate, as a fraction of the peak rate.
+COSINE_FLOOR = 0.0
 
 
-def _strategy():
+class TrainingDiverged(cli.UserError):
+    """The loss or the weights became non-finite; nothing non-finite was saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        model_dir: the run folder (``process_i`` below the configured one on
+            data-parallel hosts other than the first).
+        last_checkpoint: ``last.keras``, the last epoch's detector.
+        best_checkpoint: ``best.keras`` if validation selected one, else None.
+        history: the metrics per epoch of this process's ``fit`` (a resumed run:
+            only the epochs it trained; ``history.csv`` has them all).
+        metrics: the final evaluation's results dict (as ``eval/metrics.json``,
+            with ``checkpoint`` naming the file evaluated), None without
+            ``final_eval``.
+    """
+
+    model_dir: str
+    last_checkpoint: str
+    best_checkpoint: Optional[str]
+    history: Dict[str, List[float]]
+    metrics: Optional[Dict[str, Any]]
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Runs the training recipe of ``config`` in this process.
+
+    Raises:
+        ValueError: bad input (the config against the data or the files),
+            naming the flag or file; `TrainingDiverged` on a non-finite loss.
+    """
+    # 'imagenet' offline must stop the run here, before any data is read.
+    config.model.check_backbone_weights()
+    # Multi-worker collectives must be set up before TensorFlow runs anything.
+    strategy = _strategy(config)
+    model_dir = _process_model_dir(config)
+    _set_process_state(config.runtime)
+    sources = []
+    try:
+        train_data, val_data = _read_data(config, sources)
+        backup = _prepare_run_dir(config, model_dir, train_data.class_names)
+        steps = _steps_per_epoch(config.schedule, train_data)
+        detector, initial_epoch = _build_detector(
+            config, strategy, train_data.class_names, backup, steps * config.schedule.epochs)
+        train_ds = _training_data(config, train_data, detector)
+        callbacks = _callbacks(config, model_dir, val_data, backup, initial_epoch)
+        history = _fit(config, detector, strategy, train_ds, callbacks, initial_epoch, steps)
+        _check_finished(config, model_dir, history, backup)
+        metrics = None
+        if config.runtime.final_eval:
+            metrics = _final_evaluation(config, model_dir, val_data)
+    finally:
+        _print_skipped_input(config, sources)
+    best = os.path.join(model_dir, "best.keras")
+    return TrainResult(
+        model_dir=model_dir,
+        last_checkpoint=os.path.join(model_dir, "last.keras"),
+        best_checkpoint=best if os.path.exists(best) else None,
+        history={key: [float(v) for v in values] for key, values in history.items()},
+        metrics=metrics,
+    )
+
+
+def _strategy(config: TrainConfig) -> Any:
+    """The ``tf.distribute`` strategy of ``--strategy`` (None: Keras's default, or
+    ``keras.distribution`` set for data_parallel)."""
     import keras
 
-    if FLAGS.strategy == "data_parallel":
-        _set_data_parallel()
+    name = config.runtime.strategy
+    if name == "data_parallel":
+        _set_data_parallel(config.schedule.batch_size)
         return None
     if keras.backend.backend() != "tensorflow":
-        if FLAGS.strategy != "default":
-            raise app.UsageError(
-                f"--strategy={FLAGS.strategy} needs the TensorFlow backend; "
+        if name != "default":
+            raise ValueError(
+                f"--strategy={name} needs the TensorFlow backend; "
                 f"KERAS_BACKEND is {keras.backend.backend()}."
             )
         return None
     import tensorflow as tf
 
-    if FLAGS.strategy == "mirrored":
+    if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if FLAGS.strategy == "multi_worker":
+    if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise app.UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable.")
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable.")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
-def _set_data_parallel():
+def _set_data_parallel(batch_size: int) -> None:
     """``keras.distribution.DataParallel`` over every device JAX sees (all hosts').
 
     The weights are replicated and each global batch is split along its first
@@ -132,328 +145,317 @@ def _set_data_parallel():
     and the devices are every host's. Keras gives each process its shard of the
     ``tf.data`` pipeline (``DataParallel.distribute_dataset``), so ``--batch_size``
     stays the global batch. Every process holds the same weights and writes its
-    own files: process 0 to ``--model_dir``, process ``i > 0`` to
-    ``--model_dir/process_i``, so hosts that share a file system never write the
-    same file.
+    own files (`_process_model_dir`).
     """
     import keras
 
     if keras.backend.backend() != "jax":
-        raise app.UsageError(
+        raise ValueError(
             f"--strategy=data_parallel needs KERAS_BACKEND=jax; it is {keras.backend.backend()} "
             "(use --strategy=mirrored under TensorFlow)."
         )
     if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
-        import jax
-
         keras.distribution.initialize()
-        if jax.process_index() > 0:
-            FLAGS.model_dir = os.path.join(FLAGS.model_dir, f"process_{jax.process_index()}")
     devices = keras.distribution.list_devices()
-    if FLAGS.batch_size % len(devices):
-        raise app.UsageError(
-            f"--batch_size={FLAGS.batch_size} does not split over the {len(devices)} devices "
+    if batch_size % len(devices):
+        raise ValueError(
+            f"--batch_size={batch_size} does not split over the {len(devices)} devices "
             f"of --strategy=data_parallel."
         )
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
 
 
-def _loss(detector):
-    from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
-    from keras_scb.on_device import MatchOnDevice
+def _process_model_dir(config: TrainConfig) -> str:
+    """``--model_dir`` for process 0, ``--model_dir/process_i`` for process ``i > 0``
+    of a multi-host data-parallel run, so hosts that share a file system never
+    write the same file."""
+    if config.runtime.strategy == "data_parallel" and os.environ.get(
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+        import jax
 
-    if FLAGS.loss in ("multibox", "scb"):
-        if FLAGS.loss == "multibox":
-            loss = MultiBoxLoss(
-                neg_pos_ratio=FLAGS.neg_pos_ratio, class_weights=_class_weights()
-            )
-        else:
-            loss = ScaleBalancedLoss(
-                alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
-                apply_to=FLAGS.apply_to, weighting=FLAGS.weighting,
-                class_weights=_class_weights(),
-            )
-        if FLAGS.match_on == "device":
-            return MatchOnDevice(loss, detector.anchor_spec)
-        return loss
-    from keras_scb.refinedet_loss import RefineDetLoss
-
-    def branch_weighting(branch):
-        return FLAGS.weighting if FLAGS.scb_on in (branch, "both") else "uniform"
-
-    return RefineDetLoss(
-        detector.anchor_spec,
-        arm_weighting=branch_weighting("arm"),
-        odm_weighting=branch_weighting("odm"),
-        alpha=FLAGS.alpha, beta=FLAGS.beta, neg_pos_ratio=FLAGS.neg_pos_ratio,
-        apply_to=FLAGS.apply_to, class_weights=_class_weights(),
-    )
+        if jax.process_index() > 0:
+            return os.path.join(config.runtime.model_dir, f"process_{jax.process_index()}")
+    return config.runtime.model_dir
 
 
-def _class_weights():
-    """``--class_weights`` as floats, or None; a one-line error for a non-number
-    (the count and range are checked in `_check_class_weights`)."""
-    try:
-        return [float(w) for w in FLAGS.class_weights] or None
-    except ValueError:
-        raise app.UsageError(
-            f"--class_weights={','.join(FLAGS.class_weights)}: not a list of numbers."
-        ) from None
-
-
-def _check_class_weights(class_names):
-    """One factor per class, each a finite number >= 0; a one-line error otherwise."""
-    weights = _class_weights()
-    if weights is None:
-        return
-    if len(weights) != len(class_names) or not all(0 <= w < float("inf") for w in weights):
-        raise app.UsageError(
-            f"--class_weights={','.join(FLAGS.class_weights)}: need {len(class_names)} finite "
-            f"numbers >= 0, one per class {list(class_names)}."
-        )
-
-
-# The cosine schedule's final learning rate, as a fraction of the peak rate.
-COSINE_FLOOR = 0.0
-
-
-def learning_rate_schedule(total_steps):
-    """The flags' schedule: linear warm-up from a third of the rate, then step or cosine decay."""
+def _set_process_state(runtime: config_lib.RuntimeConfig) -> None:
+    """Seeds, op determinism and the dtype policy: Keras's and TF's process-wide state."""
     import keras
 
-    from keras_scb.schedules import WARMUP_FACTOR, WarmupStepDecay
+    keras.utils.set_random_seed(runtime.seed)
+    if runtime.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    if FLAGS.lr_schedule == "step":
-        return WarmupStepDecay(
-            FLAGS.learning_rate,
-            boundaries=[int(s) for s in FLAGS.lr_decay_steps],
-            decay_factor=FLAGS.lr_decay,
-            warmup_steps=FLAGS.warmup_steps,
-        )
-    warmup_factor = WARMUP_FACTOR if FLAGS.warmup_steps else 1.0
-    return keras.optimizers.schedules.CosineDecay(
-        FLAGS.learning_rate * warmup_factor,
-        decay_steps=max(1, total_steps - FLAGS.warmup_steps),
-        alpha=COSINE_FLOOR,  # CosineDecay's name for the floor
-        warmup_target=FLAGS.learning_rate if FLAGS.warmup_steps else None,
-        warmup_steps=FLAGS.warmup_steps,
-    )
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(runtime.mixed_precision)
 
 
-def _optimizer(total_steps):
-    import keras
-
-    from keras_scb.optimizers import NO_DECAY_NAMES, CoupledDecaySGD
-
-    schedule = learning_rate_schedule(total_steps)
-    common = dict(learning_rate=schedule, clipnorm=FLAGS.clipnorm)
-    if FLAGS.optimizer == "sgd" and FLAGS.weight_decay_mode == "l2":
-        return CoupledDecaySGD(l2=FLAGS.weight_decay, momentum=FLAGS.momentum, **common)
-    common["weight_decay"] = FLAGS.weight_decay or None
-    if FLAGS.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=FLAGS.momentum, **common)
-    else:
-        optimizer = keras.optimizers.AdamW(**common)
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
-    return optimizer
+def _read_data(config: TrainConfig, sources: list) -> Tuple[Any, Any]:
+    """The training and validation sources, appended to ``sources`` as they are read
+    (their skip counts are printed at the end), checked against the config."""
+    for split in (config.data.train_split, config.data.val_split):
+        sources.append((split, config.data.read_split(split)))
+    (_, train_data), (_, val_data) = sources
+    config.data.check_same_class_names(train_data, val_data)
+    config.check_classes(train_data.class_names)
+    return train_data, val_data
 
 
-class TrainingDiverged(cli.UserError):
-    """The loss or the weights became non-finite; nothing non-finite was saved."""
+def _print_skipped_input(config: TrainConfig, sources: list) -> None:
+    from keras_scb.data import records
+
+    for split, source in sources:
+        if getattr(source, "issues", None):
+            print(f"{config.data.split_name(split)}: {records.format_issues(source.issues)}",
+                  file=sys.stderr)
 
 
-def _check_flags():
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir is required.")
-    common_flags.check_model_name()
-    try:  # 'imagenet' offline must stop the run here, before any data is read
-        common_flags.check_backbone_weights()
-    except (ValueError, RuntimeError) as error:
-        raise app.UsageError(str(error)) from None
-    from keras_scb.models import detector_entry
-    from keras_scb.output_layout import REFINEDET
-
-    refinedet = detector_entry(FLAGS.model).output_layout == REFINEDET
-    if FLAGS.loss == "refinedet" and not refinedet:
-        raise app.UsageError(f"--loss=refinedet needs a RefineDet --model; got {FLAGS.model!r}.")
-    if refinedet and FLAGS.loss != "refinedet":
-        raise app.UsageError(f"--model={FLAGS.model} trains with --loss=refinedet.")
-    if FLAGS.lr_schedule == "cosine" and FLAGS.lr_decay_steps:
-        raise app.UsageError("--lr_decay_steps belongs to --lr_schedule=step, not cosine.")
-    for name in ("batch_size", "epochs"):
-        if getattr(FLAGS, name) <= 0:
-            raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
-    augment_config()  # a bad zoom-out flag stops the run before any data is read
+def _steps_per_epoch(schedule: ScheduleConfig, train_data: Any) -> int:
+    """``--steps_per_epoch``, or (0) the steps of one pass over the training split."""
+    # Images in a `Dataset` or `TFRecordSource`.
+    images = getattr(train_data, "num_records", None) or len(train_data)
+    return schedule.steps_per_epoch or max(1, images // schedule.batch_size)
 
 
-def augment_config():
-    """The `AugmentConfig` of ``--augment``, ``--expand_prob`` and ``--max_expand``
-    (None without augmentation); `app.UsageError` naming the flag if one is out of range."""
-    from keras_scb.data.augment import AugmentConfig
+def _prepare_run_dir(config: TrainConfig, model_dir: str, class_names: Tuple[str, ...]) -> Any:
+    """Checks the run folder (a resumed run keeps its label map), clears what a killed
+    run left, writes ``labels.txt`` and ``flags.json``; returns the `EpochBackup`."""
+    from keras_scb.callbacks import EpochBackup
 
-    if not FLAGS.augment:
-        return None
-    try:
-        return AugmentConfig(expand_prob=FLAGS.expand_prob, max_expand=FLAGS.max_expand)
-    except ValueError as error:  # the message starts with the field, named as its flag
-        raise app.UsageError(f"--{error}") from None
+    backup = EpochBackup(os.path.join(model_dir, "backup"))
+    _check_resumed_label_map(config, model_dir, backup, class_names)
+    check_writable(model_dir)
+    remove_stale_temporaries(model_dir)
+    write_text("\n".join(class_names) + "\n", os.path.join(model_dir, label_map.LABELS_FILE))
+    write_json(config.to_flag_values(), os.path.join(model_dir, "flags.json"), default=str)
+    return backup
 
 
-def _check_resumed_label_map(backup, class_names):
+def _check_resumed_label_map(config: TrainConfig, model_dir: str, backup: Any,
+                             class_names: Tuple[str, ...]) -> None:
     """A resumed run keeps its label map: the one of ``backup``'s state, else (a
     backup older than the stored names) the run's ``labels.txt``. Checked before
-    anything in ``--model_dir`` is written."""
+    anything in ``model_dir`` is written."""
     if not backup.saved_epoch():
         return
-    saved = backup.saved_class_names() or label_map.labels_beside(FLAGS.model_dir)
+    saved = backup.saved_class_names() or label_map.labels_beside(model_dir)
     if saved is not None:
         label_map.check_same(
-            saved, class_names, f"the run to resume in --model_dir={FLAGS.model_dir}",
-            common_flags.split_name(FLAGS.train_split),
+            saved, class_names, f"the run to resume in --model_dir={model_dir}",
+            config.data.split_name(config.data.train_split),
             f"train on its classes, or use a new --model_dir (or delete {backup.backup_dir})",
         )
 
 
-def train():
-    """Runs training from the parsed flags; returns the final results dict or None."""
-    import keras
-
-    from keras_scb import keras_compat
-    from keras_scb.callbacks import (
-        AtomicModelCheckpoint,
-        EpochBackup,
-        PeriodicEvaluation,
-        trim_history,
-    )
-    from keras_scb.checkpoints import load_checkpoint
-    from keras_scb.data import pipeline
+def _build_detector(config: TrainConfig, strategy: Any, class_names: Tuple[str, ...],
+                    backup: Any, total_steps: int) -> Tuple[Any, int]:
+    """The compiled detector, under the strategy's scope, with the backup's weights
+    and optimizer state restored; returns it and the epoch to start from."""
     from keras_scb.models import build_detector
-    from keras_scb.validation import evaluate_detector, summary_scalars, write_report
 
-    _check_flags()
-    # Multi-worker collectives must be set up before TensorFlow runs anything.
-    strategy = _strategy()
-    keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
-
-    train_data = common_flags.load_split(FLAGS.train_split)
-    val_data = common_flags.load_split(FLAGS.val_split)
-    common_flags.check_same_class_names(train_data, val_data)
-    num_classes = len(train_data.class_names)
-    if FLAGS.num_classes and FLAGS.num_classes != num_classes:
-        raise app.UsageError(
-            f"--num_classes={FLAGS.num_classes} but --dataset={FLAGS.dataset} has "
-            f"{num_classes} classes {list(train_data.class_names)}."
-        )
-    _check_class_weights(train_data.class_names)
-    # Resuming: the last finished epoch's weights and optimizer state.
-    backup = EpochBackup(os.path.join(FLAGS.model_dir, "backup"))
-    _check_resumed_label_map(backup, train_data.class_names)
-    check_writable(FLAGS.model_dir)
-    remove_stale_temporaries(FLAGS.model_dir)
-    write_text(
-        "\n".join(train_data.class_names) + "\n",
-        os.path.join(FLAGS.model_dir, label_map.LABELS_FILE),
-    )
-    write_json(FLAGS.flag_values_dict(), os.path.join(FLAGS.model_dir, "flags.json"), default=str)
-
-    steps = FLAGS.steps_per_epoch or max(
-        1, common_flags.num_images(train_data) // FLAGS.batch_size
-    )
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        detector = build_detector(
-            FLAGS.model, num_classes, class_names=train_data.class_names,
-            **common_flags.model_kwargs(),
-        )
-        detector.compile(
-            optimizer=_optimizer(total_steps=steps * FLAGS.epochs),
-            loss=_loss(detector),
-            jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
-        )
-        initial_epoch = backup.restore(detector)
-    history_path = os.path.join(FLAGS.model_dir, "history.csv")
-    trim_history(history_path, initial_epoch)
+        detector = build_detector(config.model.model, len(class_names), class_names=class_names,
+                                  **config.model.builder_kwargs())
+        if config.model.init_checkpoint:
+            from keras_scb.checkpoints import init_from_checkpoint
 
-    train_ds = pipeline.training_pipeline(
+            logging.info(init_from_checkpoint(detector, config.model.init_checkpoint))
+        detector.compile(
+            optimizer=optimizer(config.optimizer, config.schedule, total_steps),
+            loss=loss(config, detector),
+            jit_compile={"auto": "auto", "true": True, "false": False}[config.runtime.jit_compile],
+        )
+        return detector, backup.restore(detector)
+
+
+def loss(config: TrainConfig, detector: Any) -> Any:
+    """The Keras loss of ``config.loss`` for ``detector``."""
+    from keras_scb.losses import MultiBoxLoss, ScaleBalancedLoss
+    from keras_scb.on_device import MatchOnDevice
+
+    settings = config.loss
+    class_weights = list(settings.class_weights) or None
+    if settings.loss == "refinedet":
+        from keras_scb.refinedet_loss import RefineDetLoss
+
+        def branch_weighting(branch):
+            return settings.weighting if settings.scb_on in (branch, "both") else "uniform"
+
+        return RefineDetLoss(
+            detector.anchor_spec,
+            arm_weighting=branch_weighting("arm"),
+            odm_weighting=branch_weighting("odm"),
+            alpha=settings.alpha, beta=settings.beta, neg_pos_ratio=settings.neg_pos_ratio,
+            apply_to=settings.apply_to, class_weights=class_weights,
+        )
+    if settings.loss == "multibox":
+        result = MultiBoxLoss(neg_pos_ratio=settings.neg_pos_ratio, class_weights=class_weights)
+    else:
+        result = ScaleBalancedLoss(
+            alpha=settings.alpha, beta=settings.beta, neg_pos_ratio=settings.neg_pos_ratio,
+            apply_to=settings.apply_to, weighting=settings.weighting, class_weights=class_weights,
+        )
+    if settings.match_on == "device":
+        return MatchOnDevice(result, detector.anchor_spec)
+    return result
+
+
+def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int) -> Any:
+    """Linear warm-up from a third of the rate, then step or cosine decay."""
+    import keras
+
+    from keras_scb.schedules import WARMUP_FACTOR, WarmupStepDecay
+
+    if schedule.lr_schedule == "step":
+        return WarmupStepDecay(
+            schedule.learning_rate,
+            boundaries=list(schedule.lr_decay_steps),
+            decay_factor=schedule.lr_decay,
+            warmup_steps=schedule.warmup_steps,
+        )
+    warmup_factor = WARMUP_FACTOR if schedule.warmup_steps else 1.0
+    return keras.optimizers.schedules.CosineDecay(
+        schedule.learning_rate * warmup_factor,
+        decay_steps=max(1, total_steps - schedule.warmup_steps),
+        alpha=COSINE_FLOOR,  # CosineDecay's name for the floor
+        warmup_target=schedule.learning_rate if schedule.warmup_steps else None,
+        warmup_steps=schedule.warmup_steps,
+    )
+
+
+def optimizer(settings: OptimizerConfig, schedule: ScheduleConfig, total_steps: int) -> Any:
+    """The Keras optimizer of ``settings``, at the rate of ``schedule``."""
+    import keras
+
+    from keras_scb.optimizers import NO_DECAY_NAMES, CoupledDecaySGD
+
+    common = dict(learning_rate=learning_rate_schedule(schedule, total_steps),
+                  clipnorm=settings.clipnorm)
+    if settings.optimizer == "sgd" and settings.weight_decay_mode == "l2":
+        return CoupledDecaySGD(l2=settings.weight_decay, momentum=settings.momentum, **common)
+    common["weight_decay"] = settings.weight_decay or None
+    if settings.optimizer == "sgd":
+        result = keras.optimizers.SGD(momentum=settings.momentum, **common)
+    else:
+        result = keras.optimizers.AdamW(**common)
+    result.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
+    return result
+
+
+def _training_data(config: TrainConfig, train_data: Any, detector: Any) -> Any:
+    """The repeated, batched, augmented ``tf.data`` pipeline of the training split."""
+    from keras_scb.data import pipeline
+
+    return pipeline.training_pipeline(
         train_data,
         detector.anchors,
-        batch_size=FLAGS.batch_size,
+        batch_size=config.schedule.batch_size,
         image_size=detector.image_size,
         # Matching in the train step (MatchOnDevice) takes the padded ground truth.
-        targets="gt" if FLAGS.match_on == "device" else detector.targets,
-        augment=augment_config(),
-        keep_difficult=FLAGS.keep_difficult,
-        max_boxes=FLAGS.max_boxes,
-        seed=FLAGS.seed,
-        deterministic=FLAGS.deterministic,
+        targets="gt" if config.loss.match_on == "device" else detector.targets,
+        augment=config.augmentation if config.data.augment else None,
+        keep_difficult=config.data.keep_difficult,
+        max_boxes=config.data.max_boxes,
+        seed=config.runtime.seed,
+        deterministic=config.runtime.deterministic,
         repeat=True,
     )
 
+
+def _callbacks(config: TrainConfig, model_dir: str, val_data: Any, backup: Any,
+               initial_epoch: int) -> list:
+    """Periodic evaluation, checkpoints, the CSV history (trimmed to the resumed
+    epoch), NaN stop, TensorBoard; the backup last."""
+    import keras
+
+    from keras_scb.callbacks import AtomicModelCheckpoint, PeriodicEvaluation, trim_history
+    from keras_scb.validation import evaluate_detector, summary_scalars
+
+    runtime = config.runtime
+    history_path = os.path.join(model_dir, "history.csv")
+    trim_history(history_path, initial_epoch)
+
     def evaluate_val(model):
-        return summary_scalars(evaluate_detector(model, val_data, FLAGS.eval_batch_size))
+        return summary_scalars(evaluate_detector(model, val_data, runtime.eval_batch_size))
 
     # The backup goes last: an epoch counts as done for a resumed run only once
     # its checkpoints and log lines are on disk.
     callbacks = [
-        PeriodicEvaluation(evaluate_val, FLAGS.eval_every, prefix="val_"),
-        AtomicModelCheckpoint(
-            FLAGS.model_dir, monitor="val_coco_AP50" if FLAGS.eval_every else None
-        ),
+        PeriodicEvaluation(evaluate_val, runtime.eval_every, prefix="val_"),
+        AtomicModelCheckpoint(model_dir, monitor="val_coco_AP50" if runtime.eval_every else None),
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TerminateOnNaN(),
         backup,
     ]
     if keras.backend.backend() == "tensorflow":
         # After PeriodicEvaluation, so that the validation metrics are logged too.
-        tensorboard = keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs"))
-        callbacks.insert(1, tensorboard)
-    # model.fit distributes the dataset over the strategy's replicas itself,
-    # sharding by the policy the pipeline sets (files for TFRecords).
+        callbacks.insert(1, keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")))
+    return callbacks
+
+
+def _fit(config: TrainConfig, detector: Any, strategy: Any, train_ds: Any, callbacks: list,
+         initial_epoch: int, steps: int) -> Dict[str, list]:
+    """``detector.fit``; returns its history. model.fit distributes the dataset over
+    the strategy's replicas itself, sharding by the policy the pipeline sets (files
+    for TFRecords)."""
+    from keras_scb import keras_compat
+
     fit_context = contextlib.nullcontext()
-    if FLAGS.strategy == "multi_worker":
+    if config.runtime.strategy == "multi_worker":
         fit_context = keras_compat.multi_worker_fit(detector, strategy, next(iter(train_ds)))
     with fit_context:
         history = detector.fit(
             train_ds,
-            epochs=FLAGS.epochs,
+            epochs=config.schedule.epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps,
             callbacks=callbacks,
-            verbose=FLAGS.verbose,
+            verbose=config.runtime.verbose,
         )
-    losses = history.history.get("loss", [])
-    if not all(math.isfinite(v) for v in losses) or backup.saved_epoch() < FLAGS.epochs:
+    return history.history
+
+
+def _check_finished(config: TrainConfig, model_dir: str, history: Dict[str, list],
+                    backup: Any) -> None:
+    """`TrainingDiverged` unless every planned epoch finished with a finite loss."""
+    losses = history.get("loss", [])
+    if not all(math.isfinite(v) for v in losses) or backup.saved_epoch() < config.schedule.epochs:
         kept = backup.saved_epoch()
         raise TrainingDiverged(
             f"Training stopped on a non-finite loss or weights in epoch {kept + 1}; "
-            f"last.keras and {FLAGS.model_dir}/backup keep epoch {kept}, the last finite "
-            f"state (see {history_path}). Rerunning resumes from it; lower "
-            "--learning_rate or add --clipnorm."
+            f"last.keras and {model_dir}/backup keep epoch {kept}, the last finite "
+            f"state (see {os.path.join(model_dir, 'history.csv')}). Rerunning resumes from "
+            "it; lower --learning_rate or add --clipnorm."
         )
-    if not FLAGS.final_eval:
-        return None
-    best = os.path.join(FLAGS.model_dir, "best.keras")
-    final = best if os.path.exists(best) else os.path.join(FLAGS.model_dir, "last.keras")
-    model = load_checkpoint(final)
-    results = evaluate_detector(model, val_data, FLAGS.eval_batch_size)
+
+
+def _final_evaluation(config: TrainConfig, model_dir: str, val_data: Any) -> Dict[str, Any]:
+    """Evaluates ``best.keras`` (or ``last.keras``) on the validation split into
+    ``eval/metrics.{json,md}``; returns the results dict."""
+    from keras_scb.checkpoints import load_checkpoint
+    from keras_scb.validation import evaluate_detector, write_report
+
+    best = os.path.join(model_dir, "best.keras")
+    final = best if os.path.exists(best) else os.path.join(model_dir, "last.keras")
+    results = evaluate_detector(load_checkpoint(final), val_data, config.runtime.eval_batch_size)
     results["checkpoint"] = os.path.basename(final)
-    print(write_report(results, os.path.join(FLAGS.model_dir, "eval")))
+    print(write_report(results, os.path.join(model_dir, "eval")))
     return results
 
 
-def main(argv):
+# --- the command line: flags -> TrainConfig -> train -----------------------------------------
+
+config_lib.define_flags(flags.FLAGS)
+flags.adopt_module_key_flags(config_lib)
+FLAGS = flags.FLAGS
+
+
+def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    try:
-        train()
-    finally:
-        common_flags.print_skipped_input()
+    train(TrainConfig.from_flag_values(config_lib.flag_values_of(FLAGS)))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from keras_scb.evaluation import (
     precision_by_scale,
     recall_by_scale,
     write_coco_results,
-    write_json,
 )
+from keras_scb.fileio import write_json, write_text
 from keras_scb.postprocess import decode_function
 
 
@@ -188,6 +188,5 @@ def write_report(results: Dict[str, Any], output_dir: str) -> str:
         })
         text += "\nObjects sized on the network input instead of the original image:\n\n"
         text += at_input
-    with open(os.path.join(output_dir, "metrics.md"), "w") as f:
-        f.write(text)
+    write_text(text, os.path.join(output_dir, "metrics.md"))
     return text

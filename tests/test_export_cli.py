@@ -70,6 +70,20 @@ def test_compare_cost_cli(model_dir, tmp_path):
     assert report["same_ops"] and report["same_size"] and not report["identical_bytes"]
 
 
+def test_accuracy_takes_the_shared_data_flags():
+    """``--dataset`` is the tools' one enum (a bad name is a usage error naming it,
+    not a KeyError); ``--split``, its old flag, now ``--val_split``, clashes with it."""
+    bad = subprocess.run([sys.executable, "-m", "exporters.accuracy", "--checkpoint=x.keras",
+                          "--dataset=coco_subsett"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "--dataset" in bad.stderr and "coco_subset" in bad.stderr, bad.stderr[-2000:]
+    both = subprocess.run([sys.executable, "-m", "exporters.accuracy", "--checkpoint=x.keras",
+                           "--split=test", "--val_split=test"], capture_output=True, text=True,
+                          timeout=600)
+    assert "exporters.accuracy: error: --split is the old name of --val_split; give --val_split " \
+           "only." in both.stderr, both.stderr[-2000:]
+
+
 def test_accuracy_cli(model_dir, tmp_path):
     rows_path = tmp_path / "rows.json"
     stdout = _run("exporters.accuracy", f"--checkpoint={model_dir / 'best.keras'}", "--max_images=4",
@@ -87,7 +101,7 @@ def test_predict_cli_on_saved_model(model_dir, tmp_path):
     _run("exporters.saved_model", f"--checkpoint={model_dir / 'best.keras'}", f"--output={export}")
     image = tmp_path / "image.png"
     tf.io.write_file(str(image), tf.io.encode_png(export_testing.images(1, size=200)[0]))
-    _run("exporters.predict", f"--model_path={export}", f"--images={image}", f"--output_dir={tmp_path / 'out'}",
+    _run("exporters.predict", f"--checkpoint={export}", f"--images={image}", f"--output_dir={tmp_path / 'out'}",
          "--score_threshold=0.5")
     with open(tmp_path / "out" / "detections.json") as f:
         (result,) = json.load(f)

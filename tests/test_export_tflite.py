@@ -346,7 +346,7 @@ def test_calibration_count_must_be_positive(count):
 
 def test_empty_calibration_fails_before_conversion(detector, tmp_path, monkeypatch):
     monkeypatch.setattr(tflite, "_serving_concrete_function", None)  # never reached
-    with pytest.raises(ValueError, match=f"{tmp_path}: no .jpg/.jpeg/.png image"):
+    with pytest.raises(ValueError, match=f"{tmp_path}: no .jpg/.jpeg/.png/.bmp/.gif image"):
         tflite.representative_images(str(tmp_path), 300, 10)
     with pytest.raises(ValueError, match="representative images are empty"):
         tflite.convert(detector, "int8", [])
@@ -373,6 +373,6 @@ def test_cli_empty_calibration_folder_one_line_error(detector, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 1
-    assert f"exporters.tflite: error: {empty}: no .jpg/.jpeg/.png image" in done.stderr
+    assert f"exporters.tflite: error: {empty}: no .jpg/.jpeg/.png/.bmp/.gif image" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "m.tflite").exists()

@@ -184,16 +184,15 @@ def test_misspelled_class_is_an_error_naming_the_file_not_a_new_class(tmp_path):
 
 def test_explicit_class_names_flag_gives_every_split_the_same_label_map(tmp_path):
     """``--dataset=voc --class_names=...``: every split object carries exactly those names."""
-    from keras_scb import flags as common_flags
+    from keras_scb.config import DataConfig
 
     root = _voc_tree(tmp_path, {"train": THREE, "val": {"d": [("WBC", (1, 1, 30, 30))]}})
-    with train_flags("--dataset=voc", f"--data_dir={root}", "--class_names=WBC,RBC,Platelets"):
-        train, val = common_flags.load_split("train"), common_flags.load_split("val")
-        common_flags.check_same_class_names(train, val)
+    config = DataConfig(dataset="voc", data_dir=(root,), class_names="WBC,RBC,Platelets")
+    train, val = config.read_split("train"), config.read_split("val")
+    config.check_same_class_names(train, val)
     assert train.class_names == val.class_names == ("WBC", "RBC", "Platelets")
-    with train_flags("--dataset=bccd", "--class_names=rbc,wbc,platelets"):
-        with pytest.raises(ValueError, match=r"--class_names=rbc,wbc,platelets.*\['RBC', 'WBC', 'Platelets'\]"):
-            common_flags.load_split("val")
+    with pytest.raises(ValueError, match=r"--class_names=rbc,wbc,platelets.*\['RBC', 'WBC', 'Platelets'\]"):
+        DataConfig(dataset="bccd", class_names="rbc,wbc,platelets").read_split("val")
 
 
 # --- TFRecord shards ---------------------------------------------------------------
@@ -308,6 +307,7 @@ def test_bad_input_error_names_the_command_line_flag_that_skips_it(tmp_path):
 
 
 def test_skip_counts_are_printed_at_the_end(tmp_path, monkeypatch, capsys):
+    """The data flags of ``keras_scb.evaluate``: read, then the counts at the end."""
     from keras_scb import flags as common_flags
 
     root = _voc_tree(tmp_path, {"train": {"a": [("dog", (1, 1, 9, 9)), ("cat", (1, 1, "inf", 9))],

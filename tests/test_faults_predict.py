@@ -84,6 +84,24 @@ def test_output_dir_equal_to_the_input_folder_keeps_every_input(tmp_path):
     assert _contents(photos) == snapshot
 
 
+def test_without_drawings_only_detections_json_can_collide(tmp_path):
+    """``--nodraw`` writes no PNG, so a folder whose drawing paths are inputs is fine
+    (``output_paths`` used to check the drawings whatever ``drawings`` said)."""
+    photos = tmp_path / "photos"
+    _write_image(photos / "cell.jpg", seed=0)
+    _write_image(photos / "cell.jpg.png", seed=1)  # where cell.jpg's drawing would go
+    images = predict.list_images([str(photos)])
+    with pytest.raises(ValueError, match=r"cell\.jpg\.png would overwrite the input"):
+        predict.output_paths(images, str(photos))
+    predict.output_paths(images, str(photos), drawings=False)
+    before = _contents(photos)
+    results = predict.predict(FakeRunner(), images, str(photos), draw_images=False)
+    assert [r["png"] for r in results] == [None, None]
+    after = _contents(photos)
+    assert {name: after[name] for name in before} == before
+    assert sorted(after) == ["cell.jpg", "cell.jpg.png", "detections.json"]
+
+
 def test_input_named_like_the_detections_file_is_refused(tmp_path):
     image = tmp_path / "detections.json"
     _write_image(tmp_path / "x.png", seed=2)
@@ -134,6 +152,7 @@ def test_cli_exits_nonzero_naming_the_bad_image(tmp_path):
     _write_image(tmp_path / "in" / "a.jpg", seed=5, size=(120, 160))
     with open(tmp_path / "in" / "b.jpg", "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    # The flag's old name still works, with one warning line.
     done = subprocess.run(
         [sys.executable, "-m", "exporters.predict", f"--model_path={checkpoint}",
          f"--images={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}"],
@@ -141,6 +160,7 @@ def test_cli_exits_nonzero_naming_the_bad_image(tmp_path):
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    assert done.stderr.count("warning: --model_path is deprecated; use --checkpoint.") == 1
     assert "could not be read" in done.stderr and str(tmp_path / "in" / "b.jpg") in done.stderr
     with open(tmp_path / "out" / "detections.json") as f:
         a, b = json.load(f)

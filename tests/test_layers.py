@@ -27,6 +27,7 @@ LAYERS = {
         "keras_scb.models.dssd", "keras_scb.models.factory", "keras_scb.models.fssd",
         "keras_scb.models.heads", "keras_scb.models.layers", "keras_scb.models.refinedet",
         "keras_scb.models.ssd", "keras_scb.models.ssdlite", "keras_scb.models.task",
+        "keras_scb.models.vgg", "keras_scb.models.reference_weights",
         "keras_scb.checkpoints",
     ], 2),
     "keras_scb.postprocess": 3,
@@ -37,11 +38,11 @@ LAYERS = {
     ], 4),
     **dict.fromkeys([
         "keras_scb.validation", "keras_scb.evaluation", "keras_scb.calibration",
-        "keras_scb.callbacks",
+        "keras_scb.callbacks", "keras_scb.config",
     ], 5),
     **dict.fromkeys([
         "keras_scb.train", "keras_scb.evaluate", "keras_scb.match_stats", "keras_scb.flags",
-        "keras_scb.cli", "keras_scb.data.convert",
+        "keras_scb.cli", "keras_scb.data.convert", "keras_scb.convert_weights",
         "exporters", "exporters.accuracy", "exporters.common", "exporters.compare_cost",
         "exporters.flatbuffer", "exporters.predict", "exporters.runtime",
         "exporters.saved_model", "exporters.tflite", "exporters.metadata",

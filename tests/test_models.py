@@ -240,6 +240,21 @@ def test_detector_identity_survives_the_keras_file(tmp_path):
         build_detector("ssd300", NUM_CLASSES, class_names=("a", "b"), backbone_weights=None)
 
 
+def test_builders_make_complete_detectors_and_the_registry_only_checks(monkeypatch):
+    """A builder called directly labels its own layout; `build_detector` refuses a
+    builder whose detector disagrees with its registration instead of relabelling it."""
+    from keras_scb.models import factory
+    from keras_scb.models.refinedet import refinedet_vgg16
+
+    model = refinedet_vgg16(NUM_CLASSES, image_size=320, backbone_weights=None)
+    assert (model.output_layout, model.targets) == ("refinedet", "gt")
+    entry = factory.detector_entry("mobilenetv2-ssdlite300")
+    monkeypatch.setitem(factory.DETECTORS, "mislabelled", factory.DetectorEntry(
+        "mislabelled", entry.builder, "refinedet", "gt"))
+    with pytest.raises(RuntimeError, match="the builder of 'mislabelled' returned"):
+        build_detector("mislabelled", NUM_CLASSES, backbone_weights=None)
+
+
 def test_loss_and_decoding_import_without_tensorflow(python_subprocess):
     # That the losses and the post-processing import no architecture is
     # tests/test_layers.py's (``import keras_scb`` itself registers the models).

@@ -6,7 +6,6 @@ import pytest
 
 from keras_scb.optimizers import CoupledDecaySGD
 
-from flag_testing import train_flags
 
 LR, MOMENTUM, L2 = 0.1, 0.9, 0.05
 W0, B0 = np.array([1.0, -2.0]), np.array([0.5])
@@ -67,9 +66,10 @@ def test_keras_weight_decay_is_refused():
 @pytest.mark.parametrize("mode,expected", [("l2", CoupledDecaySGD), ("decoupled", keras.optimizers.SGD)])
 def test_trainer_flag_selects_the_decay(mode, expected):
     from keras_scb import train
+    from keras_scb.config import OptimizerConfig, ScheduleConfig
 
-    with train_flags(f"--weight_decay_mode={mode}", "--weight_decay=0.0005"):
-        optimizer = train._optimizer(total_steps=10)
+    optimizer = train.optimizer(OptimizerConfig(weight_decay_mode=mode, weight_decay=0.0005),
+                                ScheduleConfig(), total_steps=10)
     assert type(optimizer) is expected
     if mode == "l2":
         assert optimizer.l2 == pytest.approx(5e-4) and optimizer.weight_decay is None

@@ -28,8 +28,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flag_testing import train_flags
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "table*.cfg")))
 
@@ -191,29 +189,29 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture
-def config_flags(request, data_root, monkeypatch):
-    """The config's flags, parsed as ``keras_scb.train`` parses them, from ``data_root``."""
+def train_config(request, data_root, monkeypatch):
+    """The config's `TrainConfig`, read as ``keras_scb.train`` reads it, from ``data_root``."""
+    from keras_scb.config import TrainConfig
+
     monkeypatch.chdir(data_root)
-    with train_flags(f"--flagfile={request.param}") as parsed:
-        yield parsed
+    return TrainConfig.from_flagfile(request.param)
 
 
 def test_one_config_per_experiment_of_the_paper():
     assert [os.path.basename(c)[:-4] for c in CONFIGS] == EXPECTED_CONFIGS
 
 
-@pytest.mark.parametrize("config_flags", CONFIGS, indirect=True,
+@pytest.mark.parametrize("train_config", CONFIGS, indirect=True,
                          ids=[os.path.basename(c)[:-4] for c in CONFIGS])
-def test_config_reads_its_splits_and_follows_its_reference(config_flags, request):
-    from keras_scb import flags as common_flags
+def test_config_reads_its_splits_and_follows_its_reference(train_config, request):
     from keras_scb.anchors import get_anchor_spec
 
-    FLAGS = config_flags
-    table, model, dataset, arm = parse_name(request.node.callspec.params["config_flags"])
-    assert (FLAGS.model, FLAGS.dataset) == (model, dataset)
+    config = train_config
+    table, model, dataset, arm = parse_name(request.node.callspec.params["train_config"])
+    assert (config.model.model, config.data.dataset) == (model, dataset)
 
-    train = common_flags.load_split(FLAGS.train_split)
-    val = common_flags.load_split(FLAGS.val_split)
+    train = config.data.read_split(config.data.train_split)
+    val = config.data.read_split(config.data.val_split)
     if dataset == "voc":
         # VOC07+12 trainval, then VOC07 test only.
         assert [r.name.split("_", 1)[0] for r in train.records] == ["2007"] * 4 + ["2012"] * 4
@@ -222,65 +220,69 @@ def test_config_reads_its_splits_and_follows_its_reference(config_flags, request
         assert [r.name for r in val.records] == [f"2007_test_{i:02d}" for i in range(4)]
         assert train.class_names == val.class_names == VOC_CLASSES
     else:
-        assert (FLAGS.train_split, FLAGS.val_split) == (["train2017"], "val2017")
+        assert (config.data.train_split, config.data.val_split) == (("train2017",), "val2017")
         assert len(train.class_names) == len(val.class_names) == 80
         assert [r.image_id for r in val.records] == [1001, 1002, 1003, 1004]
         # Table 5's test-dev split, prepared as docs/reproduce.md says, for --results_json.
-        test_dev = common_flags.load_split("test-dev2017")
+        test_dev = config.data.read_split("test-dev2017")
         assert (len(test_dev), test_dev.num_boxes()) == (4, 0)
-    assert FLAGS.num_classes in (0, len(train.class_names))
+    assert config.model.num_classes in (0, len(train.class_names))
 
     reference = REFERENCES[(family(model), dataset)]
-    iterations = FLAGS.steps_per_epoch * FLAGS.epochs
-    assert (iterations, tuple(int(s) for s in FLAGS.lr_decay_steps)) == (
+    schedule, optimizer = config.schedule, config.optimizer
+    iterations = schedule.steps_per_epoch * schedule.epochs
+    assert (iterations, tuple(int(s) for s in schedule.lr_decay_steps)) == (
         reference.iterations, reference.decay_steps)
-    assert (FLAGS.learning_rate, FLAGS.warmup_steps, FLAGS.batch_size, FLAGS.lr_schedule) == (
+    assert (schedule.learning_rate, schedule.warmup_steps, schedule.batch_size,
+            schedule.lr_schedule) == (
         pytest.approx(reference.learning_rate), reference.warmup_steps, reference.batch_size, "step")
-    assert FLAGS.keep_difficult == reference.keep_difficult
-    assert (FLAGS.optimizer, FLAGS.momentum, FLAGS.weight_decay, FLAGS.weight_decay_mode) == (
-        "sgd", 0.9, 5e-4, "l2")
-    assert FLAGS.eval_every == 0  # the test split never selects a checkpoint
+    assert config.data.keep_difficult == reference.keep_difficult
+    assert (optimizer.optimizer, optimizer.momentum, optimizer.weight_decay,
+            optimizer.weight_decay_mode) == ("sgd", 0.9, 5e-4, "l2")
+    assert config.runtime.eval_every == 0  # the test split never selects a checkpoint
 
     if family(model) == "refinedet":
-        assert FLAGS.loss == "refinedet"
-        assert FLAGS.scb_on == {"multibox": "none", "scb_arm": "arm"}[arm]
+        assert config.loss.loss == "refinedet"
+        assert config.loss.scb_on == {"multibox": "none", "scb_arm": "arm"}[arm]
     elif arm in ("multibox", "uniform"):
-        assert FLAGS.loss == "multibox"
+        assert config.loss.loss == "multibox"
     else:
-        assert FLAGS.loss == "scb" and FLAGS.weighting == arm
-    if FLAGS.loss != "multibox" and FLAGS.scb_on != "none":
-        assert (FLAGS.alpha, FLAGS.beta, FLAGS.apply_to) == (1.0, 3.0, "classification")
+        assert config.loss.loss == "scb" and config.loss.weighting == arm
+    if config.loss.loss != "multibox" and config.loss.scb_on != "none":
+        assert (config.loss.alpha, config.loss.beta, config.loss.apply_to) == (
+            1.0, 3.0, "classification")
 
     # The preset named (or the model's own, checked when built in the slow test).
     expected = expected_anchors(model, dataset)
     get_anchor_spec(expected)
-    assert FLAGS.anchors in (None, expected)
-    if FLAGS.anchors is None:
+    assert config.model.anchors in (None, expected)
+    if config.model.anchors is None:
         assert expected in (model, model.replace("fssd", "ssd")), (model, expected)
-    assert FLAGS.model_dir == f"runs/{os.path.basename(request.node.callspec.params['config_flags'])[:-4]}"
+    name = os.path.basename(request.node.callspec.params["train_config"])[:-4]
+    assert config.runtime.model_dir == f"runs/{name}"
 
 
-@pytest.mark.parametrize("config_flags", CONFIGS, indirect=True,
+@pytest.mark.parametrize("train_config", CONFIGS, indirect=True,
                          ids=[os.path.basename(c)[:-4] for c in CONFIGS])
 def test_initialisation_resolves_to_the_references_imagenet_file(
-    config_flags, tmp_path, monkeypatch
+    train_config, tmp_path, monkeypatch
 ):
     """``--backbone_weights`` names the original's initialisation and finds Keras's file."""
-    from keras_scb import flags as common_flags
     from keras_scb.models import backbones
 
-    FLAGS = config_flags
-    assert FLAGS.backbone_weights == "imagenet"
-    expected = backbones.RESNET101_NO_TOP if family(FLAGS.model) == "dssd" else backbones.VGG16_WITH_TOP
-    assert backbones._IMAGENET_FILES[FLAGS.model] == expected
+    config = train_config
+    assert config.model.backbone_weights == "imagenet"
+    expected = (backbones.RESNET101_NO_TOP if family(config.model.model) == "dssd"
+                else backbones.VGG16_WITH_TOP)
+    assert backbones._IMAGENET_FILES[config.model.model] == expected
     # A stand-in for the real file, under its Keras name and with its checksum.
     keras_home = tmp_path / "keras"
     (keras_home / "models").mkdir(parents=True)
     (keras_home / "models" / expected.file_name).write_bytes(b"stand-in")
     stand_in = dataclasses.replace(expected, md5=hashlib.md5(b"stand-in").hexdigest())
     monkeypatch.setenv("KERAS_HOME", str(keras_home))
-    monkeypatch.setitem(backbones._IMAGENET_FILES, FLAGS.model, stand_in)
-    common_flags.check_backbone_weights()  # what train runs before reading data
+    monkeypatch.setitem(backbones._IMAGENET_FILES, config.model.model, stand_in)
+    config.model.check_backbone_weights()  # what train runs before reading data
     assert backbones.weights_path("imagenet", stand_in) == str(
         keras_home / "models" / expected.file_name)
 

@@ -119,7 +119,7 @@ def test_predict_tflite_agrees(model_dir, image_dir, tmp_path):
 
 def test_cli(model_dir, image_dir, tmp_path):
     command = [
-        sys.executable, "-m", "exporters.predict", f"--model_path={model_dir / 'best.keras'}",
+        sys.executable, "-m", "exporters.predict", f"--checkpoint={model_dir / 'best.keras'}",
         f"--images={image_dir / 'wide.jpg'}", f"--output_dir={tmp_path}",
         f"--score_threshold={THRESHOLD}",
     ]

@@ -16,7 +16,6 @@ import pytest
 from keras_scb.models import backbones, build_detector
 from keras_scb.models.layers import CaffeImageNetNormalization, L2Normalization
 
-from flag_testing import train_flags
 
 NUM_CLASSES = 3
 # urllib reads the proxy from the environment on each request: every download
@@ -155,22 +154,20 @@ def test_imagenet_offline_fails_in_the_builder_too(name, tmp_path, monkeypatch):
 
 
 def test_offline_imagenet_stops_training_before_reading_data(tmp_path, monkeypatch):
-    from absl import app
-
-    from keras_scb import flags as common_flags
     from keras_scb import train
+    from keras_scb.config import DataConfig, TrainConfig
 
     def read_data(*args, **kwargs):
         raise AssertionError("the data was read before the weights were checked")
 
     _go_offline(monkeypatch, tmp_path)
-    monkeypatch.setattr(common_flags, "load_split", read_data)
-    with train_flags(
+    monkeypatch.setattr(DataConfig, "read_split", read_data)
+    config = TrainConfig.from_args([
         "--model=ssd300", "--backbone_weights=imagenet", "--dataset=voc",
         "--data_dir=/nonexistent/VOC2007", f"--model_dir={tmp_path / 'run'}",
-    ):
-        with pytest.raises(app.UsageError, match="vgg16_weights_tf_dim_ordering_tf_kernels.h5"):
-            train.train()
+    ])
+    with pytest.raises(ValueError, match="vgg16_weights_tf_dim_ordering_tf_kernels.h5"):
+        train.train(config)
     assert not os.path.exists(tmp_path / "run")
 
 

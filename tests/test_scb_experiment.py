@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,8 @@ from keras_scb import calibration
 from keras_scb import evaluation as ev
 from test_precision_calibration import hand_case
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import experiment_stats as stats  # noqa: E402
 import scb_experiment  # noqa: E402
 
@@ -104,7 +104,7 @@ def finished_runs(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(subprocess, "run", no_training)
+    monkeypatch.setattr(scb_experiment, "train", no_training)
     argv = ["--variant", "multibox:--loss=multibox", "--variant", "scb:--loss=scb",
             "--seeds", "0,1,2", "--runs_per_seed", "2", "--output", str(output)]
     return argv, output
@@ -241,24 +241,29 @@ def test_run_one_records_a_resumed_run(tmp_path, monkeypatch, saved_epoch):
         (model_dir / "backup").mkdir(parents=True)
         (model_dir / "backup" / "state.json").write_text(
             json.dumps({"epoch": saved_epoch, "weights": "epoch-00004.weights.h5"}))
-    commands = []
+    configs = []
 
-    def train(cmd, **kwargs):
-        commands.append(cmd)
+    def train(config):
+        configs.append(config)
         (model_dir / "eval").mkdir(parents=True)
         (model_dir / "eval" / "metrics.json").write_text("{}")
 
-    monkeypatch.setattr(subprocess, "run", train)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(scb_experiment, "train", train)
     metrics = scb_experiment.run_one("configs/quickstart.cfg", ["--seed=2"], str(model_dir),
                                      str(tmp_path / "train.log"))
-    assert metrics == str(model_dir / "eval" / "metrics.json") and len(commands) == 1
+    assert metrics == str(model_dir / "eval" / "metrics.json") and len(configs) == 1
+    assert (configs[0].runtime.seed, configs[0].runtime.model_dir) == (2, str(model_dir))
+    assert configs[0].loss.class_weights == (0.74, 2.46, 2.5)  # the rest is the config's
     timing = json.loads((model_dir / "wall_time.json").read_text())
     assert timing["resumed_after_epoch"] == (saved_epoch or 0) and timing["seconds"] >= 0
-    assert timing["command"] == commands[0] and commands[0][-1] == "--seed=2"
+    assert timing["command"][1:] == ["-m", "keras_scb.train", "--flagfile=configs/quickstart.cfg",
+                                     f"--model_dir={model_dir}", "--verbose=2", "--seed=2"]
+    assert " ".join(timing["command"]) in (tmp_path / "train.log").read_text()
     # Finished: not trained again.
     scb_experiment.run_one("configs/quickstart.cfg", ["--seed=2"], str(model_dir),
                            str(tmp_path / "train.log"))
-    assert len(commands) == 1
+    assert len(configs) == 1
 
 
 def test_table_marks_resumed_runs(finished_runs):

@@ -54,7 +54,8 @@ def _anchor_source(anchors):
     return anchors if spec is None else spec
 
 
-def ssd_targets(anchors: Anchors, iou_threshold=0.5, variances=(0.1, 0.2)) -> Callable:
+def ssd_targets(anchors: Anchors, iou_threshold: float = matching.MATCH_IOU,
+                variances=matching.VARIANCES) -> Callable:
     """Target encoder ``(boxes (B, G, 4), classes (B, G)) -> (B, A, 6)``.
 
     Args:

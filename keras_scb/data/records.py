@@ -224,6 +224,16 @@ def op_error(error):
     return re.sub(r"\s*\[Op:\w+\].*$", "", text)
 
 
+# The file extensions of the formats `decode_image` reads, compared lower-cased
+# (`is_image_file`): folders of images are listed by them.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def is_image_file(name: str) -> bool:
+    """Whether the file name ``name`` has an `IMAGE_EXTENSIONS` extension (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 # Leading bytes of the formats `decode_image` reads, for messages that say what a
 # file really is (a PNG named .jpg is fine; random bytes are not an image).
 _SIGNATURES = (
@@ -257,6 +267,21 @@ def decode_image(data):
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def read_image(path: str) -> np.ndarray:
+    """The image file ``path`` as uint8 ``(H, W, 3)`` RGB (`decode_image`).
+
+    Raises:
+        ValueError: naming ``path``, if it cannot be read or decoded (truncated,
+            not an image).
+    """
+    import tensorflow as tf
+
+    try:
+        return decode_image(tf.io.read_file(path)).numpy()
+    except tf.errors.OpError as error:
+        raise ValueError(f"{path}: not a decodable image ({op_error(error)})") from None
 
 
 def check_image(image, height, width):

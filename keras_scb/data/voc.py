@@ -27,7 +27,10 @@ from typing import Optional, Sequence, Tuple, Union
 from keras_scb import label_map
 from keras_scb.data import records as records_lib
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+# The file names tried for an image id: `records.IMAGE_EXTENSIONS` in order (VOC's
+# own, .jpg, first), each lower then upper case.
+_ID_EXTENSIONS = tuple(
+    case(ext) for ext in records_lib.IMAGE_EXTENSIONS for case in (str.lower, str.upper))
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -138,11 +141,11 @@ def _unknown_class(name, class_names):
 
 def _image_path(root, image_name):
     """``JPEGImages/<id>`` with the first extension that exists (``.jpg`` if none)."""
-    for extension in IMAGE_EXTENSIONS:
+    for extension in _ID_EXTENSIONS:
         path = os.path.join(root, "JPEGImages", image_name + extension)
         if os.path.isfile(path):
             return path
-    return os.path.join(root, "JPEGImages", image_name + IMAGE_EXTENSIONS[0])
+    return os.path.join(root, "JPEGImages", image_name + _ID_EXTENSIONS[0])
 
 
 def _parse_annotation(path, issues):

@@ -18,6 +18,7 @@ from keras_scb.anchors import (
 )
 from keras_scb.box_formats import check_box_format
 from keras_scb.models.task import DetectionTask
+from keras_scb.models.layers import InputNormalization, input_normalization
 from keras_scb.output_layout import SSD, TARGETS, check_layout
 
 
@@ -33,8 +34,8 @@ class Detector(DetectionTask, keras.Model):
     Build it like a functional model, ``Detector(inputs, outputs,
     anchor_spec=..., num_classes=..., name=...)``; the extra arguments are saved
     in its config, so ``keras.saving.load_model`` gives back a `Detector`.
-    `keras_scb.models.build_detector` sets ``registry_name``, ``output_layout``
-    and ``targets`` from the registry entry.
+    Builders pass their ``output_layout``; `keras_scb.models.build_detector`
+    sets ``registry_name`` and checks the layout against the registry entry.
 
     Attributes:
         anchor_spec: the `AnchorSpec` whose anchor order the output follows.
@@ -83,6 +84,12 @@ class Detector(DetectionTask, keras.Model):
     @property
     def image_size(self) -> int:
         return self.anchor_spec.image_size
+
+    @property
+    def input_normalization(self) -> Optional[InputNormalization]:
+        """What the network does first to its RGB ``[0, 255]`` pixels (its
+        `layers.CaffeImageNetNormalization`, so saved with it), or None."""
+        return input_normalization(self)
 
     def get_config(self) -> dict:
         return {

@@ -94,16 +94,21 @@ def build_detector(
         **kwargs: builder-specific options (e.g. ``anchors``, ``backbone_weights``).
 
     Returns:
-        A `keras_scb.models.detector.Detector` whose ``registry_name``,
-        ``output_layout``, ``targets``, ``class_names`` and
-        ``bounding_box_format`` are set.
+        A `keras_scb.models.detector.Detector` with its ``registry_name``,
+        ``class_names`` and ``bounding_box_format`` set; its ``output_layout``
+        and ``targets`` are the builder's, which must be the registered ones.
     """
     check_box_format(bounding_box_format)
     entry = detector_entry(name)
     detector = entry.builder(num_classes, **kwargs)
+    built = (detector.output_layout, detector.targets)
+    if built != (entry.output_layout, entry.targets):
+        # A bug in the builder or its registration, not bad input: a traceback.
+        raise RuntimeError(
+            f"the builder of {name!r} returned output_layout, targets = {built}; it is "
+            f"registered with {(entry.output_layout, entry.targets)}."
+        )
     detector.registry_name = entry.name
-    detector.output_layout = entry.output_layout
-    detector.targets = entry.targets
     detector.class_names = check_class_names(class_names, detector.num_classes)
     detector.bounding_box_format = bounding_box_format
     return detector

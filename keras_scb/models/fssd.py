@@ -23,15 +23,21 @@ import keras
 from keras_scb.anchors import AnchorSpec
 from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
-from keras_scb.models.layers import AlignCornersResize
-from keras_scb.models.ssd import extra_block, padded_conv, vgg16_detector, vgg16_trunk
+from keras_scb.models.layers import AlignCornersResize, InputNormalization
+from keras_scb.models.vgg import (
+    extra_block,
+    padded_conv,
+    resolve_backbone,
+    vgg16_detector,
+    vgg16_trunk,
+)
 
 _FUSED_CHANNELS = 256
-# Extra layers before the fusion as `ssd.extra_block` arguments (1x1 filters,
+# Extra layers before the fusion as `vgg.extra_block` arguments (1x1 filters,
 # 3x3 filters, stride, padding, kernel); PytorchSSD's `extras` config
 # [256, 512, 128, 'S', 256].
 _FUSION_SOURCE_EXTRAS = ((256, 512, 1, "valid", 3), (128, 256, 2, "pad1", 3))
-# Pyramid convs as (filters, stride, padding, kernel); see `ssd.padded_conv`.
+# Pyramid convs as (filters, stride, padding, kernel); see `vgg.padded_conv`.
 # "pad1" and not "same" at stride 2: "same" pads only the bottom/right of an
 # even map, PyTorch's padding=1 pads both sides.
 _PYRAMIDS = {
@@ -92,6 +98,7 @@ def fssd_vgg16(
     anchors: str | AnchorSpec | None = None,
     backbone_weights: str | None = None,
     bn_momentum: float = 0.9,
+    normalization: str | InputNormalization | None = None,
 ) -> Detector:
     """FSSD300 or FSSD512.
 
@@ -100,17 +107,19 @@ def fssd_vgg16(
         image_size: 300 or 512.
         anchors: preset name or `AnchorSpec`; default ``f"fssd{image_size}"``
             (pass ``"fssd300_coco"`` / ``"fssd512_coco"`` for the COCO scales).
-        backbone_weights: ``None``, ``"imagenet"`` or a with-top VGG16 weights
-            file; see `ssd.load_vgg16_weights`.
+        backbone_weights: ``None``, ``"imagenet"``, a with-top VGG16 weights
+            file or a reference ``.pth``; see `vgg.load_vgg16_weights`.
         bn_momentum: momentum of the fusion BatchNorm (Keras convention).
+        normalization: the input normalisation; see `ssd.ssd_vgg16`.
 
     Returns:
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` -> ``(B, A, 4 + C + 1)``.
     """
     pyramid = _PYRAMIDS[image_size]
     anchors = f"fssd{image_size}" if anchors is None else anchors
+    normalization, backbone_weights = resolve_backbone(backbone_weights, normalization)
     images = keras.Input((image_size, image_size, 3), name="images")
-    conv4_3, fc7 = vgg16_trunk(images)
+    conv4_3, fc7 = vgg16_trunk(images, normalization)
     x = fc7
     for i, block in enumerate(_FUSION_SOURCE_EXTRAS, start=6):
         x = extra_block(x, *block, name=f"conv{i}")

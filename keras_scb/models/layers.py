@@ -1,12 +1,87 @@
 """Custom Keras layers of the detector networks (``keras.ops`` only)."""
 
+import dataclasses
+from typing import Tuple
+
 import keras
 import numpy as np
 from keras import ops
 
-# ImageNet channel means in BGR order, as the Caffe VGG16 (and keras's VGG16
-# "imagenet" weights) expect.
-_IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+@dataclasses.dataclass(frozen=True)
+class InputNormalization:
+    """What a network's first layer does to the RGB ``[0, 255]`` pixels it gets.
+
+    ``(x[..., order] - mean) / std``: the channels in ``channel_order``, then
+    per channel (in that order) the mean subtracted and the result divided by
+    the std. Trained weights are tied to the normalisation they were trained
+    with, so it is stored with the network (`CaffeImageNetNormalization`'s
+    config) and goes with a converted checkpoint.
+
+    Attributes:
+        channel_order: ``"bgr"`` (Caffe, keras's VGG16/ResNet, ssd.pytorch) or ``"rgb"``.
+        mean: per channel, in ``channel_order``, in pixel units.
+        std: per channel, in ``channel_order``, in pixel units.
+    """
+
+    channel_order: str
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self):
+        if self.channel_order not in ("bgr", "rgb"):
+            raise ValueError(
+                f"InputNormalization.channel_order must be 'bgr' or 'rgb'; got "
+                f"{self.channel_order!r}."
+            )
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(
+                    f"InputNormalization.{name} needs 3 values; got {getattr(self, name)}."
+                )
+        if min(self.std) <= 0:
+            raise ValueError(f"InputNormalization.std must be positive; got {self.std}.")
+
+
+NORMALIZATIONS = {
+    # ImageNet means in BGR, as the Caffe VGG16 and keras's VGG16 / ResNet
+    # "imagenet" weights expect (keras.applications' "caffe" preprocess_input).
+    "keras_vgg": InputNormalization("bgr", (103.939, 116.779, 123.68)),
+    # torchvision's ssd300_vgg16: image_mean (0.48235, 0.45882, 0.40784) and
+    # image_std 1/255 on [0, 1] RGB input, i.e. pixels minus 255 * mean.
+    "torchvision": InputNormalization(
+        "rgb", tuple(round(255 * m, 5) for m in (0.48235, 0.45882, 0.40784))
+    ),
+    # ssd.pytorch (and the Caffe SSD's mean_value): BGR minus (104, 117, 123).
+    "ssd.pytorch": InputNormalization("bgr", (104.0, 117.0, 123.0)),
+}
+
+
+def get_normalization(name_or_spec: str | InputNormalization | dict) -> InputNormalization:
+    """The `InputNormalization` of a `NORMALIZATIONS` name, a spec or its config dict."""
+    if isinstance(name_or_spec, InputNormalization):
+        return name_or_spec
+    if isinstance(name_or_spec, dict):
+        return InputNormalization(
+            name_or_spec["channel_order"],
+            tuple(float(v) for v in name_or_spec["mean"]),
+            tuple(float(v) for v in name_or_spec["std"]),
+        )
+    try:
+        return NORMALIZATIONS[name_or_spec]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown input normalisation {name_or_spec!r}; available: "
+            f"{sorted(NORMALIZATIONS)}."
+        ) from None
+
+
+def normalization_name(spec: InputNormalization) -> str:
+    """The `NORMALIZATIONS` name of ``spec``, or its fields for one without a name."""
+    for name, preset in NORMALIZATIONS.items():
+        if preset == spec:
+            return name
+    return f"{spec.channel_order} mean {spec.mean} std {spec.std}"
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")
@@ -48,14 +123,46 @@ class L2Normalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_scb")
 class CaffeImageNetNormalization(keras.layers.Layer):
-    """RGB ``[0, 255]`` -> BGR minus the ImageNet mean (Caffe/keras VGG16 input).
+    """RGB ``[0, 255]`` -> the network's input, as Caffe's data transform does.
+
+    Channel order, mean subtraction and std of an `InputNormalization`; the
+    default is keras's VGG16 one (BGR minus the ImageNet mean), which a
+    ``.keras`` file written before the normalisation was configurable has.
+
+    Args:
+        normalization: a `NORMALIZATIONS` name, an `InputNormalization` or its
+            config dict.
 
     Input and output ``(B, H, W, 3)``.
     """
 
+    def __init__(self, normalization: str | InputNormalization | dict = "keras_vgg", **kwargs):
+        super().__init__(**kwargs)
+        self.normalization = get_normalization(normalization)
+
     def call(self, x):
-        mean = ops.convert_to_tensor(_IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
-        return ops.flip(x, axis=-1) - mean
+        spec = self.normalization
+        if spec.channel_order == "bgr":
+            x = ops.flip(x, axis=-1)
+        x = x - ops.convert_to_tensor(spec.mean, dtype=self.compute_dtype)
+        if spec.std != (1.0, 1.0, 1.0):  # no extra op in the exports of the presets
+            x = x / ops.convert_to_tensor(spec.std, dtype=self.compute_dtype)
+        return x
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "normalization": dataclasses.asdict(self.normalization),
+        }
+
+
+def input_normalization(model: keras.Model) -> InputNormalization | None:
+    """The `InputNormalization` of ``model``'s `CaffeImageNetNormalization` layer,
+    or None for a network without one (SSDLite rescales to ``[-1, 1]``)."""
+    for layer in model.layers:
+        if isinstance(layer, CaffeImageNetNormalization):
+            return layer.normalization
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_scb")

@@ -28,29 +28,34 @@ from keras_scb.anchors import AnchorSpec, get_anchor_spec
 from keras_scb.models.detector import Detector
 from keras_scb.models.factory import register_detector
 from keras_scb.models.heads import check_feature_maps, multibox_head
-from keras_scb.models.layers import L2Normalization
-from keras_scb.models.ssd import extra_block, load_vgg16_weights, vgg16_trunk
+from keras_scb.models.layers import InputNormalization, L2Normalization
+from keras_scb.models.vgg import (
+    extra_block,
+    load_vgg16_weights,
+    resolve_backbone,
+    vgg16_blocks,
+)
+from keras_scb.output_layout import REFINEDET
 
 TCB_DEPTH = 256
 _L2_SCALES = (10.0, 8.0)  # conv4_3, conv5_3 (authors' values)
 
 
-def vgg16_refinedet_sources(images: keras.KerasTensor) -> list[keras.KerasTensor]:
+def vgg16_refinedet_sources(
+    images: keras.KerasTensor, normalization: InputNormalization
+) -> list[keras.KerasTensor]:
     """The four RefineDet source maps from RGB pixels.
 
     Args:
         images: ``(B, S, S, 3)`` Keras tensor, RGB in ``[0, 255]``.
+        normalization: see `vgg.vgg16_blocks`.
 
     Returns:
         List of ``(B, S/8, S/8, 512)``, ``(B, S/16, S/16, 512)``,
         ``(B, S/32, S/32, 1024)`` and ``(B, S/64, S/64, 512)`` tensors. The VGG
         conv layers keep keras's names for `load_vgg16_weights`.
     """
-    # The VGG blocks come from the SSD trunk; its SSD-form pool5/fc6/fc7 are left
-    # unused (not in the final model) since RefineDet needs conv5_3 and a stride-2
-    # pool5 in front of its own fc6.
-    conv4_3, ssd_fc7 = vgg16_trunk(images)
-    conv5_3 = keras.Model(images, ssd_fc7).get_layer("block5_conv3").output
+    conv4_3, conv5_3 = vgg16_blocks(images, normalization)
     x = keras.layers.MaxPooling2D(2, 2, name="pool5")(conv5_3)
     x = keras.layers.Conv2D(
         1024, 3, padding="same", dilation_rate=3, activation="relu", name="fc6"
@@ -98,6 +103,7 @@ def refinedet_vgg16(
     image_size: int,
     anchors: str | AnchorSpec | None = None,
     backbone_weights: str | None = None,
+    normalization: str | InputNormalization | None = None,
 ) -> Detector:
     """RefineDet320 or RefineDet512; see the module docstring.
 
@@ -105,8 +111,9 @@ def refinedet_vgg16(
         num_classes: foreground classes ``C``.
         image_size: 320 or 512 (any multiple of 64 whose maps fit ``anchors``).
         anchors: preset name or `AnchorSpec`; default ``f"refinedet{image_size}"``.
-        backbone_weights: ``None``, ``"imagenet"`` or a with-top VGG16 weights
-            file; see `ssd.load_vgg16_weights`.
+        backbone_weights: ``None``, ``"imagenet"``, a with-top VGG16 weights
+            file or a reference ``.pth``; see `vgg.load_vgg16_weights`.
+        normalization: the input normalisation; see `ssd.ssd_vgg16`.
 
     Returns:
         `Detector` ``(B, S, S, 3)`` pixels in ``[0, 255]`` ->
@@ -114,8 +121,9 @@ def refinedet_vgg16(
     """
     anchors = f"refinedet{image_size}" if anchors is None else anchors
     per_location = get_anchor_spec(anchors).anchors_per_location()
+    normalization, backbone_weights = resolve_backbone(backbone_weights, normalization)
     images = keras.Input((image_size, image_size, 3), name="images")
-    sources = vgg16_refinedet_sources(images)
+    sources = vgg16_refinedet_sources(images, normalization)
     check_feature_maps(sources, anchors)
     # Binary classification is a one-class multibox head: logits (background, object).
     arm = multibox_head(sources, per_location, 1, name="arm")
@@ -133,6 +141,7 @@ def refinedet_vgg16(
         outputs,
         anchor_spec=anchors,
         num_classes=num_classes,
+        output_layout=REFINEDET,
         name=f"refinedet{image_size}",
     )
     load_vgg16_weights(model, backbone_weights)
@@ -140,6 +149,6 @@ def refinedet_vgg16(
 
 
 for _size in (320, 512):
-    register_detector(f"refinedet{_size}", output_layout="refinedet")(
+    register_detector(f"refinedet{_size}", output_layout=REFINEDET)(
         functools.partial(refinedet_vgg16, image_size=_size)
     )
