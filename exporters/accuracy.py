@@ -4,8 +4,9 @@
         --dataset bccd --split test --precisions fp32,fp16,int8
 
 exports the checkpoint to TFLite at each precision (int8 calibrated on
-``--representative_data``), runs every model and the Keras inference model on the
-same uint8 images, and prints VOC07 mAP, COCO AP / AP50 and their drop against
+``--representative_data``) and, with the ``onnx`` extra, to ONNX (``onnx``,
+``onnx_fp16``: `ONNX_PRECISIONS`), runs every model (LiteRT, onnxruntime) and
+the Keras inference model on the same uint8 images, and prints VOC07 mAP, COCO AP / AP50 and their drop against
 Keras, plus the detection agreement of `detection_agreement`. The checkpoint's
 class names must be the dataset's (as in `keras_scb.evaluate`).
 """
@@ -18,6 +19,9 @@ from absl import flags
 from exporters import common
 from keras_scb import cli
 from keras_scb.matching import pairwise_iou
+
+# `compare_precisions` names of the ONNX exports -> `exporters.onnx` precisions.
+ONNX_PRECISIONS = {"onnx": "fp32", "onnx_fp16": "fp16"}
 
 
 def detection_agreement(reference, candidate, top_k=10, iou_threshold=0.5):
@@ -92,6 +96,23 @@ def evaluate_outputs(dataset, outputs):
     )
 
 
+def export_runner(detector, precision, representative_images=None, num_threads=None,
+                  **decoder_kwargs):
+    """An `exporters.runtime` runner of ``detector`` exported in memory: a TFLite
+    precision in the LiteRT interpreter, or one of `ONNX_PRECISIONS` in onnxruntime."""
+    from exporters import runtime
+
+    if precision in ONNX_PRECISIONS:
+        from exporters import onnx
+
+        model = onnx.convert(detector, ONNX_PRECISIONS[precision], **decoder_kwargs)
+        return runtime.OnnxDetector(model.SerializeToString(), num_threads)
+    from exporters import tflite
+
+    model = tflite.convert(detector, precision, representative_images, **decoder_kwargs)
+    return runtime.TFLiteDetector(model, num_threads)
+
+
 def compare_precisions(
     detector,
     dataset,
@@ -99,6 +120,7 @@ def compare_precisions(
     representative_images=None,
     max_images=None,
     num_threads=None,
+    top_k=10,
     **decoder_kwargs,
 ):
     """mAP of the Keras model and of its TFLite exports on the same images.
@@ -106,9 +128,10 @@ def compare_precisions(
     Args:
         detector: a `keras_scb.models.Detector`.
         dataset: a `keras_scb.data.Dataset` with ground truth.
-        precisions: TFLite precisions to export and evaluate.
+        precisions: TFLite precisions and `ONNX_PRECISIONS` to export and evaluate.
         representative_images: int8 calibration images (see `exporters.tflite.convert`).
         max_images: evaluate the first ``max_images`` only.
+        top_k: the Keras detections per image that `detection_agreement` looks for.
         **decoder_kwargs: decoder options, the same for every model.
 
     Returns:
@@ -124,8 +147,9 @@ def compare_precisions(
     reference = run_batched(runtime.KerasDetector(detector, **decoder_kwargs), images)
     outputs = {"keras": reference}
     for precision in precisions:
-        model = tflite.convert(detector, precision, representative_images, **decoder_kwargs)
-        outputs[precision] = run_batched(runtime.TFLiteDetector(model, num_threads), images)
+        runner = export_runner(detector, precision, representative_images, num_threads,
+                               **decoder_kwargs)
+        outputs[precision] = run_batched(runner, images)
     rows = {}
     for name, output in outputs.items():
         metrics = evaluate_outputs(dataset, output)
@@ -133,7 +157,7 @@ def compare_precisions(
             "voc07_mAP": metrics["voc07"]["mAP"],
             "coco_AP": metrics["coco"]["AP"],
             "coco_AP50": metrics["coco"]["AP50"],
-            "agreement": detection_agreement(reference, output),
+            "agreement": detection_agreement(reference, output, top_k=top_k),
         }
         if name != "keras":
             for key in ("voc07_mAP", "coco_AP"):
@@ -141,28 +165,37 @@ def compare_precisions(
     return rows
 
 
-def markdown(rows):
-    header = "| model | VOC07 mAP | drop | COCO AP | drop | AP50 | top-10 matched | min IoU | max score diff |"
-    lines = [header, "|" + "---|" * 9]
+def markdown(rows, top_k=10):
+    header = (
+        f"| model | VOC07 mAP | drop | COCO AP | drop | AP50 | top-{top_k} matched "
+        "| mean IoU | min IoU | max score diff |"
+    )
+    lines = [header, "|" + "---|" * 10]
     for name, row in rows.items():
         agreement = row["agreement"]
+        matched = round(agreement["matched"] * agreement["count"])
         lines.append(
             f"| {name} | {row['voc07_mAP']:.4f} | {row.get('voc07_mAP_drop', 0.0):+.4f} "
             f"| {row['coco_AP']:.4f} | {row.get('coco_AP_drop', 0.0):+.4f} | {row['coco_AP50']:.4f} "
-            f"| {agreement['matched']:.3f} | {_fmt(agreement['min_iou'])} | {_fmt(agreement['max_score_diff'])} |"
+            f"| {matched}/{agreement['count']} | {_fmt(agreement['mean_iou'])} "
+            f"| {_fmt(agreement['min_iou'])} | {_fmt(agreement['max_score_diff'], '.2e')} |"
         )
     return "\n".join(lines)
 
 
-def _fmt(value):
-    return "-" if value is None else f"{value:.4f}"
+def _fmt(value, spec=".4f"):
+    return "-" if value is None else format(value, spec)
 
 
 def _define_flags():
     flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
     flags.DEFINE_string("dataset", "bccd", "'bccd' or 'coco_subset' (the vendored datasets).")
     flags.DEFINE_string("split", "test", "Dataset split (BCCD: test/val/train; COCO subset: val2017).")
-    flags.DEFINE_list("precisions", ["fp32", "fp16", "int8"], "TFLite precisions.")
+    flags.DEFINE_list(
+        "precisions", ["fp32", "fp16", "int8"],
+        f"TFLite precisions, and ONNX ({', '.join(ONNX_PRECISIONS)}; needs the onnx extra).",
+    )
+    flags.DEFINE_integer("top_k", 10, "Keras detections per image the agreement looks for.")
     flags.DEFINE_string("representative_data", "bccd", "int8 calibration: 'bccd', 'synthetic' or a folder.")
     flags.DEFINE_string("representative_split", "train", "Split for --representative_data=bccd.")
     flags.DEFINE_integer("representative_count", 100, "int8 calibration images.")
@@ -195,9 +228,9 @@ def main(argv):
         )
     rows = compare_precisions(
         detector, dataset, values.precisions, representative, values.max_images,
-        **common.decoder_kwargs_from_flags(values),
+        top_k=values.top_k, **common.decoder_kwargs_from_flags(values),
     )
-    print(markdown(rows))
+    print(markdown(rows, values.top_k))
     if values.output_json:
         common.write_json(rows, values.output_json)
     else:
