@@ -44,6 +44,20 @@ $(ONNX_STAMP): $(STAMP)
 test-onnx: $(ONNX_STAMP)
 	$(PY) -m pytest -q -m onnx
 
+# The package as users get it: `python -m build` (sdist, then the wheel from it), the
+# wheel installed (not editable) into a fresh venv, tests/wheel_smoke.py run there from
+# a temporary folder outside the checkout (imports, weights, BCCD, a training step, predict).
+WHEEL_DIR ?= build/wheel-test
+test-wheel: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt build
+	rm -rf $(WHEEL_DIR)
+	$(PY) -m build --outdir $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q -c constraints.txt $(WHEEL_DIR)/dist/*.whl
+	run=$$(mktemp -d) && cp tests/wheel_smoke.py $$run && cd $$run && \
+		env -u PYTHONPATH $(abspath $(WHEEL_DIR))/venv/bin/python wheel_smoke.py; \
+		status=$$?; rm -rf $$run; exit $$status
+
 # Trains configs/quickstart.cfg on the vendored BCCD, evaluates it on the test split
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
 demo: $(STAMP)
