@@ -29,7 +29,8 @@ def mediapipe_detections(model_path, images, score_threshold: float, max_results
 
     Returns:
         dict of `exporters.common.DETECTION_KEYS` arrays ``(N, max_results, ...)``,
-        boxes ``[ymin, xmin, ymax, xmax]`` relative, classes MediaPipe's
+        one row per category of a detection, boxes ``[ymin, xmin, ymax, xmax]``
+        relative, classes MediaPipe's
         ``Category.index`` where it gives one, else the label line of its
         ``category_name`` (a file exported with ``--mediapipe_categories``
         ``indices`` or ``names``, `exporters.metadata`); and ``indexed`` /
@@ -55,9 +56,11 @@ def mediapipe_detections(model_path, images, score_threshold: float, max_results
             result = detector.detect(
                 mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
             )
-            out["num_detections"][i] = len(result.detections)
-            for k, detection in enumerate(result.detections):
-                box, category = detection.bounding_box, detection.categories[0]
+            # Detections of one box in several classes come back as one detection
+            # with a category each (MediaPipe merges identical boxes): one row each.
+            rows = [(d.bounding_box, c) for d in result.detections for c in d.categories]
+            out["num_detections"][i] = min(len(rows), max_results)
+            for k, (box, category) in enumerate(rows[:max_results]):
                 out["detection_boxes"][i, k] = np.array([
                     box.origin_y, box.origin_x,
                     box.origin_y + box.height, box.origin_x + box.width,

@@ -111,6 +111,8 @@ def float16_kernels(model):
         if node.op_type == "Conv" and node.input[1] in initializers
         and initializers[node.input[1]].data_type == TensorProto.FLOAT
     }
+    if not kernels:
+        raise ValueError("No float32 Conv kernel to store as float16.")
     casts = []
     for name in sorted(kernels):
         tensor = initializers[name]
@@ -123,8 +125,6 @@ def float16_kernels(model):
     nodes = casts + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    if not casts:
-        raise ValueError("No float32 Conv kernel to store as float16.")
 
 
 def export_onnx(detector, path, precision="fp32", class_names=None, overwrite=False,
