@@ -6,7 +6,9 @@
 exports the checkpoint to TFLite at each precision (int8 calibrated on
 ``--representative_data``) and, with the ``onnx`` extra, to ONNX (``onnx``,
 ``onnx_fp16``: `ONNX_PRECISIONS`), runs every model (LiteRT, onnxruntime) and
-the Keras inference model on the same uint8 images, and prints VOC07 mAP, COCO AP / AP50 and their drop against
+the Keras inference model on the same uint8 images (and exported files given with
+``--exports``: ``.tflite``, ``.onnx``, SavedModel folders, through
+`exporters.runtime.load_runner`), and prints VOC07 mAP, COCO AP / AP50 and their drop against
 Keras, plus the detection agreement of `detection_agreement`. The checkpoint's
 class names must be the dataset's (as in `keras_scb.evaluate`).
 """
@@ -121,6 +123,7 @@ def compare_precisions(
     max_images=None,
     num_threads=None,
     top_k=10,
+    exports=(),
     **decoder_kwargs,
 ):
     """mAP of the Keras model and of its TFLite exports on the same images.
@@ -132,6 +135,8 @@ def compare_precisions(
         representative_images: int8 calibration images (see `exporters.tflite.convert`).
         max_images: evaluate the first ``max_images`` only.
         top_k: the Keras detections per image that `detection_agreement` looks for.
+        exports: paths of exported models of ``detector`` to evaluate too, each
+            a row named by its path (the exports carry their own decoder settings).
         **decoder_kwargs: decoder options, the same for every model.
 
     Returns:
@@ -150,6 +155,8 @@ def compare_precisions(
         runner = export_runner(detector, precision, representative_images, num_threads,
                                **decoder_kwargs)
         outputs[precision] = run_batched(runner, images)
+    for path in exports:
+        outputs[path] = run_batched(runtime.load_runner(path, num_threads), images)
     rows = {}
     for name, output in outputs.items():
         metrics = evaluate_outputs(dataset, output)
@@ -196,6 +203,8 @@ def _define_flags():
         f"TFLite precisions, and ONNX ({', '.join(ONNX_PRECISIONS)}; needs the onnx extra).",
     )
     flags.DEFINE_integer("top_k", 10, "Keras detections per image the agreement looks for.")
+    flags.DEFINE_list("exports", [], "Exported files of the checkpoint to evaluate too "
+                      "(.tflite, .onnx, SavedModel folders).")
     flags.DEFINE_string("representative_data", "bccd", "int8 calibration: 'bccd', 'synthetic' or a folder.")
     flags.DEFINE_string("representative_split", "train", "Split for --representative_data=bccd.")
     flags.DEFINE_integer("representative_count", 100, "int8 calibration images.")
@@ -228,7 +237,7 @@ def main(argv):
         )
     rows = compare_precisions(
         detector, dataset, values.precisions, representative, values.max_images,
-        top_k=values.top_k, **common.decoder_kwargs_from_flags(values),
+        top_k=values.top_k, exports=values.exports, **common.decoder_kwargs_from_flags(values),
     )
     print(markdown(rows, values.top_k))
     if values.output_json:

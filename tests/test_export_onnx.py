@@ -10,7 +10,7 @@ random backbone with calibrated BatchNorms amplifies the last-bit differences
 of onnxruntime's convolutions to 4e-4 in the scores; the ImageNet one keeps
 them at ~2e-7, as the trained quickstart checkpoint does (exporters/README.md).
 
-Budget: ~60 s on 2 cores (an fp32 and an fp16 conversion).
+Budget: ~70 s of CPU on 2 cores (two fp32 and an fp16 conversion; 4.5 min wall on the loaded machine).
 """
 
 import json
@@ -120,3 +120,20 @@ def test_runtime_crash_fails_the_export(detector, tmp_path, monkeypatch):
     with pytest.raises(runtime.SmokeLoadError, match=r"onnxruntime .* crashed \(SIGABRT\) loading .*m.onnx"):
         onnx.export_onnx(detector, out / "m.onnx", class_names=CLASS_NAMES, **DECODER)
     assert sorted(os.listdir(out)) == []
+
+
+def test_accuracy_rows_for_onnx(detector, fp32_path):
+    """`exporters.accuracy` exports ONNX itself (``onnx``) and takes an exported file."""
+    from keras_scb.data import load_bccd
+
+    path = os.fspath(fp32_path)
+    rows = accuracy.compare_precisions(
+        detector, load_bccd("test"), precisions=("onnx",), max_images=2, top_k=20,
+        exports=(path,), **DECODER,
+    )
+    assert set(rows) == {"keras", "onnx", path}
+    for name in ("onnx", path):
+        agreement = rows[name]["agreement"]
+        assert agreement["count"] == 40 and agreement["matched"] == 1.0
+        assert agreement["max_score_diff"] <= 1e-4
+        assert abs(rows[name]["voc07_mAP_drop"]) <= 1e-3
