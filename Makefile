@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-clients test-peers demo bench bench-peers gpu-wheels clean
+.PHONY: install test test-slow test-clients test-onnx test-wheel test-peers demo bench bench-peers gpu-wheels clean
 
 DEMO_DIR ?= runs/quickstart
 DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
@@ -33,6 +33,30 @@ $(CLIENTS_STAMP): $(STAMP)
 
 test-clients: $(CLIENTS_STAMP)
 	$(PY) -m pytest -q -m clients
+
+# The ONNX export in onnxruntime: the optional `onnx` extra (tf2onnx, onnx, onnxruntime),
+# installed into the same venv (pip's dry run with constraints.txt changes no pin).
+ONNX_STAMP := $(VENV)/.onnx-stamp
+$(ONNX_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,onnx]'
+	touch $(ONNX_STAMP)
+
+test-onnx: $(ONNX_STAMP)
+	$(PY) -m pytest -q -m onnx
+
+# The package as users get it: `python -m build` (sdist, then the wheel from it), the
+# wheel installed (not editable) into a fresh venv, tests/wheel_smoke.py run there from
+# a temporary folder outside the checkout (imports, weights, BCCD, a training step, predict).
+WHEEL_DIR ?= build/wheel-test
+test-wheel: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt build
+	rm -rf $(WHEEL_DIR)
+	$(PY) -m build --outdir $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q -c constraints.txt $(WHEEL_DIR)/dist/*.whl
+	run=$$(mktemp -d) && cp tests/wheel_smoke.py $$run && cd $$run && \
+		env -u PYTHONPATH $(abspath $(WHEEL_DIR))/venv/bin/python wheel_smoke.py; \
+		status=$$?; rm -rf $$run; exit $$status
 
 # Trains configs/quickstart.cfg on the vendored BCCD, evaluates it on the test split
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.

@@ -1,4 +1,4 @@
-"""Per-image latency on this CPU: Keras vs TFLite fp32 / fp16 / int8, 1 and 2 threads.
+"""Per-image latency on this CPU: Keras vs TFLite fp32 / fp16 / int8 vs ONNX, 1 and 2 threads.
 
     python benchmarks/latency.py [--models mobilenetv2-ssdlite300,ssd300] [--rounds 5]
 
@@ -7,7 +7,11 @@ defaults: score 0.01, IoU 0.45, 200 detections, 400 candidates per class).
 Keras: ``predict_on_batch`` of `keras_scb.postprocess.build_inference_model`, in a
 subprocess per thread count (TensorFlow fixes its thread pools at start-up).
 TFLite: the `exporters.tflite` file in the LiteRT interpreter (XNNPACK), the
-precisions interleaved round by round. Medians in milliseconds.
+precisions interleaved round by round. ONNX (with the ``onnx`` extra, else left
+out): the `exporters.onnx` fp32 file, and tf2onnx's conversion of the int8 TFLite
+file (QDQ; measured to see whether an int8 ONNX path would pay, not offered), in
+onnxruntime's CPU session, interleaved with the TFLite files. Medians in
+milliseconds.
 
 Weights: the builders' defaults (MobileNetV2's ImageNet weights, random heads;
 SSD300 random), so every anchor passes the 0.01 score threshold and the NMS
@@ -21,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -55,8 +60,44 @@ def keras_worker(model, num_classes, threads, rounds, runs):
     return _timed(lambda: inference.predict_on_batch(image), rounds, runs)
 
 
+class OnnxSession:
+    """An ONNX model in onnxruntime's CPU session, run on one uint8 input (for timing)."""
+
+    def __init__(self, model, num_threads):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def invoke(self, image):
+        self.session.run(None, {self.input: image})
+
+
+def onnx_files(detector, int8_tflite):
+    """``{"onnx": the exporters.onnx fp32 model, "onnx int8": tf2onnx's conversion of
+    the int8 TFLite file}`` as bytes; ``{}`` without the onnx extra."""
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx
+    except ImportError:
+        return {}
+    from exporters import onnx
+
+    files = {"onnx": onnx.convert(detector, "fp32").SerializeToString()}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "int8.tflite")
+        with open(path, "wb") as f:
+            f.write(int8_tflite)
+        model, _ = tf2onnx.convert.from_tflite(path, opset=onnx.OPSET)
+    files["onnx int8"] = model.SerializeToString()
+    return files
+
+
 def tflite_medians(model, num_classes, threads, rounds, runs):
-    """``{(variant, threads): median ms}`` for the TFLite precisions and the bare network."""
+    """``{(variant, threads): median ms}`` for the TFLite precisions, the bare network
+    and the ONNX files (`onnx_files`)."""
     import keras
     import numpy as np
 
@@ -70,10 +111,12 @@ def tflite_medians(model, num_classes, threads, rounds, runs):
     representative = tflite.representative_images("synthetic", size, 16)
     files = {p: tflite.convert(detector, p, representative) for p in PRECISIONS}
     files["network"] = tflite.convert(detector, "fp32", postprocess=False)
+    onnx_models = onnx_files(detector, files["int8"])
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     medians = {}
     for num_threads in threads:
         runners = {name: TFLiteDetector(data, num_threads) for name, data in files.items()}
+        runners.update({name: OnnxSession(data, num_threads) for name, data in onnx_models.items()})
         times = {name: [] for name in runners}
         for runner in runners.values():
             for _ in range(3):
@@ -117,13 +160,18 @@ def main():
                 capture_output=True, text=True, check=True,
             )
             medians[("keras", num_threads)] = json.loads(done.stdout.strip().splitlines()[-1])["median_ms"]
-        for name in ("keras", *PRECISIONS, "network"):
-            rows.append((model, name, [medians[(name, t)] for t in threads]))
+        for name in ("keras", *PRECISIONS, "network", "onnx", "onnx int8"):
+            if (name, threads[0]) in medians:
+                rows.append((model, name, [medians[(name, t)] for t in threads]))
         print(f"{model} done", file=sys.stderr, flush=True)
 
     print(f"| model | runtime | {' | '.join(f'{t} thread(s), ms' for t in threads)} |")
     print("|---|---|" + "---|" * len(threads))
-    labels = {"keras": "Keras predict_on_batch", "network": "TFLite fp32, network only"}
+    labels = {
+        "keras": "Keras predict_on_batch", "network": "TFLite fp32, network only",
+        "onnx": "ONNX fp32 (onnxruntime)",
+        "onnx int8": "ONNX int8, tf2onnx of the int8 TFLite (onnxruntime; not offered)",
+    }
     for model, name, values in rows:
         label = labels.get(name, f"TFLite {name}")
         print(f"| {model} | {label} | {' | '.join(f'{v:.1f}' for v in values)} |")

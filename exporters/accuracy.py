@@ -4,8 +4,11 @@
         --dataset bccd --val_split test --precisions fp32,fp16,int8
 
 exports the checkpoint to TFLite at each precision (int8 calibrated on
-``--representative_data``), runs every model and the Keras inference model on the
-same uint8 images, and prints VOC07 mAP, COCO AP / AP50 and their drop against
+``--representative_data``) and, with the ``onnx`` extra, to ONNX (``onnx``,
+``onnx_fp16``: `ONNX_PRECISIONS`), runs every model (LiteRT, onnxruntime) and
+the Keras inference model on the same uint8 images (and exported files given with
+``--exports``: ``.tflite``, ``.onnx``, SavedModel folders, through
+`exporters.runtime.load_runner`), and prints VOC07 mAP, COCO AP / AP50 and their drop against
 Keras, plus the detection agreement of `detection_agreement`. The checkpoint's
 class names must be the dataset's (as in `keras_scb.evaluate`).
 """
@@ -19,6 +22,9 @@ from exporters import common
 from keras_scb import cli
 from keras_scb import flags as common_flags
 from keras_scb.matching import pairwise_iou
+
+# `compare_precisions` names of the ONNX exports -> `exporters.onnx` precisions.
+ONNX_PRECISIONS = {"onnx": "fp32", "onnx_fp16": "fp16"}
 
 
 def detection_agreement(reference, candidate, top_k=10, iou_threshold=0.5):
@@ -93,6 +99,23 @@ def evaluate_outputs(dataset, outputs):
     )
 
 
+def export_runner(detector, precision, representative_images=None, num_threads=None,
+                  **decoder_kwargs):
+    """An `exporters.runtime` runner of ``detector`` exported in memory: a TFLite
+    precision in the LiteRT interpreter, or one of `ONNX_PRECISIONS` in onnxruntime."""
+    from exporters import runtime
+
+    if precision in ONNX_PRECISIONS:
+        from exporters import onnx
+
+        model = onnx.convert(detector, ONNX_PRECISIONS[precision], **decoder_kwargs)
+        return runtime.OnnxDetector(model.SerializeToString(), num_threads)
+    from exporters import tflite
+
+    model = tflite.convert(detector, precision, representative_images, **decoder_kwargs)
+    return runtime.TFLiteDetector(model, num_threads)
+
+
 def compare_precisions(
     detector,
     dataset,
@@ -100,6 +123,8 @@ def compare_precisions(
     representative_images=None,
     max_images=None,
     num_threads=None,
+    top_k=10,
+    exports=(),
     **decoder_kwargs,
 ):
     """mAP of the Keras model and of its TFLite exports on the same images.
@@ -107,9 +132,12 @@ def compare_precisions(
     Args:
         detector: a `keras_scb.models.Detector`.
         dataset: a `keras_scb.data.Dataset` with ground truth.
-        precisions: TFLite precisions to export and evaluate.
+        precisions: TFLite precisions and `ONNX_PRECISIONS` to export and evaluate.
         representative_images: int8 calibration images (see `exporters.tflite.convert`).
         max_images: evaluate the first ``max_images`` only.
+        top_k: the Keras detections per image that `detection_agreement` looks for.
+        exports: paths of exported models of ``detector`` to evaluate too, each
+            a row named by its path (the exports carry their own decoder settings).
         **decoder_kwargs: decoder options, the same for every model.
 
     Returns:
@@ -125,8 +153,11 @@ def compare_precisions(
     reference = run_batched(runtime.KerasDetector(detector, **decoder_kwargs), images)
     outputs = {"keras": reference}
     for precision in precisions:
-        model = tflite.convert(detector, precision, representative_images, **decoder_kwargs)
-        outputs[precision] = run_batched(runtime.TFLiteDetector(model, num_threads), images)
+        runner = export_runner(detector, precision, representative_images, num_threads,
+                               **decoder_kwargs)
+        outputs[precision] = run_batched(runner, images)
+    for path in exports:
+        outputs[path] = run_batched(runtime.load_runner(path, num_threads), images)
     rows = {}
     for name, output in outputs.items():
         metrics = evaluate_outputs(dataset, output)
@@ -134,7 +165,7 @@ def compare_precisions(
             "voc07_mAP": metrics["voc07"]["mAP"],
             "coco_AP": metrics["coco"]["AP"],
             "coco_AP50": metrics["coco"]["AP50"],
-            "agreement": detection_agreement(reference, output),
+            "agreement": detection_agreement(reference, output, top_k=top_k),
         }
         if name != "keras":
             for key in ("voc07_mAP", "coco_AP"):
@@ -142,28 +173,39 @@ def compare_precisions(
     return rows
 
 
-def markdown(rows):
-    header = "| model | VOC07 mAP | drop | COCO AP | drop | AP50 | top-10 matched | min IoU | max score diff |"
-    lines = [header, "|" + "---|" * 9]
+def markdown(rows, top_k=10):
+    header = (
+        f"| model | VOC07 mAP | drop | COCO AP | drop | AP50 | top-{top_k} matched "
+        "| mean IoU | min IoU | max score diff |"
+    )
+    lines = [header, "|" + "---|" * 10]
     for name, row in rows.items():
         agreement = row["agreement"]
+        matched = round(agreement["matched"] * agreement["count"])
         lines.append(
             f"| {name} | {row['voc07_mAP']:.4f} | {row.get('voc07_mAP_drop', 0.0):+.4f} "
             f"| {row['coco_AP']:.4f} | {row.get('coco_AP_drop', 0.0):+.4f} | {row['coco_AP50']:.4f} "
-            f"| {agreement['matched']:.3f} | {_fmt(agreement['min_iou'])} | {_fmt(agreement['max_score_diff'])} |"
+            f"| {matched}/{agreement['count']} | {_fmt(agreement['mean_iou'])} "
+            f"| {_fmt(agreement['min_iou'])} | {_fmt(agreement['max_score_diff'], '.2e')} |"
         )
     return "\n".join(lines)
 
 
-def _fmt(value):
-    return "-" if value is None else f"{value:.4f}"
+def _fmt(value, spec=".4f"):
+    return "-" if value is None else format(value, spec)
 
 
 def _define_flags():
     flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
     common_flags.define_data_flags()  # --dataset, --data_dir, --val_split (the split scored), ...
     cli.define_renamed("split", "val_split")
-    flags.DEFINE_list("precisions", ["fp32", "fp16", "int8"], "TFLite precisions.")
+    flags.DEFINE_list(
+        "precisions", ["fp32", "fp16", "int8"],
+        f"TFLite precisions, and ONNX ({', '.join(ONNX_PRECISIONS)}; needs the onnx extra).",
+    )
+    flags.DEFINE_integer("top_k", 10, "Keras detections per image the agreement looks for.")
+    flags.DEFINE_list("exports", [], "Exported files of the checkpoint to evaluate too "
+                      "(.tflite, .onnx, SavedModel folders).")
     flags.DEFINE_string("representative_data", "bccd", "int8 calibration: 'bccd', 'synthetic' or a folder.")
     flags.DEFINE_string("representative_split", "train", "Split for --representative_data=bccd.")
     flags.DEFINE_integer("representative_count", 100, "int8 calibration images.")
@@ -193,9 +235,9 @@ def main(argv):
         )
     rows = compare_precisions(
         detector, dataset, values.precisions, representative, values.max_images,
-        **common.decoder_kwargs_from_flags(values),
+        top_k=values.top_k, exports=values.exports, **common.decoder_kwargs_from_flags(values),
     )
-    print(markdown(rows))
+    print(markdown(rows, values.top_k))
     if values.output_json:
         common.write_json(rows, values.output_json)
     else:

@@ -36,7 +36,10 @@ POSTPROCESS_SCOPE = "postprocess"
 # Export box order from the library's [xmin, ymin, xmax, ymax] and back (a swap).
 YXYX = [1, 0, 3, 2]
 LABELS_FILE = label_map.LABELS_FILE
-METADATA_FILE = "keras_scb_export.json"
+# The export's description (`export_metadata`): a JSON file in a SavedModel folder,
+# an entry of an ONNX model's metadata_props.
+METADATA_NAME = "keras_scb_export"
+METADATA_FILE = METADATA_NAME + ".json"
 
 
 def load_detector(checkpoint):

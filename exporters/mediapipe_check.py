@@ -29,13 +29,19 @@ def mediapipe_detections(model_path, images, score_threshold: float, max_results
 
     Returns:
         dict of `exporters.common.DETECTION_KEYS` arrays ``(N, max_results, ...)``,
-        boxes ``[ymin, xmin, ymax, xmax]`` relative, classes as label line numbers.
+        one row per category of a detection, boxes ``[ymin, xmin, ymax, xmax]``
+        relative, classes MediaPipe's
+        ``Category.index`` where it gives one, else the label line of its
+        ``category_name`` (a file exported with ``--mediapipe_categories``
+        ``indices`` or ``names``, `exporters.metadata`); and ``indexed`` /
+        ``named`` ``(N, max_results)`` bool: which of the two MediaPipe set.
     """
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
     with open(model_path, "rb") as f:
-        labels = metadata.associated_files(f.read())[common.LABELS_FILE].decode().split("\n")
+        embedded = metadata.associated_files(f.read()).get(common.LABELS_FILE, b"")
+    labels = embedded.decode().split("\n")
     options = vision.ObjectDetectorOptions(
         base_options=BaseOptions(model_asset_path=os.fspath(model_path)),
         score_threshold=score_threshold,
@@ -43,19 +49,29 @@ def mediapipe_detections(model_path, images, score_threshold: float, max_results
     )
     size = images.shape[1]
     out = _empty(len(images), max_results)
+    out["indexed"] = np.zeros((len(images), max_results), bool)
+    out["named"] = np.zeros((len(images), max_results), bool)
     with vision.ObjectDetector.create_from_options(options) as detector:
         for i, image in enumerate(images):
             result = detector.detect(
                 mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
             )
-            out["num_detections"][i] = len(result.detections)
-            for k, detection in enumerate(result.detections):
-                box, category = detection.bounding_box, detection.categories[0]
+            # Detections of one box in several classes come back as one detection
+            # with a category each (MediaPipe merges identical boxes): one row each.
+            rows = [(d.bounding_box, c) for d in result.detections for c in d.categories]
+            out["num_detections"][i] = min(len(rows), max_results)
+            for k, (box, category) in enumerate(rows[:max_results]):
                 out["detection_boxes"][i, k] = np.array([
                     box.origin_y, box.origin_x,
                     box.origin_y + box.height, box.origin_x + box.width,
                 ]) / size
-                out["detection_classes"][i, k] = labels.index(category.category_name)
+                out["indexed"][i, k] = category.index is not None
+                out["named"][i, k] = bool(category.category_name)
+                out["detection_classes"][i, k] = (
+                    category.index if category.index is not None
+                    else labels.index(category.category_name) if category.category_name
+                    else -1
+                )
                 out["detection_scores"][i, k] = category.score
     return out
 
@@ -88,7 +104,8 @@ def compare(model_path, images, score_threshold: float = 0.5, iou_threshold: flo
 
     Returns:
         dict: ``matched`` interpreter detections found by MediaPipe (same class,
-        IoU >= ``iou_threshold``) of ``total``; ``mediapipe_total``;
+        IoU >= ``iou_threshold``) of ``total``; ``mediapipe_total``, of which
+        ``indexed`` had ``Category.index`` set and ``named`` a ``category_name``;
         ``max_score_diff`` and ``min_iou`` of the matches.
     """
     reference = interpreter_detections(model_path, images, score_threshold)
@@ -99,6 +116,8 @@ def compare(model_path, images, score_threshold: float = 0.5, iou_threshold: flo
         "matched": round(agreement["matched"] * agreement["count"]),
         "total": agreement["count"],
         "mediapipe_total": int(candidate["num_detections"].sum()),
+        "indexed": int(candidate["indexed"].sum()),
+        "named": int(candidate["named"].sum()),
         "max_score_diff": agreement["max_score_diff"],
         "min_iou": agreement["min_iou"],
     }
@@ -130,7 +149,8 @@ def main(argv: Sequence[str]):
     print(
         f"{values.checkpoint}: MediaPipe ObjectDetector vs LiteRT interpreter on {len(images)} images, "
         f"score >= {values.score_threshold}: {result['matched']}/{result['total']} matched "
-        f"(MediaPipe gave {result['mediapipe_total']}), max score diff "
+        f"(MediaPipe gave {result['mediapipe_total']}: {result['indexed']} with Category.index, "
+        f"{result['named']} with category_name), max score diff "
         f"{result['max_score_diff']}, min IoU {result['min_iou']}."
     )
 

@@ -39,6 +39,8 @@ MIN_PARSER_VERSION = "1.2.0"
 # `BoundingBoxProperties.index`: the positions of left, top, right, bottom in a
 # `[ymin, xmin, ymax, xmax]` box.
 _YXYX_INDEX = [1, 0, 3, 2]
+# What MediaPipe's ObjectDetector reports per detection (see the module docstring).
+CATEGORY_LABELS = ("names", "indices")
 
 
 def describe_detector(
@@ -49,6 +51,7 @@ def describe_detector(
     version: str,
     license: str,
     postprocess: bool = True,
+    category_labels: str = "names",
 ) -> bytes:
     """``model`` with named outputs, a SignatureDef and TFLite Model Metadata.
 
@@ -62,14 +65,21 @@ def describe_detector(
             or the class axis of the raw scores); ``None``: no label file.
         name, description, version, license: the model metadata's fields.
         postprocess: which of the two layouts ``model`` has.
+        category_labels: one of `CATEGORY_LABELS`, for the post-processed layout:
+            ``"names"`` makes ``labels.txt`` the category tensor's value labels,
+            ``"indices"`` the model's own associated file (MediaPipe then
+            reports the class index instead of the name).
 
     Returns:
         The new ``.tflite`` bytes (flatbuffer, then the label file as a zip).
     """
+    if category_labels not in CATEGORY_LABELS:
+        raise ValueError(f"category_labels must be one of {CATEGORY_LABELS}; got {category_labels!r}.")
     model_t = flatbuffer.unpack(model)
     outputs = common.DETECTION_KEYS if postprocess else common.RAW_DETECTION_KEYS
     name_tensors(model_t, outputs)
-    labels = _label_file(class_names, postprocess)
+    by_index = postprocess and category_labels == "indices"
+    labels = _label_file(class_names, postprocess, by_index)
     metadata = meta.ModelMetadataT()
     metadata.name = name
     metadata.description = description
@@ -79,8 +89,10 @@ def describe_detector(
     metadata.minParserVersion = MIN_PARSER_VERSION
     subgraph = meta.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [_image_metadata()]
+    if by_index and labels is not None:
+        metadata.associatedFiles = [labels]
     if postprocess:
-        subgraph.outputTensorMetadata = _detection_metadata(labels)
+        subgraph.outputTensorMetadata = _detection_metadata(None if by_index else labels)
         group = meta.TensorGroupT()
         group.name = "detection_result"
         group.tensorNames = [m.name for m in subgraph.outputTensorMetadata[:3]]
@@ -143,18 +155,20 @@ def _tensor_map(name: str, index: int):
     return tensor_map
 
 
-def _label_file(class_names, postprocess: bool):
+def _label_file(class_names, postprocess: bool, by_index: bool = False):
     if not class_names:
         return None
     label_file = meta.AssociatedFileT()
     label_file.name = common.LABELS_FILE
     label_file.description = "Class names, one a line, in class id order (id 0 first)."
-    # Category ids index the file's lines; raw scores have one column a line.
-    label_file.type = (
-        meta.AssociatedFileType.TENSOR_VALUE_LABELS
-        if postprocess
-        else meta.AssociatedFileType.TENSOR_AXIS_LABELS
-    )
+    # Category ids index the file's lines; raw scores have one column a line; as
+    # a description of the model, no client maps the ids to names.
+    if by_index:
+        label_file.type = meta.AssociatedFileType.DESCRIPTIONS
+    elif postprocess:
+        label_file.type = meta.AssociatedFileType.TENSOR_VALUE_LABELS
+    else:
+        label_file.type = meta.AssociatedFileType.TENSOR_AXIS_LABELS
     return label_file
 
 

@@ -3,7 +3,7 @@
     python -m exporters.predict --checkpoint export/model.tflite --images photos/ --output_dir out/
     python -m exporters.predict --checkpoint model_dir/best.keras --images a.jpg,b.png --score_threshold 0.3
 
-``--checkpoint`` (formerly ``--model_path``, still accepted) is a ``.tflite`` file or a SavedModel folder (from `exporters`) or a
+``--checkpoint`` (formerly ``--model_path``, still accepted) is a ``.tflite`` or ``.onnx`` file or a SavedModel folder (from `exporters`) or a
 ``.keras`` checkpoint. Each image (any size; resized to the model's input as in
 training, the boxes map back to the original) gives a drawing
 ``<output_dir>/<path>.png``, where ``<path>`` is the image's path relative to
@@ -200,7 +200,7 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
 
 def _define_flags():
     flags.DEFINE_string("checkpoint", None,
-                        "A .tflite file, a SavedModel folder or a .keras checkpoint.")
+                        "A .tflite or .onnx file, a SavedModel folder or a .keras checkpoint.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
     flags.DEFINE_string("output_dir", "predictions", "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Detections below this score are left out.")

@@ -1,4 +1,4 @@
-"""Run an exported model (TFLite, SavedModel) or a checkpoint with one interface.
+"""Run an exported model (TFLite, SavedModel, ONNX) or a checkpoint with one interface.
 
 Every runner takes uint8 images ``(B, S, S, 3)`` at the model's size ``S``
 (`resize_images` prepares any image) and returns numpy arrays under
@@ -23,26 +23,37 @@ class SmokeLoadError(UserError):
     """An exported file crashed the runtime or gave non-finite outputs."""
 
 
+# The runtime that `smoke_load` loads a file in, by extension: what its messages call it.
+SMOKE_LOAD_RUNTIMES = {
+    ".tflite": "The LiteRT interpreter with its default delegate (XNNPACK)",
+    ".onnx": "onnxruntime (CPU execution provider)",
+}
+
+
 def smoke_load(path, name=None, timeout=600):
-    """Loads ``path`` (``.tflite``) with the LiteRT interpreter's default options
-    (XNNPACK) in a child process and runs it once (`exporters/smoke_load.py`).
+    """Loads ``path`` (``.tflite``: the LiteRT interpreter with its default
+    options, XNNPACK; ``.onnx``: onnxruntime) in a child process and runs it
+    once (`exporters/smoke_load.py`).
 
     In a child process because a runtime that aborts (``double free``,
     segmentation fault) would take the caller with it.
 
     Args:
         path: the file to load.
-        name: how the messages name it (the final path of a temporary file).
+        name: how the messages name it (the final path of a temporary file);
+            its extension picks the runtime.
         timeout: seconds before the load counts as hung.
 
     Raises:
         SmokeLoadError: the child crashed, failed or gave non-finite outputs.
     """
     name = os.fspath(name or path)
-    what = "The LiteRT interpreter with its default delegate (XNNPACK)"
+    # By the final name's extension: a temporary file's name may not keep it.
+    extension = os.path.splitext(name)[1]
+    what = SMOKE_LOAD_RUNTIMES[extension]
     try:
         result = subprocess.run(
-            [sys.executable, SMOKE_LOAD_SCRIPT, os.fspath(path)],
+            [sys.executable, SMOKE_LOAD_SCRIPT, os.fspath(path), extension],
             capture_output=True, text=True, timeout=timeout,
         )
     except subprocess.TimeoutExpired:
@@ -135,6 +146,39 @@ class SavedModelDetector:
         return {key: outputs[key].numpy() for key in common.DETECTION_KEYS}
 
 
+class OnnxDetector:
+    """A ``.onnx`` file written by `exporters.onnx` in onnxruntime (CPU).
+
+    Takes uint8 ``(B, H, W, 3)`` of any size (the graph resizes); ``image_size``
+    is the model's own.
+
+    Args:
+        model: path of the file, or its bytes.
+        num_threads: onnxruntime's intra-op threads (``None``: its default).
+    """
+
+    def __init__(self, model, num_threads=None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        if not isinstance(model, (bytes, bytearray)):
+            model = os.fspath(model)
+        self.session = onnxruntime.InferenceSession(
+            model, options, providers=["CPUExecutionProvider"]
+        )
+        properties = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = json.loads(properties[common.METADATA_NAME])
+        self.image_size = int(self.metadata["image_size"])
+        (self._input,) = self.session.get_inputs()
+
+    def __call__(self, images):
+        feed = {self._input.name: np.asarray(images, np.uint8)}
+        outputs = self.session.run(list(common.DETECTION_KEYS), feed)
+        return dict(zip(common.DETECTION_KEYS, outputs))
+
+
 class KerasDetector:
     """A `keras_scb.models.Detector` (or a ``.keras`` checkpoint) with its decoder.
 
@@ -160,7 +204,7 @@ class KerasDetector:
 
 
 def load_runner(path, num_threads=None, **decoder_kwargs):
-    """A runner for ``path``: a ``.tflite`` file, a SavedModel folder or a ``.keras`` file.
+    """A runner for ``path``: a ``.tflite`` or ``.onnx`` file, a SavedModel folder or a ``.keras`` file.
 
     ``decoder_kwargs`` apply to checkpoints only: an export carries its own.
     """
@@ -169,6 +213,10 @@ def load_runner(path, num_threads=None, **decoder_kwargs):
         return SavedModelDetector(path)
     if path.endswith(".tflite"):
         return TFLiteDetector(path, num_threads)
+    if path.endswith(".onnx"):
+        return OnnxDetector(path, num_threads)
     if path.endswith(".keras"):
         return KerasDetector(path, **decoder_kwargs)
-    raise ValueError(f"{path}: expected a .tflite file, a SavedModel folder or a .keras checkpoint.")
+    raise ValueError(
+        f"{path}: expected a .tflite or .onnx file, a SavedModel folder or a .keras checkpoint."
+    )

@@ -28,7 +28,7 @@ import os
 
 from absl import flags
 
-from exporters import common, runtime
+from exporters import common, metadata, runtime
 from keras_scb import cli
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -69,6 +69,7 @@ def convert(
     representative_images=None,
     postprocess=True,
     class_names=None,
+    category_labels="names",
     **decoder_kwargs,
 ):
     """The TFLite file of ``detector`` with its post-processing, named outputs,
@@ -83,6 +84,8 @@ def convert(
         postprocess: include the NMS; without, the outputs are every anchor's
             decoded box and class probabilities (`common.raw_outputs`).
         class_names: embedded as the category labels (``None``: no label file).
+        category_labels: how they are embedded, `exporters.metadata.CATEGORY_LABELS`
+            (``"indices"``: MediaPipe reports class indices rather than names).
         **decoder_kwargs: `keras_scb.postprocess.PostProcessor` options.
 
     Returns:
@@ -96,7 +99,6 @@ def convert(
     import tensorflow as tf
 
     import keras_scb
-    from exporters import metadata
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
@@ -129,6 +131,7 @@ def convert(
         version=keras_scb.__version__,
         license=LICENSE,
         postprocess=postprocess,
+        category_labels=category_labels,
     )
 
 
@@ -259,6 +262,7 @@ def export_tflite(
     class_names=None,
     overwrite=False,
     postprocess=True,
+    category_labels="names",
     **decoder_kwargs,
 ):
     """Converts ``detector`` (see `convert`) and writes ``path`` atomically.
@@ -277,7 +281,8 @@ def export_tflite(
     class_names = common.export_class_names(detector, class_names)
     common.prepare_output(path, overwrite)
     model = convert(
-        detector, precision, representative_images, postprocess, class_names, **decoder_kwargs
+        detector, precision, representative_images, postprocess, class_names, category_labels,
+        **decoder_kwargs,
     )
     with common.atomic_output(path, overwrite) as temporary:
         with open(temporary, "wb") as f:
@@ -395,6 +400,12 @@ def _define_flags():
         "Include the NMS; --nopostprocess exports every anchor's decoded box "
         "(1, A, 4) and class probabilities (1, A, C) instead.",
     )
+    flags.DEFINE_enum(
+        "mediapipe_categories", "names", metadata.CATEGORY_LABELS,
+        "What MediaPipe's ObjectDetector reports per detection, which gives one or the "
+        "other: 'names' (category_name; index None) or 'indices' (index = class id; "
+        "labels.txt stays embedded as the model's class description).",
+    )
     common.define_decoder_flags()
     flags.mark_flags_as_required(["checkpoint", "output"])
 
@@ -412,7 +423,8 @@ def main(argv):
         )
     export_tflite(
         detector, values.output, values.precision, representative, class_names,
-        values.overwrite, values.postprocess, **common.decoder_kwargs_from_flags(values),
+        values.overwrite, values.postprocess, values.mediapipe_categories,
+        **common.decoder_kwargs_from_flags(values),
     )
     outputs = (
         ", ".join(common.DETECTION_KEYS) if values.postprocess

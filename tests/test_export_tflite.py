@@ -273,6 +273,27 @@ def test_model_metadata(fp32_model, detector):
     assert [n.decode() for n in group.tensorNames] == names[:3]
 
 
+def test_model_metadata_for_class_indices(fp32_model):
+    """``category_labels="indices"``: labels.txt is embedded, but not as the category
+    tensor's value labels, whose names MediaPipe would report instead of the index."""
+    from exporters.vendor import metadata_schema_py_generated as schema
+
+    model = metadata.describe_detector(
+        fp32_model, CLASS_NAMES, name="m", description="d", version="1", license="l",
+        category_labels="indices",
+    )
+    described = metadata.read_metadata(model)
+    category = described.subgraphMetadata[0].outputTensorMetadata[1]
+    assert category.name.decode() == "category" and not category.associatedFiles
+    (labels,) = described.associatedFiles
+    assert labels.type == schema.AssociatedFileType.DESCRIPTIONS
+    assert metadata.associated_files(model) == {
+        labels.name.decode(): "".join(f"{n}\n" for n in CLASS_NAMES).encode()
+    }
+    with pytest.raises(ValueError, match="category_labels"):
+        metadata.describe_detector(fp32_model, CLASS_NAMES, "m", "d", "1", "l", category_labels="ids")
+
+
 def test_raw_export(detector, images):
     from exporters.vendor import metadata_schema_py_generated as schema
     from keras_scb.postprocess import build_postprocessor

@@ -46,7 +46,7 @@ LAYERS = {
         "exporters", "exporters.accuracy", "exporters.common", "exporters.compare_cost",
         "exporters.flatbuffer", "exporters.predict", "exporters.runtime",
         "exporters.saved_model", "exporters.tflite", "exporters.metadata",
-        "exporters.mediapipe_check", "exporters.smoke_load", "exporters.vendor",
+        "exporters.mediapipe_check", "exporters.onnx", "exporters.smoke_load", "exporters.vendor",
         "exporters.vendor.metadata_schema_py_generated",
     ], 6),
 }
