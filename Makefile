@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-clients demo bench bench-peers gpu-wheels clean
+.PHONY: install test test-slow test-clients test-keras-hub demo bench bench-peers gpu-wheels clean
 
 DEMO_DIR ?= runs/quickstart
 DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
@@ -33,6 +33,16 @@ $(CLIENTS_STAMP): $(STAMP)
 
 test-clients: $(CLIENTS_STAMP)
 	$(PY) -m pytest -q -m clients
+
+# SCB on keras-hub's RetinaNet (keras_scb.integrations.keras_hub): the optional `keras-hub`
+# extra, into the same venv (keras-hub 0.29.1 keeps the pinned Keras 3.15.1 / TensorFlow 2.21).
+KERAS_HUB_STAMP := $(VENV)/.keras-hub-stamp
+$(KERAS_HUB_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,keras-hub]'
+	touch $(KERAS_HUB_STAMP)
+
+test-keras-hub: $(KERAS_HUB_STAMP)
+	$(PY) -m pytest -q -m keras_hub
 
 # Trains configs/quickstart.cfg on the vendored BCCD, evaluates it on the test split
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.
