@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-clients test-onnx test-wheel test-peers demo bench bench-peers gpu-wheels clean
+.PHONY: install test test-slow test-clients test-onnx test-keras-hub test-wheel test-peers demo bench bench-peers gpu-wheels clean
 
 DEMO_DIR ?= runs/quickstart
 DEMO_IMAGE ?= data/bccd/JPEGImages/BloodImage_00007.jpg
@@ -57,6 +57,16 @@ test-wheel: $(STAMP)
 	run=$$(mktemp -d) && cp tests/wheel_smoke.py $$run && cd $$run && \
 		env -u PYTHONPATH $(abspath $(WHEEL_DIR))/venv/bin/python wheel_smoke.py; \
 		status=$$?; rm -rf $$run; exit $$status
+
+# SCB on keras-hub's RetinaNet (keras_scb.integrations.keras_hub): the optional `keras-hub`
+# extra, into the same venv (keras-hub 0.29.1 keeps the pinned Keras 3.15.1 / TensorFlow 2.21).
+KERAS_HUB_STAMP := $(VENV)/.keras-hub-stamp
+$(KERAS_HUB_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,keras-hub]'
+	touch $(KERAS_HUB_STAMP)
+
+test-keras-hub: $(KERAS_HUB_STAMP)
+	$(PY) -m pytest -q -m keras_hub
 
 # Trains configs/quickstart.cfg on the vendored BCCD, evaluates it on the test split
 # (recall by scale, COCO and VOC07 metrics) and draws the detections of one image.

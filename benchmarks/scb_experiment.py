@@ -343,8 +343,6 @@ def main(argv=None):
             docs_text(args.docs, args.docs_block, "")
         except ValueError as error:
             parser.error(str(error))
-    from keras_scb import calibration as calibration_lib
-
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_ARMS)]
     names = [name for name, _ in variants]
     baseline = args.baseline or names[0]
@@ -361,11 +359,28 @@ def main(argv=None):
                 for name, flags in variants:
                     run_one(args.config, [*flags, f"--seed={seed}"],
                             run_dir(args.output, name, seed, run), log)
+    try:  # OSError: fileio's OutputError names the file
+        report(args.output, names, seeds, args.runs_per_seed, baseline, {
+            "config": args.config, "variants": [f"{n}:{','.join(fl)}" for n, fl in variants],
+            "seeds": args.seeds, "runs_per_seed": args.runs_per_seed,
+        }, None if args.docs is None else (args.docs, args.docs_block, command_line(args)))
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+
+
+def report(output, names, seeds, runs_per_seed, baseline, meta, docs=None):
+    """Summarises the finished runs of the arms ``names`` under ``output`` (those
+    with ``eval/metrics.json``): ``summary.md``, ``summary.json`` (``meta`` and the
+    statistics), one reliability diagram per arm; with ``docs`` ``(FILE, BLOCK,
+    COMMAND)`` also that block of the Markdown file (`update_docs`). Used by
+    `benchmarks/retinanet_experiment.py` too."""
+    from keras_scb import calibration as calibration_lib
+
     runs, timings, bins = {}, {}, {}
-    for name, flags in variants:
+    for name in names:
         for seed in seeds:
-            for run in range(args.runs_per_seed):
-                model_dir = run_dir(args.output, name, seed, run)
+            for run in range(runs_per_seed):
+                model_dir = run_dir(output, name, seed, run)
                 metrics = os.path.join(model_dir, "eval", "metrics.json")
                 if not os.path.exists(metrics):
                     continue
@@ -387,30 +402,24 @@ def main(argv=None):
     for name, parts in bins.items():
         merged = calibration_lib.merge_bins(parts)
         path = calibration_lib.plot_reliability_diagram(
-            merged, os.path.join(args.output, f"calibration_{name}.png"),
+            merged, os.path.join(output, f"calibration_{name}.png"),
             f"{name}: {len(parts)} runs, {sum(merged['count'])} detections",
         )
         calibration[name] = (merged, calibration_lib.expected_calibration_error(merged), path)
     summary = summarise(runs, baseline)
     write_json({
-            "config": args.config, "variants": [f"{n}:{','.join(fl)}" for n, fl in variants],
-            "seeds": args.seeds, "runs_per_seed": args.runs_per_seed, "baseline": baseline,
-            "summary": summary,
+            **meta, "baseline": baseline, "summary": summary,
             "runs": {a: {f"seed{s}_run{r}": row for (s, r), row in rows.items()}
                      for a, rows in runs.items()},
             "calibration": {a: {"bins": b, "ece": e} for a, (b, e, _) in calibration.items()},
-        }, os.path.join(args.output, "summary.json"))
+        }, os.path.join(output, "summary.json"))
     text = markdown(summary, runs, baseline, calibration, timings)
-    write_text(text, os.path.join(args.output, "summary.md"))
+    write_text(text, os.path.join(output, "summary.md"))
     print(text)
-    if args.docs is not None:
-        try:
-            update_docs(args.docs, args.docs_block, command_line(args), text,
-                        [path for _, _, path in calibration.values()])
-        except (ValueError, OSError) as error:  # OSError: fileio's OutputError names the file
-            parser.error(str(error))
-        print(f"Wrote the block {args.docs_block} of {args.docs}.")
-
+    if docs is not None:
+        path, block, command = docs
+        update_docs(path, block, command, text, [p for _, _, p in calibration.values()])
+        print(f"Wrote the block {block} of {path}.")
 
 if __name__ == "__main__":
     main()

@@ -141,18 +141,38 @@ def match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold, ops):
     overlaps = pairwise_iou(gt_boxes, anchor_corners, ops)  # (B, G, A)
     overlaps = ops.where(ops.expand_dims(valid, -1), overlaps, -1.0)
     best_gt, best_gt_iou = argmax_first(overlaps, 1, ops)  # (B, A)
+    forced = forced_best_anchor(overlaps, valid, ops)
+    matched = ops.where(best_gt_iou >= iou_threshold, best_gt, -1)
+    return ops.where(forced >= 0, forced, matched)
+
+
+def forced_best_anchor(overlaps, valid, ops):
+    """The forced best-anchor match of the SSD authors' matcher.
+
+    Each valid box, in index order, claims its single best anchor (ties to the
+    lowest anchor index) whatever the IoU; a later box overwrites an earlier one
+    that claimed the same anchor, as in the authors' sequential loop. This is
+    what leaves no box without a positive anchor (also used by
+    `keras_scb.integrations.keras_hub` on RetinaNet's matcher).
+
+    Args:
+        overlaps: ``(B, G, A)`` float32 IoU of every box with every anchor.
+        valid: ``(B, G)`` bool, False for padding rows (they claim nothing).
+        ops: ``keras.ops`` or `tf_ops()`.
+
+    Returns:
+        ``(B, A)`` int32: the box that claimed each anchor, ``-1`` where none did.
+    """
     best_anchor, _ = argmax_first(overlaps, 2, ops)  # (B, G)
     num_anchors = ops.shape(overlaps)[2]
     num_gt = ops.shape(overlaps)[1]
     # forced[b, a] = 1 + the highest box index whose best anchor is a, else 0:
-    # the highest index wins, as in the authors' sequential loop.
+    # the highest index wins.
     one_hot = ops.one_hot(best_anchor, num_anchors)  # (B, G, A)
     box_ids = ops.cast(ops.arange(num_gt), "float32") + 1.0
     weighted = one_hot * _trailing_axes(box_ids, 1, ops)
     weighted = weighted * ops.expand_dims(ops.cast(valid, "float32"), -1)
-    forced = ops.cast(ops.max(weighted, axis=1), "int32")  # (B, A)
-    matched = ops.where(best_gt_iou >= iou_threshold, best_gt, -1)
-    return ops.where(forced > 0, forced - 1, matched)
+    return ops.cast(ops.max(weighted, axis=1), "int32") - 1  # (B, A)
 
 
 def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):

@@ -115,6 +115,20 @@ def evaluate_detector(
     ground_truths, detections = predict_detections(
         detector, source, batch_size, **decoder_kwargs
     )
+    return evaluate_predictions(ground_truths, detections, source, detector.image_size,
+                                results_json)
+
+
+def evaluate_predictions(
+    ground_truths: List[ImageGroundTruth],
+    detections: List[ImageDetections],
+    source: Any,
+    image_size: int,
+    results_json: Optional[str] = None,
+) -> Dict[str, Any]:
+    """All metrics of any detector's ``detections`` on ``source`` (`evaluate_detector`
+    for a `Detector`; `benchmarks/retinanet_experiment.py` for keras-hub's RetinaNet),
+    also with the objects sized at the square network input of side ``image_size``."""
     if results_json:
         write_coco_results(
             coco_results(
@@ -131,7 +145,7 @@ def evaluate_detector(
     # The paper sizes objects on the original image; the anchors see them at the
     # network input, which for BCCD (640x480 -> 300x300) moves most platelets
     # from medium to small. Both are reported.
-    size = detector.image_size
+    size = image_size
     # areas=None: the boxes' areas at the input, what the anchors see.
     at_input = [
         dataclasses.replace(gt, height=size, width=size, areas=None) for gt in ground_truths

@@ -63,6 +63,34 @@ def weight(m, weighting, alpha=1.0, beta=3.0):
     }[weighting]
 
 
+def positive_weights(positives, matched, weighting, alpha=1.0, beta=3.0):
+    """``{anchor: weight}`` for one image's positive anchors (a list), ``matched``
+    their box per anchor: M counted by a loop, then `weight`."""
+    counts = {}
+    for a in positives:
+        counts[matched[a]] = counts.get(matched[a], 0) + 1
+    weights = {a: weight(counts[matched[a]], weighting, alpha, beta) for a in positives}
+    if weighting == "scb_mean_normalised" and positives:
+        # Mean 1 over the image's positive anchors (anchor_weights.mean_normalise_per_image).
+        mean = sum(weights.values()) / len(positives)
+        weights = {a: w / mean for a, w in weights.items()}
+    return weights
+
+
+def anchor_sample_weights(matched, positive, ignore, weighting, alpha=1.0, beta=3.0):
+    """``(B, A)`` float64 by loops: a positive anchor's box weight, 1 on negatives,
+    0 on ``ignore`` anchors (`keras_scb.anchor_weights.anchor_sample_weights`)."""
+    out = np.ones(np.shape(matched), np.float64)
+    for b in range(len(out)):
+        positives = [a for a in range(out.shape[1]) if positive[b][a]]
+        for a, w in positive_weights(positives, matched[b], weighting, alpha, beta).items():
+            out[b, a] = w
+        for a in range(out.shape[1]):
+            if ignore[b][a]:
+                out[b, a] = 0.0
+    return out
+
+
 def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
                   neg_pos_ratio=3, apply_to="classification", negative_mask=None,
                   class_weights=None):
@@ -75,20 +103,13 @@ def multibox_loss(y_true, y_pred, weighting="scb", alpha=1.0, beta=3.0,
         matched = y_true[b, :, 5].astype(int)
         allowed = np.ones(len(labels), bool) if negative_mask is None else negative_mask[b]
         positives = [a for a in range(len(labels)) if labels[a] > 0]
-        counts = {}
-        for a in positives:
-            counts[matched[a]] = counts.get(matched[a], 0) + 1
+        anchor_weights = positive_weights(positives, matched, weighting, alpha, beta)
         ce = []
         for a in range(len(labels)):
             logits = y_pred[b, a, 4:]
             top = logits.max()
             log_z = top + math.log(np.exp(logits - top).sum())
             ce.append(log_z - logits[labels[a]])
-        anchor_weights = {a: weight(counts[matched[a]], weighting, alpha, beta) for a in positives}
-        if weighting == "scb_mean_normalised" and positives:
-            # Mean 1 over the image's positive anchors (keras_scb.losses.mean_normalise_per_image).
-            mean = sum(anchor_weights.values()) / len(positives)
-            anchor_weights = {a: w / mean for a, w in anchor_weights.items()}
         for a in positives:
             w = anchor_weights[a] * (1.0 if class_weights is None else class_weights[labels[a] - 1])
             diff = y_pred[b, a, :4] - y_true[b, a, :4]

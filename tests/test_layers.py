@@ -16,7 +16,8 @@ LAYERS = {
     # The package imports the modules whose Keras objects it registers (layers 1-3).
     "keras_scb": 3,
     **dict.fromkeys([
-        "keras_scb.anchors", "keras_scb.box_coding", "keras_scb.output_layout",
+        "keras_scb.anchors", "keras_scb.anchor_weights", "keras_scb.box_coding",
+        "keras_scb.output_layout",
         "keras_scb.matching", "keras_scb.losses", "keras_scb.refinedet_loss",
         "keras_scb.on_device", "keras_scb.schedules", "keras_scb.optimizers",
         "keras_scb.keras_compat", "keras_scb.fileio", "keras_scb.label_map",
@@ -40,6 +41,9 @@ LAYERS = {
         "keras_scb.validation", "keras_scb.evaluation", "keras_scb.calibration",
         "keras_scb.callbacks", "keras_scb.config",
     ], 5),
+    # Other libraries' detectors trained with SCB (optional extras): models and
+    # their losses, above the mechanisms, below data and evaluation.
+    **dict.fromkeys(["keras_scb.integrations", "keras_scb.integrations.keras_hub"], 2),
     **dict.fromkeys([
         "keras_scb.train", "keras_scb.evaluate", "keras_scb.match_stats", "keras_scb.flags",
         "keras_scb.cli", "keras_scb.data.convert", "keras_scb.convert_weights",
