@@ -17,7 +17,8 @@ LAYERS = {
     **dict.fromkeys([
         "keras_scb.anchors", "keras_scb.box_coding", "keras_scb.output_layout",
         "keras_scb.matching", "keras_scb.losses", "keras_scb.refinedet_loss",
-        "keras_scb.on_device", "keras_scb.schedules", "keras_scb.optimizers",
+        "keras_scb.on_device", "keras_scb.augment_on_device", "keras_scb.schedules",
+        "keras_scb.optimizers",
         "keras_scb.keras_compat", "keras_scb.fileio", "keras_scb.label_map",
     ], 1),
     **dict.fromkeys([
