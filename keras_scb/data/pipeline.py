@@ -3,7 +3,9 @@
 Training: (shuffle) -> decode the image (JPEG, PNG, ...; see `records`) -> drop
 ``difficult`` boxes -> `augment` -> encode the targets (``"ssd"``) or pad the
 boxes to ``max_boxes`` -> batch -> (encode the padded targets) -> prefetch; maps
-in parallel and autotuned.
+in parallel. ``decode="window"`` draws the augmentation first and decodes only
+the JPEG pixels its window reads; ``photometric="device"`` leaves the colour
+distortion to the train step (`keras_scb.augment_on_device`).
 Evaluation: decode -> resize -> pad -> batch, keeping each image's id, original
 size and ground truth.
 
