@@ -304,3 +304,22 @@ def test_training_with_device_colour_reaches_the_host_loss():
     band = max(host) - min(host)
     assert band > 0  # the seeds differ, so the band is a real A/A spread
     assert abs(np.mean(device) - np.mean(host)) <= band
+
+
+def test_padding_that_cuts_boxes_says_how_many(caplog):
+    """Padded ground truth (for on-device matching) keeps ``max_boxes`` per image; the
+    boxes beyond it are counted in a warning, never dropped silently."""
+    import logging
+
+    from keras_scb.data import pipeline
+    from keras_scb.data.synthetic import make_synthetic
+
+    dataset = make_synthetic(4, seed=0, objects_per_image=(3, 3))
+    with caplog.at_level(logging.WARNING):
+        pipeline.training_pipeline(dataset, image_size=32, targets="gt", max_boxes=1)
+    assert "max_boxes=1 cuts up to 8 boxes on 4 of 4 images (the most on one image: 3)." in (
+        caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pipeline.training_pipeline(dataset, image_size=32, targets="gt")
+    assert "cuts" not in caplog.text
