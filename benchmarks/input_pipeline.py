@@ -25,6 +25,10 @@ batch, jitted under JAX's XLA on the CPU (a child process; an upper bound of wha
 the colour adds to a GPU step), with XLA's FLOP count per image next to SSD300's
 training FLOPs (208 GFLOP per image, ``benchmarks/gpu_check.py``).
 
+``--clock cpu`` times the pipelines by the process's CPU time: on a machine that
+other work keeps busy, per-core costs stay close to the idle ones where wall time
+does not (the main thread only waits for the map's one thread).
+
 Stage costs per image are differences of the medians: decode = 1 / decode,
 augment = 1 / train_gt - 1 / decode, encode = 1 / train - 1 / train_gt.
 Cores a GPU step rate R needs (per-core rates, i.e. --threads 1):
@@ -56,11 +60,14 @@ def _images_in(batch):
     return len(batch)
 
 
-def _rate(iterator, batches):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _rate(iterator, batches, clock=time.perf_counter):
     """Images per second over ``batches`` batches (the last one of a pass may be short)."""
-    start = time.perf_counter()
+    start = clock()
     images = sum(_images_in(next(iterator)) for _ in range(batches))
-    return images / (time.perf_counter() - start)
+    return images / (clock() - start)
 
 
 def _single_thread(dataset):
@@ -209,7 +216,7 @@ def benchmark(dataset, anchors, args):
             # prefetching in the background and would steal the CPUs of the next.
             iterator = iter(pipeline)
             _rate(iterator, 2)  # warm-up: thread pools, file cache
-            rates[name].append(_rate(iterator, args.batches))
+            rates[name].append(_rate(iterator, args.batches, CLOCKS[args.clock]))
             del iterator
             gc.collect()
         rates["match_dev"].append(_match_rate(match, ground_truth, 1))
@@ -269,6 +276,9 @@ def main():
     parser.add_argument("--gpu_rate", type=float, default=2650.0,
                         help="GPU train-step rate (img/s) to size the CPU side for")
     parser.add_argument("--validation", action="store_true", help="also time the validation pipeline")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                        help="cpu: the process's CPU time instead of wall time, for the "
+                             "pipelines (with --threads 1 on a loaded machine)")
     parser.add_argument("--no-device-colour", dest="device_colour", action="store_false",
                         help="skip the JAX child process timing the device colour")
     args = parser.parse_args()
