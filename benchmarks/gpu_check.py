@@ -19,7 +19,13 @@ row that did not fit is listed as skipped, never silently dropped):
   data, for each precision (mixed_bfloat16, float32) and batch size, with
   ``ScaleBalancedLoss`` and ``MultiBoxLoss`` compiled side by side, one warm-up
   ``fit`` each (XLA compilation) and ``--rounds`` timed ``fit`` calls alternating
-  between the two.
+  between the two;
+- training from images (``--augment-rows``, after the rows above): decoded uint8
+  images resident on the accelerator, each with its colour parameters
+  (`keras_scb.augment_on_device`) and padded ground truth, trained through
+  ``AugmentOnDevice`` (colour in the step) with ``MatchOnDevice`` (matching in the
+  step), timed against the same model on pre-encoded float targets: one row shows
+  whether the step rate drops when the augmentation and matching move in.
 
 Printed per row: images/second with each loss, the median SCB / MultiBox time
 ratio, the XLA-counted FLOPs of one training image (forward + backward of the
@@ -59,10 +65,15 @@ def parse_args(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the card's dense bf16 peak; default from the device name")
     parser.add_argument("--no-peer", action="store_true", help="skip torchvision")
+    parser.add_argument("--augment-rows", default="ssd300",
+                        help="models (comma-separated; empty: none) also trained from images "
+                             "with device colour + matching, at each precision and batch size")
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.precisions, args.batch_sizes = "mobilenetv2-ssdlite300", "float32", "2"
         args.steps, args.rounds, args.no_peer = 1, 1, True
+        args.augment_rows = "mobilenetv2-ssdlite300"
+        args.budget = float("inf")  # every row runs: the smoke test checks them all
     return args
 
 
@@ -125,8 +136,49 @@ def device_batches(model, batch, steps):
     )
 
 
+def colour_params(rng, n):
+    """``(n, NUM_PARAMS)`` colour parameters with `augment.sample_photometric`'s
+    distributions (numpy: TensorFlow is blocked here) and the whole image as window."""
+    import numpy as np
+
+    from keras_scb.augment_on_device import NUM_PARAMS
+
+    coins = rng.uniform(size=(n, 5)) < 0.5
+    params = np.zeros((n, NUM_PARAMS), np.float32)
+    params[:, 0] = np.where(coins[:, 0], rng.uniform(-32, 32, n), 0.0)
+    params[:, 1] = np.where(coins[:, 1], rng.uniform(0.5, 1.5, n), 1.0)
+    params[:, 2], params[:, 4], params[:, 6] = coins[:, 4], coins[:, 2], coins[:, 3]
+    params[:, 3] = rng.uniform(0.5, 1.5, n)
+    params[:, 5] = rng.uniform(-0.05, 0.05, n)
+    params[:, 9:] = 1.0  # window [0, 0, 1, 1]
+    return params
+
+
+def image_batches(model, batch, steps):
+    """``((images uint8, params), ground truth (N, G, 5))`` of ``batch * steps`` images
+    on the accelerator: what ``training_pipeline(..., targets="gt",
+    photometric="device")`` feeds, decoded and resized, without a host in the loop."""
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, HERE)
+    from synthetic import random_ground_truth
+
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    boxes, classes = random_ground_truth(rng, n, model.num_classes)
+    size = model.image_size
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    ground_truth = np.concatenate([boxes, classes[..., None].astype(np.float32)], -1)
+    return (
+        (jax.device_put(images), jax.device_put(colour_params(rng, n))),
+        jax.device_put(ground_truth),
+    )
+
+
 def flops_per_image(model, loss, images, targets):
-    """XLA's FLOP count of the loss's value and gradient, divided by the batch size."""
+    """XLA's FLOP count of the loss's value and gradient, divided by the batch size
+    (``images`` may be a tuple of inputs, the images first)."""
     import jax
 
     trainable = [v.value for v in model.trainable_variables]
@@ -140,7 +192,8 @@ def flops_per_image(model, loss, images, targets):
     cost = lowered.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
-    return float(cost["flops"]) / images.shape[0]
+    batch = (images[0] if isinstance(images, tuple) else images).shape[0]
+    return float(cost["flops"]) / batch
 
 
 def bench_row(name, precision, batch, args):
@@ -182,6 +235,54 @@ def bench_row(name, precision, batch, args):
         "scb": n / statistics.median(seconds["scb"]),
         "multibox": n / statistics.median(seconds["multibox"]),
         "ratio": statistics.median(s / m for s, m in zip(seconds["scb"], seconds["multibox"])),
+        "gflop_per_image": flops / 1e9,
+    }
+
+
+def augment_row(name, precision, batch, args):
+    """Times ``fit`` from images (device colour + matching) against pre-encoded targets."""
+    import keras
+
+    from keras_scb.augment_on_device import AugmentOnDevice
+    from keras_scb.losses import ScaleBalancedLoss
+    from keras_scb.models import build_detector
+    from keras_scb.on_device import MatchOnDevice
+
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(0)
+    plain = build_detector(name, args.num_classes, backbone_weights=None)
+    plain.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), loss=ScaleBalancedLoss(),
+                  jit_compile=True)
+    keras.utils.set_random_seed(0)
+    detector = build_detector(name, args.num_classes, backbone_weights=None)
+    wrapped = AugmentOnDevice(detector)
+    loss = MatchOnDevice(ScaleBalancedLoss(), detector.anchor_spec)
+    wrapped.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), loss=loss,
+                    jit_compile=True)
+    data = {"encoded": (plain, *device_batches(plain, batch, args.steps)),
+            "images": (wrapped, *image_batches(detector, batch, args.steps))}
+
+    def fit(model, x, y):
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        return time.perf_counter() - start
+
+    for model, x, y in data.values():
+        fit(model, x, y)  # XLA compilation
+    seconds = {label: [] for label in data}
+    for _ in range(args.rounds):
+        for label, (model, x, y) in data.items():
+            seconds[label].append(fit(model, x, y))
+    (x_images, params), gt = data["images"][1:]
+    flops = flops_per_image(wrapped, loss, (x_images[:batch], params[:batch]), gt[:batch])
+    keras.mixed_precision.set_global_policy("float32")
+    n = batch * args.steps
+    return {
+        "model": name, "precision": precision, "batch": batch,
+        "encoded": n / statistics.median(seconds["encoded"]),
+        "images": n / statistics.median(seconds["images"]),
+        "ratio": statistics.median(
+            i / e for i, e in zip(seconds["images"], seconds["encoded"])),
         "gflop_per_image": flops / 1e9,
     }
 
@@ -237,6 +338,23 @@ def main(argv=None):
                     print(f"{name:<24} {precision:<15} {batch:>5} skipped: --budget spent")
                     continue
                 print(format_row(bench_row(name, precision, batch, args), peak, peer), flush=True)
+    augment_models = [m for m in args.augment_rows.split(",") if m]
+    if augment_models:
+        print("training from images, colour + matching in the step (augment_on_device, "
+              "MatchOnDevice) vs pre-encoded targets:")
+        print(f"{'images+aug':<11}{'model':<24} {'precision':<15} {'batch':>5} "
+              f"{'img/s':>9} {'encoded':>9} {'time x':>7} {'GFLOP/im':>8}")
+    for name in augment_models:
+        for precision in args.precisions.split(","):
+            for batch in batch_sizes:
+                if time.perf_counter() - start > args.budget:
+                    print(f"{'images+aug':<11}{name:<24} {precision:<15} {batch:>5} "
+                          "skipped: --budget spent")
+                    continue
+                row = augment_row(name, precision, batch, args)
+                print(f"{'images+aug':<11}{name:<24} {precision:<15} {batch:>5} "
+                      f"{row['images']:>9.1f} {row['encoded']:>9.1f} {row['ratio']:>7.3f} "
+                      f"{row['gflop_per_image']:>8.1f}", flush=True)
     for (batch, precision), speed in sorted(peer.items()):
         print(f"torchvision ssd300_vgg16 {precision:<15} {batch:>5} {speed:>9.1f} img/s")
     print(f"total {time.perf_counter() - start:.0f} s; tensorflow imported: "

@@ -3,7 +3,9 @@
 Training: (shuffle) -> decode the image (JPEG, PNG, ...; see `records`) -> drop
 ``difficult`` boxes -> `augment` -> encode the targets (``"ssd"``) or pad the
 boxes to ``max_boxes`` -> batch -> (encode the padded targets) -> prefetch; maps
-in parallel and autotuned.
+in parallel. ``decode="window"`` draws the augmentation first and decodes only
+the JPEG pixels its window reads; ``photometric="device"`` leaves the colour
+distortion to the train step (`keras_scb.augment_on_device`).
 Evaluation: decode -> resize -> pad -> batch, keeping each image's id, original
 size and ground truth.
 
@@ -32,6 +34,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from keras_scb import anchors as anchors_lib
 from keras_scb import matching
@@ -207,9 +210,38 @@ def _elements(source, training, shuffle=False, seed=None, shuffle_buffer=0):
     )
 
 
+def _read(element, images_are_paths):
+    return tf.io.read_file(element["image"]) if images_are_paths else element["image"]
+
+
 def _decode(element, images_are_paths):
-    data = tf.io.read_file(element["image"]) if images_are_paths else element["image"]
-    return records_lib.decode_image(data)
+    return records_lib.decode_image(_read(element, images_are_paths))
+
+
+def _warn_of_cut_boxes(source, max_boxes, keep_difficult):
+    """Logs how many boxes padding to ``max_boxes`` may cut (`_pad` keeps the first).
+
+    Counted on the source's records (in memory) or from its most boxes on one
+    image (TFRecords): the augmentation only removes boxes, so this bounds what
+    is cut.
+    """
+    if isinstance(source, records_lib.Dataset):
+        counts = np.array([
+            len(r.classes) if keep_difficult else int(np.sum(~np.asarray(r.difficult, bool)))
+            for r in source.records
+        ])
+        cut = int(np.sum(np.maximum(counts - max_boxes, 0)))
+        if cut:
+            logging.warning(
+                "max_boxes=%d cuts up to %d boxes on %d of %d images (the most on one "
+                "image: %d).", max_boxes, cut, int(np.sum(counts > max_boxes)),
+                len(counts), int(counts.max()),
+            )
+    elif isinstance(source, tfrecord.TFRecordSource) and source.max_boxes > max_boxes:
+        logging.warning(
+            "max_boxes=%d cuts boxes on the images with more (the most on one image: %d).",
+            max_boxes, source.max_boxes,
+        )
 
 
 def _pad(values, max_boxes, fill):
@@ -248,6 +280,8 @@ def training_pipeline(
     shuffle_buffer: int = 512,
     repeat: bool = False,
     drop_remainder: bool = True,
+    decode: str = "full",
+    photometric: str = "host",
 ) -> tf.data.Dataset:
     """The training input pipeline.
 
@@ -274,10 +308,29 @@ def training_pipeline(
             and through a ``shuffle_buffer``-record buffer).
         repeat: repeat forever (for ``steps_per_epoch``).
         drop_remainder: drop the last partial batch (static batch shape).
+        decode: ``"full"`` decodes every image whole (the reference);
+            ``"window"`` decodes only the pixels the augmentation's window needs
+            (`augment.augment_jpeg`; JPEGs only, other formats are decoded
+            whole): the same boxes, the pixels equal up to rounding, less host time.
+        photometric: ``"host"`` applies the photometric distortion here;
+            ``"device"`` leaves it to the train step
+            (`keras_scb.augment_on_device`): the images come out undistorted with
+            each image's parameters next to them, drawn here from its seed.
 
     Returns:
-        ``tf.data.Dataset`` of ``(images (B, S, S, 3) float32, targets)``.
+        ``tf.data.Dataset`` of ``(images (B, S, S, 3) float32, targets)``; with
+        ``photometric="device"`` of ``((images, params (B, 11) float32), targets)``
+        (`augment.augment_pixels`' parameters).
     """
+    if decode not in ("full", "window"):
+        raise ValueError(f"decode must be 'full' or 'window'; got {decode!r}.")
+    if photometric not in ("host", "device"):
+        raise ValueError(f"photometric must be 'host' or 'device'; got {photometric!r}.")
+    if photometric == "device" and (augment is None or not augment.photometric):
+        raise ValueError("photometric='device' needs augment with photometric=True.")
+    on_host = photometric == "host"
+    if isinstance(source, str):
+        source = tfrecord.read_tfrecords(source)
     size = _image_size(anchors, image_size)
     if targets is None:
         targets = getattr(anchors, "targets", "ssd")
@@ -288,19 +341,33 @@ def training_pipeline(
     )
     max_boxes = max_boxes or source_max
 
+    if not per_image:
+        _warn_of_cut_boxes(source, max_boxes, keep_difficult)
+
+    def augment_image(element, boxes, classes, image_seed):
+        args = (boxes, classes, image_seed, size, augment, on_host)
+        if decode == "full":
+            return augment_lib.augment_pixels(_decode(element, are_paths), *args)
+        data = _read(element, are_paths)
+        return tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: augment_lib.augment_jpeg(data, *args),
+            lambda: augment_lib.augment_pixels(records_lib.decode_image(data), *args),
+        )
+
     def prepare(element, image_seed):
-        image = _decode(element, are_paths)
         boxes, classes = element["boxes"], element["classes"]
         if not keep_difficult:
             boxes = tf.boolean_mask(boxes, ~element["difficult"])
             classes = tf.boolean_mask(classes, ~element["difficult"])
         if augment is None:
+            image = _decode(element, are_paths)
             image = tf.image.resize(tf.cast(image, tf.float32), (size, size))
         else:
-            image, boxes, classes = augment_lib.augment(
-                image, boxes, classes, image_seed, size, augment
-            )
+            image, boxes, classes, params = augment_image(element, boxes, classes, image_seed)
         image.set_shape([size, size, 3])
+        if not on_host:
+            image = (image, params)
         if per_image:
             return image, _encode_image(encode, boxes, classes)
         return image, (_pad(boxes, max_boxes, 0.0), _pad(classes, max_boxes, -1))
