@@ -35,7 +35,7 @@ the SSD paper and makes colour a useless cue.
 """
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -99,13 +99,13 @@ def _uniform(seed, shape=(), minval=0.0, maxval=1.0):
 
 
 def photometric_distort(
-    image,
-    seed,
-    brightness=32.0,
-    contrast=(0.5, 1.5),
-    saturation=(0.5, 1.5),
-    hue=18.0,
-):
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    brightness: float = 32.0,
+    contrast: Tuple[float, float] = (0.5, 1.5),
+    saturation: Tuple[float, float] = (0.5, 1.5),
+    hue: float = 18.0,
+) -> tf.Tensor:
     """SSD's photometric distortion, each step with probability 1/2.
 
     Brightness shift, then contrast either first or last around saturation and hue
@@ -142,21 +142,21 @@ def photometric_distort(
     return tf.cond(contrast_first, lambda: image, lambda: scale_contrast(image))
 
 
-def to_window(boxes, window):
+def to_window(boxes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     """Re-expresses relative corners ``(N, 4)`` in the frame of ``window`` ``(4,)``."""
     origin = tf.tile(window[:2], [2])
     size = tf.tile(window[2:] - window[:2], [2])
     return (boxes - origin) / size
 
 
-def compose(outer, inner):
+def compose(outer: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
     """The window ``inner`` (relative to ``outer``) in ``outer``'s own frame."""
     origin = tf.tile(outer[:2], [2])
     size = tf.tile(outer[2:] - outer[:2], [2])
     return origin + inner * size
 
 
-def sample_expand(seed, prob=0.5, max_expand=4.0):
+def sample_expand(seed: tf.Tensor, prob: float = 0.5, max_expand: float = 4.0) -> tf.Tensor:
     """Draws the zoom-out canvas.
 
     Returns:
@@ -171,7 +171,7 @@ def sample_expand(seed, prob=0.5, max_expand=4.0):
     return tf.concat([-offset, ratio - offset], axis=0)
 
 
-def box_centres_inside(boxes, windows):
+def box_centres_inside(boxes: tf.Tensor, windows: tf.Tensor) -> tf.Tensor:
     """``(N, T)`` bool: box centre strictly inside each window ``(T, 4)``."""
     centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2.0
     return tf.reduce_all(
@@ -180,14 +180,14 @@ def box_centres_inside(boxes, windows):
 
 
 def sample_crop_window(
-    boxes,
-    aspect,
-    seed,
-    min_ious=AugmentConfig.min_ious,
-    trials=50,
-    min_scale=0.3,
-    max_aspect=2.0,
-):
+    boxes: tf.Tensor,
+    aspect: tf.Tensor,
+    seed: tf.Tensor,
+    min_ious: Sequence[Optional[float]] = AugmentConfig.min_ious,
+    trials: int = 50,
+    min_scale: float = 0.3,
+    max_aspect: float = 2.0,
+) -> tf.Tensor:
     """Draws an IoU-constrained crop (see the module docstring).
 
     Args:
@@ -217,7 +217,8 @@ def sample_crop_window(
     return tf.where(found, windows[first], tf.constant(WHOLE_IMAGE))
 
 
-def crop_boxes(boxes, classes, window):
+def crop_boxes(boxes: tf.Tensor, classes: tf.Tensor,
+               window: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Keeps the boxes whose centre is inside ``window``, in its frame, clipped.
 
     Args:
@@ -231,13 +232,14 @@ def crop_boxes(boxes, classes, window):
     return kept, tf.boolean_mask(classes, keep)
 
 
-def flip_horizontal(image, boxes):
+def flip_horizontal(image: tf.Tensor, boxes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Mirrors ``(H, W, C)`` pixels and ``(N, 4)`` relative corners left-right."""
     x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
     return tf.reverse(image, [1]), tf.stack([1.0 - x1, y0, 1.0 - x0, y1], axis=-1)
 
 
-def resize_window(image, window, size, fill=MEAN_RGB):
+def resize_window(image: tf.Tensor, window: tf.Tensor, size: int,
+                  fill: Sequence[float] = MEAN_RGB) -> tf.Tensor:
     """Bilinear resample of a window of an image to ``size x size``.
 
     Sampling is half-pixel centred (like ``tf.image.resize``): output pixel ``i``
@@ -282,7 +284,8 @@ def _inside_image(window, size):
     return (inside_y[:, None] & inside_x[None, :])[..., None]
 
 
-def augment(image, boxes, classes, seed, size, config=AugmentConfig()):
+def augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, seed: tf.Tensor, size: int,
+            config: AugmentConfig = AugmentConfig()) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The full SSD training augmentation of one image.
 
     Args:
