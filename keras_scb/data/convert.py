@@ -45,7 +45,7 @@ def _define_flags():
     flags.mark_flags_as_required(["format", "output"])
 
 
-def read_source():
+def read_source() -> records.Dataset:
     """The `Dataset` that the flags describe."""
     policies = {"bad_files": FLAGS.bad_files, "bad_objects": FLAGS.bad_objects}
     if FLAGS.format == "voc":
@@ -61,7 +61,7 @@ def read_source():
     )
 
 
-def main(argv):
+def main(argv: list) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     dataset = read_source()

@@ -28,7 +28,7 @@ set, the shuffle, the seeds and the element order (``deterministic``) are fixed,
 so two runs give identical batches.
 """
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -45,8 +45,8 @@ Source = Union[records_lib.Dataset, tfrecord.TFRecordSource, str]
 Targets = Union[str, Callable]
 
 
-def ssd_targets(anchors, iou_threshold=matching.MATCH_IOU,
-                variances=matching.VARIANCES) -> Callable:
+def ssd_targets(anchors: np.ndarray, iou_threshold: float = matching.MATCH_IOU,
+                variances: Sequence[float] = matching.VARIANCES) -> Callable:
     """Target encoder ``(boxes (B, G, 4), classes (B, G)) -> (B, A, 6)``.
 
     Args:
@@ -62,7 +62,7 @@ def ssd_targets(anchors, iou_threshold=matching.MATCH_IOU,
     return encode
 
 
-def padded_gt_targets(boxes, classes):
+def padded_gt_targets(boxes: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
     """``(B, G, 4)``, ``(B, G)`` -> ``(B, G, 5)`` ``[xmin, ymin, xmax, ymax, class]``."""
     return tf.concat([boxes, tf.cast(classes, tf.float32)[..., None]], axis=-1)
 
@@ -219,7 +219,7 @@ def _options(deterministic, shard_policy):
 
 def training_pipeline(
     source: Source,
-    anchors=None,
+    anchors: Optional[np.ndarray] = None,
     *,
     batch_size: int = 32,
     image_size: Optional[int] = None,
@@ -296,7 +296,7 @@ def training_pipeline(
 
 def validation_pipeline(
     source: Source,
-    anchors=None,
+    anchors: Optional[np.ndarray] = None,
     *,
     batch_size: int = 32,
     image_size: Optional[int] = None,
