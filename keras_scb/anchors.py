@@ -15,7 +15,7 @@ This is the layout of the SSD authors' Caffe code and of ssd.pytorch's ``PriorBo
 
 import dataclasses
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -214,7 +214,7 @@ PRESETS = {
 }
 
 
-def get_anchor_spec(name_or_spec) -> AnchorSpec:
+def get_anchor_spec(name_or_spec: Union[str, AnchorSpec]) -> AnchorSpec:
     """Returns the `AnchorSpec` of a preset name, or the spec itself."""
     if isinstance(name_or_spec, AnchorSpec):
         return name_or_spec
@@ -226,7 +226,7 @@ def get_anchor_spec(name_or_spec) -> AnchorSpec:
         ) from None
 
 
-def get_anchors(name_or_spec) -> np.ndarray:
+def get_anchors(name_or_spec: Union[str, AnchorSpec]) -> np.ndarray:
     """Priors of a preset name or `AnchorSpec`.
 
     Returns:
@@ -265,7 +265,7 @@ def get_anchors(name_or_spec) -> np.ndarray:
     return anchors.astype(np.float32)
 
 
-def anchors_per_map(name_or_spec) -> Sequence[int]:
+def anchors_per_map(name_or_spec: Union[str, AnchorSpec]) -> Sequence[int]:
     """Number of anchors contributed by each feature map, in order."""
     spec = get_anchor_spec(name_or_spec)
     return [

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import zipfile
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class CheckpointError(ValueError):
     """A checkpoint or backup that cannot be used; the message names the file."""
 
 
-def non_finite_variables(model) -> List[str]:
+def non_finite_variables(model: Any) -> List[str]:
     """Paths of ``model``'s variables (weights and BatchNorm statistics) holding NaN or inf."""
     import keras
 
@@ -36,7 +36,7 @@ def non_finite_variables(model) -> List[str]:
     ]
 
 
-def check_finite(model, source: str) -> None:
+def check_finite(model: Any, source: str) -> None:
     """Raises `CheckpointError` naming ``source`` if ``model`` has a non-finite variable."""
     bad = non_finite_variables(model)
     if bad:
@@ -46,7 +46,7 @@ def check_finite(model, source: str) -> None:
         )
 
 
-def load_checkpoint(path, compile: bool = False):
+def load_checkpoint(path: str, compile: bool = False) -> Any:
     """``keras.saving.load_model(path)`` of a detector checkpoint, checked.
 
     Raises:
@@ -73,7 +73,7 @@ def load_checkpoint(path, compile: bool = False):
     return model
 
 
-def stored_class_names(path) -> Optional[Tuple[str, ...]]:
+def stored_class_names(path: str) -> Optional[Tuple[str, ...]]:
     """The ``class_names`` stored in the ``.keras`` file ``path``, or None.
 
     Read from the archive's ``config.json`` (the `Detector` config) without
@@ -164,7 +164,7 @@ def init_from_checkpoint(model, path) -> str:
     return line + "."
 
 
-def checkpoint_class_names(path) -> Optional[Tuple[str, ...]]:
+def checkpoint_class_names(path: str) -> Optional[Tuple[str, ...]]:
     """The label map of the checkpoint ``path``: the names stored in it, else
     ``labels.txt`` next to it; None if it has neither.
 
@@ -179,7 +179,7 @@ def checkpoint_class_names(path) -> Optional[Tuple[str, ...]]:
 
 
 def check_checkpoint_classes(
-    path, num_classes: int, class_names: Sequence[str], source: str
+    path: str, num_classes: int, class_names: Sequence[str], source: str
 ) -> None:
     """The checkpoint ``path`` (of ``num_classes`` classes) must predict the
     label map ``class_names`` of ``source`` (e.g. a dataset split).

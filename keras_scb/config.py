@@ -50,7 +50,8 @@ WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb", "unifo
 STRATEGIES = ("default", "mirrored", "multi_worker", "data_parallel")
 
 
-def setting(default: Any, help: str, choices: Tuple[str, ...] = (), train_only: bool = False):
+def setting(default: Any, help: str, choices: Tuple[str, ...] = (),
+            train_only: bool = False) -> Any:
     """A section field that is also a flag: its help, its allowed values, and whether
     only ``keras_scb.train`` has it (``evaluate`` shares the other data flags)."""
     return dataclasses.field(default=default, metadata={

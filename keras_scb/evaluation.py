@@ -159,7 +159,7 @@ def detections_from_decoder(image_ids, boxes, scores, classes, num_detections):
     ]
 
 
-def scale_of_area(areas):
+def scale_of_area(areas: np.ndarray) -> np.ndarray:
     """Pixel areas ``(N,)`` -> ``(N,)`` indices into `SCALES`: the paper's rule,
     ``32**2`` itself medium and ``96**2`` large (pycocotools counts each limit in
     both neighbouring ranges; see the module docstring)."""
@@ -373,7 +373,7 @@ def coco_metrics(
     }
 
 
-def voc07_average_precision(recall, precision):
+def voc07_average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     """VOC2007 11-point interpolated AP.
 
     Args:

@@ -15,6 +15,8 @@ Box formats: ground-truth and decoded boxes are relative corners
 `tf_ops`) is `keras_scb.box_coding`.
 """
 
+from typing import Any, Sequence
+
 import numpy as np
 
 # Re-exported: the box-coding names callers of the matching use with it.
@@ -23,6 +25,9 @@ from keras_scb.box_coding import VARIANCES, encode_offsets, tf_ops, to_corners
 # An anchor matches a ground-truth box at IoU >= this (SSD's and RefineDet's 0.5;
 # the evaluation's true-positive IoU is `keras_scb.evaluation`'s own concept).
 MATCH_IOU = 0.5
+
+# A numpy array, a `keras.ops` tensor or a TF tensor, as the ``ops`` namespace reads.
+Tensor = Any
 
 __all__ = [
     "MATCH_IOU",
@@ -40,13 +45,13 @@ __all__ = [
 ]
 
 
-def box_areas(boxes, ops=np):
+def box_areas(boxes: Tensor, ops: Any = np) -> Tensor:
     """``(..., 4)`` corners -> ``(...)`` areas, 0 for degenerate boxes."""
     size = ops.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
     return size[..., 0] * size[..., 1]
 
 
-def pairwise_iou(boxes_a, boxes_b, ops=np):
+def pairwise_iou(boxes_a: Tensor, boxes_b: Tensor, ops: Any = np) -> Tensor:
     """Pairwise intersection over union: the one IoU of the project.
 
     Works in any numpy-like namespace: numpy for evaluation (float64 in, float64
@@ -76,7 +81,7 @@ def pairwise_iou(boxes_a, boxes_b, ops=np):
     return inter / ops.maximum(union, 1e-12)
 
 
-def iou(boxes_a, boxes_b):
+def iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     """`pairwise_iou` in TensorFlow float32 (for ``tf.data`` maps).
 
     Args:
@@ -93,7 +98,7 @@ def iou(boxes_a, boxes_b):
     return pairwise_iou(boxes_a, boxes_b, tf_ops())
 
 
-def argmax_first(x, axis, ops):
+def argmax_first(x: Tensor, axis: int, ops: Any) -> Tensor:
     """Argmax over a non-negative ``axis``, lowest index among exact ties.
 
     Args:
@@ -119,7 +124,8 @@ def _trailing_axes(x, count, ops):
     return x
 
 
-def match_anchors(gt_boxes, gt_classes, anchor_corners, iou_threshold, ops):
+def match_anchors(gt_boxes: Tensor, gt_classes: Tensor, anchor_corners: Tensor,
+                  iou_threshold: float, ops: Any) -> Tensor:
     """Assigns each anchor a ground-truth box by the SSD authors' rule.
 
     Each anchor takes its best box if their IoU is >= ``iou_threshold``; then each
@@ -175,7 +181,8 @@ def forced_best_anchor(overlaps, valid, ops):
     return ops.cast(ops.max(weighted, axis=1), "int32") - 1  # (B, A)
 
 
-def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
+def encode_matches(gt_boxes: Tensor, gt_classes: Tensor, anchors: Tensor, matched: Tensor,
+                   variances: Sequence[float], ops: Any) -> Tensor:
     """Builds the ``(B, A, 6)`` target tensor from a matching.
 
     Args:
@@ -207,7 +214,8 @@ def encode_matches(gt_boxes, gt_classes, anchors, matched, variances, ops):
     )
 
 
-def match_and_encode(gt_boxes, gt_classes, anchors, iou_threshold, variances, ops):
+def match_and_encode(gt_boxes: Tensor, gt_classes: Tensor, anchors: Tensor,
+                     iou_threshold: float, variances: Sequence[float], ops: Any) -> Tensor:
     """`match_anchors` against ``anchors``, then `encode_matches`, in any namespace.
 
     Args:
@@ -228,8 +236,9 @@ def match_and_encode(gt_boxes, gt_classes, anchors, iou_threshold, variances, op
 
 
 def encode_targets(
-    gt_boxes, gt_classes, anchors, iou_threshold=MATCH_IOU, variances=VARIANCES
-):
+    gt_boxes: Tensor, gt_classes: Tensor, anchors: Tensor, iou_threshold: float = MATCH_IOU,
+    variances: Sequence[float] = VARIANCES,
+) -> Tensor:
     """Encodes ground truth against anchors for SSD training.
 
     Args:
@@ -258,7 +267,7 @@ def encode_targets(
     return targets[0] if single else targets
 
 
-def pixel_boxes(boxes, height, width):
+def pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Relative corners ``(N, 4)`` -> pixel corners of a ``height x width`` image."""
     return boxes * np.array([width, height, width, height], np.float64)
 
@@ -270,12 +279,12 @@ def pixel_boxes(boxes, height, width):
 _PIXEL_DECIMALS = 3
 
 
-def annotated_pixel_boxes(boxes, height, width):
+def annotated_pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Ground-truth relative corners ``(N, 4)`` -> pixel corners back on the annotation grid."""
     return np.round(pixel_boxes(boxes, height, width), _PIXEL_DECIMALS)
 
 
-def pixel_box_areas(boxes, height, width):
+def pixel_box_areas(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Annotated relative corners ``(N, 4)`` -> ``(N,)`` exact pixel areas.
 
     Sides are rounded to the annotation grid before multiplying, so a VOC box

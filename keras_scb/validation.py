@@ -33,7 +33,7 @@ from keras_scb.postprocess import decode_function
 
 
 def predict_detections(
-    detector: Any, source: Any, batch_size: int = 8, **decoder_kwargs
+    detector: Any, source: Any, batch_size: int = 8, **decoder_kwargs: Any
 ) -> Tuple[List[ImageGroundTruth], List[ImageDetections]]:
     """Runs ``detector`` on every image of ``source`` and decodes with NMS.
 
@@ -107,7 +107,7 @@ def evaluate_detector(
     source: Any,
     batch_size: int = 8,
     results_json: Optional[str] = None,
-    **decoder_kwargs,
+    **decoder_kwargs: Any,
 ) -> Dict[str, Any]:
     """All metrics of ``detector`` on ``source`` (see `keras_scb.evaluation`);
     with ``results_json``, the detections are also written there in COCO's

@@ -269,7 +269,7 @@ def test_convert_cli_writes_shards_that_the_pipeline_reads(tmp_path):
     prefix = str(tmp_path / "bccd-test")
     result = subprocess.run(
         [sys.executable, "-m", "keras_scb.data.convert", "--format=voc",
-         f"--voc_roots={data.bccd_root()}", "--splits=test",
+         f"--data_dir={data.bccd_root()}", "--splits=test",
          "--class_names=RBC,WBC,Platelets", f"--output={prefix}", "--num_shards=3"],
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),

@@ -326,7 +326,7 @@ def test_convert_cli_prints_the_skip_counts(tmp_path):
                                                   "b": [("cat", (1, 1, 9, 9))]}})
     os.remove(os.path.join(root, "JPEGImages", "b.jpg"))
     result = subprocess.run(
-        [sys.executable, "-m", "keras_scb.data.convert", "--format=voc", f"--voc_roots={root}",
+        [sys.executable, "-m", "keras_scb.data.convert", "--format=voc", f"--data_dir={root}",
          "--splits=train", "--bad_files=skip", f"--output={tmp_path / 'out'}", "--noprogress"],
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),

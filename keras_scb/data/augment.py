@@ -43,7 +43,7 @@ the reference: its outputs are bit-identical to the code before these paths
 """
 
 import dataclasses
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -173,21 +173,21 @@ def photometric_distort(image, seed, **ranges):
     return apply_photometric(image, sample_photometric(seed, **ranges))
 
 
-def to_window(boxes, window):
+def to_window(boxes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     """Re-expresses relative corners ``(N, 4)`` in the frame of ``window`` ``(4,)``."""
     origin = tf.tile(window[:2], [2])
     size = tf.tile(window[2:] - window[:2], [2])
     return (boxes - origin) / size
 
 
-def compose(outer, inner):
+def compose(outer: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
     """The window ``inner`` (relative to ``outer``) in ``outer``'s own frame."""
     origin = tf.tile(outer[:2], [2])
     size = tf.tile(outer[2:] - outer[:2], [2])
     return origin + inner * size
 
 
-def sample_expand(seed, prob=0.5, max_expand=4.0):
+def sample_expand(seed: tf.Tensor, prob: float = 0.5, max_expand: float = 4.0) -> tf.Tensor:
     """Draws the zoom-out canvas.
 
     Returns:
@@ -202,7 +202,7 @@ def sample_expand(seed, prob=0.5, max_expand=4.0):
     return tf.concat([-offset, ratio - offset], axis=0)
 
 
-def box_centres_inside(boxes, windows):
+def box_centres_inside(boxes: tf.Tensor, windows: tf.Tensor) -> tf.Tensor:
     """``(N, T)`` bool: box centre strictly inside each window ``(T, 4)``."""
     centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2.0
     return tf.reduce_all(
@@ -211,14 +211,14 @@ def box_centres_inside(boxes, windows):
 
 
 def sample_crop_window(
-    boxes,
-    aspect,
-    seed,
-    min_ious=AugmentConfig.min_ious,
-    trials=50,
-    min_scale=0.3,
-    max_aspect=2.0,
-):
+    boxes: tf.Tensor,
+    aspect: tf.Tensor,
+    seed: tf.Tensor,
+    min_ious: Sequence[Optional[float]] = AugmentConfig.min_ious,
+    trials: int = 50,
+    min_scale: float = 0.3,
+    max_aspect: float = 2.0,
+) -> tf.Tensor:
     """Draws an IoU-constrained crop (see the module docstring).
 
     Args:
@@ -248,7 +248,8 @@ def sample_crop_window(
     return tf.where(found, windows[first], tf.constant(WHOLE_IMAGE))
 
 
-def crop_boxes(boxes, classes, window):
+def crop_boxes(boxes: tf.Tensor, classes: tf.Tensor,
+               window: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Keeps the boxes whose centre is inside ``window``, in its frame, clipped.
 
     Args:
@@ -290,7 +291,8 @@ def _pad_edges(image):
     return tf.concat([image[:, :1], image, image[:, -1:]], axis=1)
 
 
-def resize_window(image, window, size, fill=MEAN_RGB):
+def resize_window(image: tf.Tensor, window: tf.Tensor, size: int,
+                  fill: Sequence[float] = MEAN_RGB) -> tf.Tensor:
     """Bilinear resample of a window of an image to ``size x size``.
 
     Sampling is half-pixel centred (like ``tf.image.resize``): output pixel ``i``
@@ -472,7 +474,8 @@ def augment_jpeg(data, boxes, classes, seed, size, config=AugmentConfig(),
     return _finish(pixels, local, draws, size, config, photometric_on_host)
 
 
-def augment(image, boxes, classes, seed, size, config=AugmentConfig()):
+def augment(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, seed: tf.Tensor, size: int,
+            config: AugmentConfig = AugmentConfig()) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The full SSD training augmentation of one image.
 
     Args:

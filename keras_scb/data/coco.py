@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+from typing import Tuple
 
 import numpy as np
 
@@ -235,7 +236,7 @@ def to_coco_json(dataset: records_lib.Dataset) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def write_coco(dataset: records_lib.Dataset, out_dir: str, split: str):
+def write_coco(dataset: records_lib.Dataset, out_dir: str, split: str) -> Tuple[str, str]:
     """Writes ``<out_dir>/<split>/<file_name>`` and ``annotations/instances_<split>.json``.
 
     Returns:

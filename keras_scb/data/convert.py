@@ -1,6 +1,6 @@
 """Converts a VOC-style or COCO dataset to sharded TFRecords.
 
-    python -m keras_scb.data.convert --format=voc --voc_roots=data/bccd \\
+    python -m keras_scb.data.convert --format=voc --data_dir=data/bccd \\
         --splits=train --class_names=RBC,WBC,Platelets --output=out/bccd-train
     python -m keras_scb.data.convert --format=coco \\
         --coco_annotations=instances_val2017.json --coco_images=val2017 \\
@@ -22,7 +22,9 @@ def _define_flags():
     # Defined only when run as a program, so importing this module next to
     # other tools never clashes over flag names.
     flags.DEFINE_enum("format", None, ["voc", "coco"], "Source layout.")
-    flags.DEFINE_list("voc_roots", [], "VOC-style roots (e.g. VOC2007,VOC2012), joined in order.")
+    flags.DEFINE_list("data_dir", [], "--format=voc: VOC-style roots (e.g. VOC2007,VOC2012), "
+                      "joined in order (as keras_scb.train's --data_dir).")
+    cli.define_renamed("voc_roots", "data_dir")
     flags.DEFINE_list("splits", ["trainval"], "VOC split names under ImageSets/Main.")
     flags.DEFINE_list(
         "class_names", [],
@@ -43,14 +45,14 @@ def _define_flags():
     flags.mark_flags_as_required(["format", "output"])
 
 
-def read_source():
+def read_source() -> records.Dataset:
     """The `Dataset` that the flags describe."""
     policies = {"bad_files": FLAGS.bad_files, "bad_objects": FLAGS.bad_objects}
     if FLAGS.format == "voc":
-        if not FLAGS.voc_roots:
-            raise app.UsageError("--format=voc needs --voc_roots.")
+        if not FLAGS.data_dir:
+            raise app.UsageError("--format=voc needs --data_dir.")
         return voc.read_voc(
-            FLAGS.voc_roots, FLAGS.splits, FLAGS.class_names or None, **policies
+            FLAGS.data_dir, FLAGS.splits, FLAGS.class_names or None, **policies
         )
     if not (FLAGS.coco_annotations and FLAGS.coco_images):
         raise app.UsageError("--format=coco needs --coco_annotations and --coco_images.")
@@ -59,7 +61,7 @@ def read_source():
     )
 
 
-def main(argv):
+def main(argv: list) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     dataset = read_source()

@@ -30,7 +30,7 @@ set, the shuffle, the seeds and the element order (``deterministic``) are fixed,
 so two runs give identical batches.
 """
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -58,7 +58,7 @@ def _anchor_source(anchors):
 
 
 def ssd_targets(anchors: Anchors, iou_threshold: float = matching.MATCH_IOU,
-                variances=matching.VARIANCES) -> Callable:
+                variances: Sequence[float] = matching.VARIANCES) -> Callable:
     """Target encoder ``(boxes (B, G, 4), classes (B, G)) -> (B, A, 6)``.
 
     Args:
@@ -76,7 +76,7 @@ def ssd_targets(anchors: Anchors, iou_threshold: float = matching.MATCH_IOU,
     return encode
 
 
-def padded_gt_targets(boxes, classes):
+def padded_gt_targets(boxes: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
     """``(B, G, 4)``, ``(B, G)`` -> ``(B, G, 5)`` ``[xmin, ymin, xmax, ymax, class]``."""
     return tf.concat([boxes, tf.cast(classes, tf.float32)[..., None]], axis=-1)
 

@@ -25,7 +25,7 @@ reduced to its high byte), GIF (first frame), BMP and WebP, always as 3-channel
 import collections
 import dataclasses
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from absl import logging
@@ -168,7 +168,7 @@ class IssueLog:
         self.counts[kind] += count
 
 
-def image_size_problem(height, width) -> Optional[str]:
+def image_size_problem(height: int, width: int) -> Optional[str]:
     """Why ``height x width`` cannot be an image's size, or ``None``."""
     if 0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE:
         return None
@@ -217,7 +217,7 @@ def pixel_boxes_to_relative(path, boxes, height, width, issues):
     return (clipped[keep] / size).astype(np.float32), keep
 
 
-def op_error(error):
+def op_error(error: Any) -> str:
     """The useful part of a TF op error: no function-node prefix, no op suffix."""
     text = error.message.splitlines()[0]
     text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
@@ -256,7 +256,7 @@ def image_format(data: bytes) -> Optional[str]:
     return None
 
 
-def decode_image(data):
+def decode_image(data: Any) -> Any:
     """Encoded image (a scalar string tensor) -> ``(H, W, 3)`` uint8 RGB.
 
     The format comes from the content; 16-bit PNGs keep their high byte and GIFs
@@ -284,7 +284,7 @@ def read_image(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a decodable image ({op_error(error)})") from None
 
 
-def check_image(image, height, width):
+def check_image(image: Union[str, bytes], height: int, width: int) -> Optional[Tuple[str, str]]:
     """Makes sure the pipeline will be able to decode an image.
 
     JPEGs are decoded at 1/8 scale, which still reads every entropy-coded

@@ -9,9 +9,9 @@ quickstart's data, 10 MB; the 17 MB COCO subset stays out of the wheel).
 import os
 import site
 import sys
-from typing import List, Sequence, Union
+from typing import Any, List, Sequence, Union
 
-from keras_scb.data import coco, voc
+from keras_scb.data import coco, records, voc
 
 # BCCD class ids, most to least frequent. Platelets are mostly < 32x32 px at 300x300.
 BCCD_CLASSES = ("RBC", "WBC", "Platelets")
@@ -56,12 +56,12 @@ def coco_subset_root() -> str:
     return dataset_root("coco2017-cc-subset")
 
 
-def load_bccd(splits: Union[str, Sequence[str]] = "trainval", **kwargs):
+def load_bccd(splits: Union[str, Sequence[str]] = "trainval", **kwargs: Any) -> records.Dataset:
     """BCCD as a `Dataset` with classes `BCCD_CLASSES`; kwargs go to `read_voc`."""
     return voc.read_voc(bccd_root(), splits, BCCD_CLASSES, **kwargs)
 
 
-def load_coco_subset(split: str = "val2017", **kwargs):
+def load_coco_subset(split: str = "val2017", **kwargs: Any) -> records.Dataset:
     """The COCO subset's ``split`` as a `Dataset` (80 COCO classes); kwargs go to `read_coco`."""
     root = coco_subset_root()
     return coco.read_coco(
