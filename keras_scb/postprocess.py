@@ -40,6 +40,7 @@ SavedModel), also, for ``A`` anchors:
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_scb.box_coding import tf_ops
@@ -142,6 +143,16 @@ class PostProcessor(DetectionDecoder):
         return super().decode(raw, tf_ops())
 
     def call(self, raw):
+        if not (tf.is_tensor(raw) or isinstance(raw, np.ndarray)):
+            # A JAX tracer (a JAX-backend Keras model): tf.cast converts it through
+            # __array__, JAX raises TracerArrayConversionError, and Keras's
+            # traceback filtering re-creates that error from a str, which fails in
+            # its __init__ ("'str' object has no attribute '_error_repr'").
+            raise TypeError(
+                f"PostProcessor runs TensorFlow ops and got a {type(raw).__name__} "
+                f"(Keras backend {keras.backend.backend()!r}): decode with "
+                "keras_scb.decoding.DetectionDecoder, or decode_function on numpy outputs."
+            )
         boxes, probs = self.decode(raw)
         options = (
             self.iou_threshold, self.score_threshold, self.max_detections, self.pre_nms_top_k

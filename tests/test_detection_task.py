@@ -116,6 +116,18 @@ def test_import_keras_scb_alone_loads_every_library_file(tmp_path):
     assert jax.returncode == 0, jax.stderr[-3000:]
     assert jax.stdout.split("\n")[1] == (
         "['boxes', 'classes', 'num_detections', 'scores'] False"), jax.stdout
+    # The TF post-processor (the exports' extra outputs) in a JAX model: a
+    # clear error, not JAX's "'str' object has no attribute '_error_repr'".
+    tf_decoder = subprocess.run([sys.executable, "-c", (
+        "import numpy as np, task_testing as tt\n"
+        "from keras_scb.postprocess import build_inference_model\n"
+        "model = build_inference_model(tt.toy_detector(), extra_outputs=True)\n"
+        "try:\n"
+        "    model.predict(np.zeros((1, 64, 64, 3), 'float32'), verbose=0)\n"
+        "except TypeError as error:\n"
+        "    print(str(error))\n")],
+        capture_output=True, text=True, env=dict(os.environ, **JAX), cwd=str(tmp_path))
+    assert "PostProcessor runs TensorFlow ops" in tf_decoder.stdout, tf_decoder.stderr[-3000:]
 
 
 @pytest.mark.slow
