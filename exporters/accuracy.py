@@ -17,6 +17,7 @@ from absl import flags
 
 from exporters import common
 from keras_scb import cli
+from keras_scb import flags as common_flags
 from keras_scb.matching import pairwise_iou
 
 
@@ -169,6 +170,8 @@ def _define_flags():
     flags.DEFINE_integer("max_images", None, "Evaluate the first N images only.")
     flags.DEFINE_string("output_json", None, "Also write the rows as JSON here.")
     common.define_decoder_flags()
+    common_flags.at_least("representative_count", 1)
+    common_flags.at_least("max_images", 1)
     flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -180,6 +183,8 @@ def main(argv):
     values = flags.FLAGS
     from keras_scb.checkpoints import check_checkpoint_classes
 
+    if values.output_json:  # the one output rule, before any work
+        common.prepare_output(values.output_json, True, [values.checkpoint], flag="--output_json")
     detector = common.load_detector(values.checkpoint)
     loaders = {"bccd": data.load_bccd, "coco_subset": data.load_coco_subset}
     dataset = loaders[values.dataset](values.split)

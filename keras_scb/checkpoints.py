@@ -51,7 +51,8 @@ def load_checkpoint(path, compile: bool = False):
 
     Raises:
         CheckpointError: ``path`` is missing, not a complete ``.keras`` zip
-            archive, does not deserialise, or holds non-finite weights.
+            archive, does not deserialise, is no `Detector` (a plain Keras
+            model), or holds non-finite weights.
     """
     import keras
 
@@ -69,6 +70,14 @@ def load_checkpoint(path, compile: bool = False):
         model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # Keras raises many types for a damaged archive
         raise CheckpointError(f"Checkpoint {path} cannot be loaded: {error}") from error
+    from keras_scb.models.detector import Detector
+
+    if not isinstance(model, Detector):
+        raise CheckpointError(
+            f"Checkpoint {path} holds a {type(model).__name__} {model.name!r}, not a "
+            "keras_scb Detector (it has no anchors or label map): save one built by "
+            "keras_scb.models.build_detector or trained by keras_scb.train."
+        )
     check_finite(model, f"Checkpoint {path}")
     return model
 

@@ -5,12 +5,68 @@ dataset and build a detector the same way; the flags and their validation live h
 once. Errors name the flag and the bad value.
 """
 
+import math
 import os
 import sys
+from typing import Callable
 
 from absl import flags
 
 DATASETS = ("bccd", "voc", "coco", "tfrecord", "synthetic")
+
+
+# Every numeric flag of every tool has a declared range, checked by absl when
+# the command line is parsed (and on assignment): a bad value is a one-line
+# error ``flag --NAME=VALUE: must be ...`` before anything runs. Unset (None)
+# optional flags pass.
+def require(name: str, check: Callable[[object], bool], requirement: str) -> None:
+    """Registers an absl validator of ``--name``: ``check(value)`` must hold."""
+
+    def valid(value):
+        try:
+            return value is None or bool(check(value))
+        except (TypeError, ValueError):
+            return False
+
+    flags.register_validator(name, valid, message=f"must be {requirement}")
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def at_least(name: str, low: float) -> None:
+    """``--name >= low`` (a finite number)."""
+    require(name, lambda v: _number(v) and v >= low, f">= {low}")
+
+
+def above(name: str, low: float) -> None:
+    """``--name > low`` (a finite number)."""
+    require(name, lambda v: _number(v) and v > low, f"> {low}")
+
+
+def between(name: str, low: float, high: float, open_low: bool = False,
+            open_high: bool = False) -> None:
+    """``low <= --name <= high``, a bound excluded when ``open_low``/``open_high``."""
+    def check(v):
+        return (_number(v) and (v > low if open_low else v >= low)
+                and (v < high if open_high else v <= high))
+
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    require(name, check, f"in {interval}")
+
+
+def whole_numbers(name: str, low: int = 0, increasing: bool = False) -> None:
+    """A list flag of whole numbers ``>= low``, strictly increasing if ``increasing``."""
+    def check(values):
+        numbers = [int(v) for v in values]  # "abc" -> ValueError -> invalid
+        if any(str(n) != str(v).strip() for n, v in zip(numbers, values)):
+            return False  # "1.5", "1e3"
+        return all(n >= low for n in numbers) and (
+            not increasing or all(a < b for a, b in zip(numbers, numbers[1:])))
+
+    order = ", increasing" if increasing else ""
+    require(name, check, f"a comma-separated list of whole numbers >= {low}{order}")
 
 
 def define_data_flags():
@@ -41,6 +97,9 @@ def define_data_flags():
                       "The label map, class names in id order, for every split. voc: default "
                       "<data_dir>/labels.txt if present, else the sorted names in all the "
                       "annotation files; other datasets: checked against the dataset's names.")
+    at_least("synthetic_images", 1)
+    between("synthetic_small_fraction", 0, 1)
+    at_least("synthetic_clutter", 0)
 
 
 def define_model_flags():
@@ -63,6 +122,9 @@ def define_model_flags():
     flags.DEFINE_float("bn_momentum", None, "BatchNorm momentum of models that take it.")
     flags.DEFINE_string("anchors", None, "Anchor preset overriding the model's default "
                         "(e.g. ssd300_coco); see keras_scb.anchors.PRESETS.")
+    at_least("num_classes", 0)
+    above("width_multiplier", 0)
+    between("bn_momentum", 0, 1, open_high=True)
 
 
 FLAGS = flags.FLAGS

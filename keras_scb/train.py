@@ -16,9 +16,9 @@ import os
 
 from absl import app, flags, logging
 
-from keras_scb import cli, label_map
+from keras_scb import cli, label_map, run_folder
 from keras_scb import flags as common_flags
-from keras_scb.fileio import check_writable, remove_stale_temporaries, write_json, write_text
+from keras_scb.fileio import check_writable, remove_stale_temporaries, write_text
 
 common_flags.define_data_flags()
 common_flags.define_model_flags()
@@ -63,7 +63,11 @@ flags.DEFINE_enum("match_on", "cpu", ["cpu", "device"],
                   "input pipeline; 'device', inside the compiled train step (keras_scb.on_device), "
                   "so the CPUs only decode and augment. Same targets either way. RefineDet "
                   "always matches in its loss.")
-flags.DEFINE_integer("max_boxes", 100, "Boxes per image kept by the input pipeline (padding size).")
+flags.DEFINE_integer("max_boxes", 0,
+                     "Boxes per image kept by the input pipeline where it pads the ground truth "
+                     "(--match_on=device, RefineDet); 0: the training split's most boxes on one "
+                     "image, so none is dropped. A smaller value drops boxes, with a warning "
+                     "that counts them.")
 flags.DEFINE_bool("augment", True, "SSD data augmentation.")
 flags.DEFINE_float("expand_prob", 0.5,
                    "--augment: probability of SSD's zoom out (the paper's 0.5).")
@@ -90,6 +94,21 @@ flags.DEFINE_integer("eval_every", 0, "Evaluate on --val_split every N epochs (0
 flags.DEFINE_integer("eval_batch_size", 8, "Batch size of evaluation.")
 flags.DEFINE_bool("final_eval", True, "Evaluate the best checkpoint at the end.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar, 2: one line an epoch).")
+flags.DEFINE_bool("allow_recipe_change", False,
+                  "Resume a run with another training recipe (loss, optimizer, schedule, "
+                  "batch size...; see keras_scb.run_folder.RECIPE); the change is kept in "
+                  "the history of its flags.json. The network flags must always match.")
+
+for _name in ("batch_size", "epochs", "eval_batch_size"):
+    common_flags.at_least(_name, 1)
+for _name in ("steps_per_epoch", "warmup_steps", "weight_decay", "alpha", "neg_pos_ratio",
+              "max_boxes", "seed", "eval_every"):
+    common_flags.at_least(_name, 0)
+for _name in ("learning_rate", "beta", "lr_decay", "clipnorm"):
+    common_flags.above(_name, 0)
+common_flags.between("momentum", 0, 1, open_high=True)
+common_flags.whole_numbers("lr_decay_steps", 1, increasing=True)
+common_flags.between("verbose", 0, 2)
 
 FLAGS = flags.FLAGS
 
@@ -262,6 +281,10 @@ class TrainingDiverged(cli.UserError):
     """The loss or the weights became non-finite; nothing non-finite was saved."""
 
 
+class TrainingInterrupted(cli.UserError):
+    """SIGINT or SIGTERM ended the training; the backup keeps the last finished epoch."""
+
+
 def _check_flags():
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
@@ -280,9 +303,6 @@ def _check_flags():
         raise app.UsageError(f"--model={FLAGS.model} trains with --loss=refinedet.")
     if FLAGS.lr_schedule == "cosine" and FLAGS.lr_decay_steps:
         raise app.UsageError("--lr_decay_steps belongs to --lr_schedule=step, not cosine.")
-    for name in ("batch_size", "epochs"):
-        if getattr(FLAGS, name) <= 0:
-            raise app.UsageError(f"--{name} must be positive; got {getattr(FLAGS, name)}.")
     augment_config()  # a bad zoom-out flag stops the run before any data is read
 
 
@@ -333,6 +353,7 @@ def train():
     _check_flags()
     # Multi-worker collectives must be set up before TensorFlow runs anything.
     strategy = _strategy()
+    run_folder.lock(FLAGS.model_dir)  # --- run folder (issue 25): one owner
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -353,13 +374,24 @@ def train():
     # Resuming: the last finished epoch's weights and optimizer state.
     backup = EpochBackup(os.path.join(FLAGS.model_dir, "backup"))
     _check_resumed_label_map(backup, train_data.class_names)
+    # --- run folder (issue 25): the recipe of a resumed run; a complete run stops here.
+    recipe_changes = {}
+    if backup.saved_epoch():
+        recipe_changes = run_folder.compare_recipe(
+            FLAGS.model_dir, FLAGS.flag_values_dict(), FLAGS.allow_recipe_change,
+            FLAGS.lr_schedule,
+        )
+        if backup.saved_epoch() >= FLAGS.epochs:
+            print(f"--model_dir={FLAGS.model_dir} is complete: {backup.saved_epoch()} of "
+                  f"--epochs={FLAGS.epochs} epochs done; nothing to train (raise --epochs to "
+                  "train on).")
+            return None
     check_writable(FLAGS.model_dir)
     remove_stale_temporaries(FLAGS.model_dir)
     write_text(
         "\n".join(train_data.class_names) + "\n",
         os.path.join(FLAGS.model_dir, label_map.LABELS_FILE),
     )
-    write_json(FLAGS.flag_values_dict(), os.path.join(FLAGS.model_dir, "flags.json"), default=str)
 
     steps = FLAGS.steps_per_epoch or max(
         1, common_flags.num_images(train_data) // FLAGS.batch_size
@@ -376,6 +408,9 @@ def train():
             jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         )
         initial_epoch = backup.restore(detector)
+    # --- run folder (issue 25): recorded only once the restore succeeded.
+    run_folder.record_flags(FLAGS.model_dir, FLAGS.flag_values_dict(), initial_epoch,
+                            recipe_changes)
     history_path = os.path.join(FLAGS.model_dir, "history.csv")
     trim_history(history_path, initial_epoch)
 
@@ -451,8 +486,19 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     try:
-        train()
+        with run_folder.terminations_as_interrupts():
+            train()
+    except KeyboardInterrupt:  # --- run folder (issue 25): one line, how to resume
+        from keras_scb.callbacks import EpochBackup
+
+        done = EpochBackup(os.path.join(FLAGS.model_dir, "backup")).saved_epoch()
+        raise TrainingInterrupted(
+            f"Training interrupted; {FLAGS.model_dir}/backup keeps epoch {done}, the last "
+            "finished one: run the same command to resume from it."
+        ) from None
     finally:
+        if FLAGS.model_dir:
+            run_folder.release(FLAGS.model_dir)
         common_flags.print_skipped_input()
 
 

@@ -165,6 +165,5 @@ def write_report(results: Dict[str, Any], output_dir: str) -> str:
         })
         text += "\nObjects sized on the network input instead of the original image:\n\n"
         text += at_input
-    with open(os.path.join(output_dir, "metrics.md"), "w") as f:
-        f.write(text)
+    write_text(text, os.path.join(output_dir, "metrics.md"))
     return text

@@ -34,7 +34,7 @@ LAYERS = {
     ], 4),
     **dict.fromkeys([
         "keras_scb.validation", "keras_scb.evaluation", "keras_scb.calibration",
-        "keras_scb.callbacks",
+        "keras_scb.callbacks", "keras_scb.run_folder",
     ], 5),
     **dict.fromkeys([
         "keras_scb.train", "keras_scb.evaluate", "keras_scb.match_stats", "keras_scb.flags",
