@@ -44,9 +44,9 @@ def load_detector(checkpoint):
     ``compile=False``: the loss and optimizer are not deserialised, so nothing
     exported can depend on how the checkpoint was trained.
     """
-    from keras_scb.checkpoints import load_checkpoint
+    from keras_scb.checkpoints import load_detector_checkpoint
 
-    return float32_detector(load_checkpoint(checkpoint))
+    return float32_detector(load_detector_checkpoint(checkpoint))
 
 
 def _float32_policies(config):

@@ -51,8 +51,7 @@ def load_checkpoint(path, compile: bool = False):
 
     Raises:
         CheckpointError: ``path`` is missing, not a complete ``.keras`` zip
-            archive, does not deserialise, is no `Detector` (a plain Keras
-            model), or holds non-finite weights.
+            archive, does not deserialise, or holds non-finite weights.
     """
     import keras
 
@@ -70,15 +69,27 @@ def load_checkpoint(path, compile: bool = False):
         model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # Keras raises many types for a damaged archive
         raise CheckpointError(f"Checkpoint {path} cannot be loaded: {error}") from error
+    check_finite(model, f"Checkpoint {path}")
+    return model
+
+
+def load_detector_checkpoint(path):
+    """`load_checkpoint` of a file that must hold a `keras_scb.models.Detector`
+    (what evaluation, the exporters and ``predict`` take).
+
+    Raises:
+        CheckpointError: as `load_checkpoint`, or the model is a plain Keras
+            model (no anchors, layout or label map); the message names the file.
+    """
     from keras_scb.models.detector import Detector
 
+    model = load_checkpoint(path)
     if not isinstance(model, Detector):
         raise CheckpointError(
-            f"Checkpoint {path} holds a {type(model).__name__} {model.name!r}, not a "
-            "keras_scb Detector (it has no anchors or label map): save one built by "
+            f"Checkpoint {os.fspath(path)} holds a {type(model).__name__} {model.name!r}, not a "
+            "keras_scb Detector (no anchors or label map): give one built by "
             "keras_scb.models.build_detector or trained by keras_scb.train."
         )
-    check_finite(model, f"Checkpoint {path}")
     return model
 
 

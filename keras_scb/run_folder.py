@@ -1,7 +1,7 @@
 """A training's ``--model_dir``: one owner at a time, one recipe, a history of its changes.
 
 - `lock`: a run folder is owned by one process, through an exclusive lock file
-  ``.lock`` holding the owner's pid (created with ``O_EXCL``). A second training,
+  ``run.lock`` holding the owner's pid (created with ``O_EXCL``). A second training,
   or an evaluation writing into the folder (`check_not_busy`), stops with a
   one-line `RunFolderBusy`. The lock of a process that is gone (killed) is taken
   over, with a message.
@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from keras_scb.fileio import OutputError, process_alive, read_json, write_json
 
-LOCK_FILE = ".lock"
+LOCK_FILE = "run.lock"
 FLAGS_FILE = "flags.json"
 
 # Flags that fix the network and its targets: a backup of another network must
