@@ -266,13 +266,14 @@ def main(argv):
     values = flags.FLAGS
     paths = list_images(values.images)
     output_paths(paths, values.output_dir)  # refused before the model is loaded
-    prepare_output(values.output_dir, values.overwrite, [values.model_path], directory=True,
+    inputs = [values.model_path, *values.images]  # the --images folders too
+    prepare_output(values.output_dir, values.overwrite, inputs, directory=True,
                    foreign=foreign_files, flag="--output_dir")
     runner = runtime.load_runner(values.model_path, values.num_threads)
     class_names = common.read_class_names(values.model_path, values.class_names)
     results = predict(
         runner, paths, values.output_dir, values.score_threshold, class_names, values.draw,
-        values.overwrite, [values.model_path],
+        values.overwrite, inputs,
     )
     failed = [r["image"] for r in results if "error" in r]
     total = sum(len(r.get("detections", ())) for r in results)

@@ -37,7 +37,7 @@ RECIPE = (
     "class_weights", "scb_on", "optimizer", "learning_rate", "momentum", "weight_decay",
     "weight_decay_mode", "warmup_steps", "lr_schedule", "lr_decay_steps", "lr_decay", "clipnorm",
     "batch_size", "steps_per_epoch", "bn_momentum", "augment", "expand_prob", "max_expand",
-    "keep_difficult", "max_boxes", "mixed_precision", "backbone_weights",
+    "keep_difficult", "mixed_precision", "backbone_weights",
 )
 # The cosine schedule anneals to 0 at the last step: there the epochs are recipe.
 COSINE_RECIPE = ("epochs",)
