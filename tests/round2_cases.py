@@ -1,6 +1,6 @@
 """Issue 25's classes re-run with new cases: run each, classify the outcome.
 
-    PYTHONPATH=<checkout> python tests/round2_cases.py --out=results.json [--all]
+    PYTHONPATH=<checkout> ROUND2_REPO=<checkout> python tests/round2_cases.py --out=results.json [--all]
 
 Runs every case of `CASES` against the code on ``PYTHONPATH`` (this branch, or
 main for the "before" column) and prints ``case  class``; the classes are the
@@ -22,7 +22,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+# The checkout whose code the command lines run (python -m puts the working folder first).
+REPO = os.environ.get("ROUND2_REPO", os.path.dirname(HERE))
 TRAIN = ["--model=mobilenetv2-ssdlite300", "--width_multiplier=0.35",
          "--backbone_weights=none", "--dataset=synthetic", "--synthetic_images=4",
          "--batch_size=2", "--steps_per_epoch=1", "--epochs=1", "--nofinal_eval",
