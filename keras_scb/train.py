@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from keras_scb import cli, label_map, run_folder
 from keras_scb import flags as common_flags
-from keras_scb.fileio import check_writable, remove_stale_temporaries, write_text
+from keras_scb.fileio import check_not_input, check_writable, remove_stale_temporaries, write_text
 
 common_flags.define_data_flags()
 common_flags.define_model_flags()
@@ -288,6 +288,10 @@ class TrainingInterrupted(cli.UserError):
 def _check_flags():
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
+    # --- the one output rule (issue 25): the run folder is no input, holds none, is in none.
+    weights = FLAGS.backbone_weights
+    check_not_input(FLAGS.model_dir, [*FLAGS.data_dir, weights if weights and os.path.exists(
+        weights) else None], "--model_dir")
     common_flags.check_model_name()
     try:  # 'imagenet' offline must stop the run here, before any data is read
         common_flags.check_backbone_weights()
