@@ -324,7 +324,7 @@ def _lock_with(text):
 def _train_flag(flag, name=None):
     name = name or flag.split("=")[0]
     return Case(f"train {flag}", ["keras_scb.train", "--model_dir={T}/run", *TRAIN, flag],
-                names=(f"{name}=",), keep=("run",))
+                names=(name,), keep=("run",))
 
 
 def _complete(result):
