@@ -71,14 +71,14 @@ def main(argv):
     from keras_scb.checkpoints import check_checkpoint_classes, load_detector_checkpoint
     from keras_scb.validation import evaluate_detector, write_report
 
-    output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(FLAGS.checkpoint), "eval")
-    _check_outputs(output_dir, [FLAGS.checkpoint])
     detector = load_detector_checkpoint(FLAGS.checkpoint)
     dataset = common_flags.load_split(FLAGS.val_split)
     check_checkpoint_classes(
         FLAGS.checkpoint, detector.num_classes, dataset.class_names,
         common_flags.split_name(FLAGS.val_split),
     )
+    output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(FLAGS.checkpoint), "eval")
+    _check_outputs(output_dir, [FLAGS.checkpoint])  # before the evaluation writes anything
     results = evaluate_detector(detector, dataset, FLAGS.batch_size, FLAGS.results_json)
     print(write_report(results, output_dir))
     print(f"Wrote {output_dir}/metrics.json and metrics.md", file=sys.stderr)
