@@ -212,6 +212,8 @@ def _define_flags():
     flags.DEFINE_integer("max_images", None, "Evaluate the first N images only.")
     flags.DEFINE_string("output_json", None, "Also write the rows as JSON here.")
     common.define_decoder_flags()
+    common_flags.at_least("representative_count", 1)
+    common_flags.at_least("max_images", 1)
     flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -221,6 +223,8 @@ def main(argv):
     from keras_scb.checkpoints import check_checkpoint_classes
 
     values = flags.FLAGS
+    if values.output_json:  # the one output rule, before any work
+        common.prepare_output(values.output_json, True, [values.checkpoint], flag="--output_json")
     detector = common.load_detector(values.checkpoint)
     dataset = common_flags.load_split(values.val_split)
     check_checkpoint_classes(

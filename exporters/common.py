@@ -48,9 +48,9 @@ def load_detector(checkpoint):
     ``compile=False``: the loss and optimizer are not deserialised, so nothing
     exported can depend on how the checkpoint was trained.
     """
-    from keras_scb.checkpoints import load_checkpoint
+    from keras_scb.checkpoints import load_detector_checkpoint
 
-    return float32_detector(load_checkpoint(checkpoint))
+    return float32_detector(load_detector_checkpoint(checkpoint))
 
 
 def _float32_policies(config):
@@ -118,9 +118,49 @@ def read_class_names(model_path=None, class_names=None):
         own, source = checkpoint_class_names(model_path), f"checkpoint {model_path}"
     else:
         own, source = label_map.labels_beside(model_path), label_map.labels_path(model_path)
+        embedded, where = _embedded_class_names(model_path)
+        if embedded is not None and own is not None:  # a labels.txt that disagrees: an error
+            label_map.check_same(embedded, own, where, source,
+                                 f"fix or delete {source}")
+        own, source = (embedded, where) if embedded is not None else (own, source)
     if given is not None and own is not None:
         label_map.check_same(own, given, source, f"--class_names={','.join(given)}")
     return given or own
+
+
+def _embedded_class_names(model_path):
+    """``(names, where)``: the label map an export carries inside itself (a
+    ``.tflite``'s metadata, a SavedModel's `METADATA_FILE`), or ``(None, None)``."""
+    if model_path.endswith(".tflite") and os.path.isfile(model_path):
+        from exporters.metadata import embedded_class_names
+
+        return embedded_class_names(model_path), f"the metadata of {model_path}"
+    path = os.path.join(model_path, METADATA_FILE)
+    if os.path.isdir(model_path) and os.path.isfile(path):
+        names = read_export_metadata(model_path)["class_names"]
+        return (None if names is None else tuple(names)), path
+    return None, None
+
+
+def read_export_metadata(folder):
+    """The `METADATA_FILE` of an export folder, its fields checked: ``image_size`` a
+    whole number >= 1, ``class_names`` None or a list of names; a `ValueError`
+    naming the file and the field otherwise."""
+    from keras_scb.fileio import read_json, short_repr
+
+    path = os.path.join(folder, METADATA_FILE)
+    record = read_json(path, "export metadata")
+    if not isinstance(record, dict):
+        raise ValueError(f"export metadata {path} is not a JSON object.")
+    size, names = record.get("image_size"), record.get("class_names")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"export metadata {path}: field 'image_size' is {short_repr(size)}, "
+                         "not a whole number >= 1.")
+    if names is not None and not (isinstance(names, list) and names
+                                  and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"export metadata {path}: field 'class_names' is {short_repr(names)}, "
+                         "not a list of names.")
+    return record
 
 
 def export_class_names(detector, class_names=None):
@@ -264,6 +304,12 @@ def define_decoder_flags():
                          "Detections kept per image.")
     flags.DEFINE_integer("pre_nms_top_k", DECODER_DEFAULTS["pre_nms_top_k"],
                          "Candidates per class before NMS.")
+    from keras_scb import flags as common_flags
+
+    common_flags.between("score_threshold", 0, 1, open_high=True)
+    common_flags.between("iou_threshold", 0, 1, open_low=True)
+    common_flags.at_least("max_detections", 1)
+    common_flags.at_least("pre_nms_top_k", 1)
 
 
 def export_metadata(detector, class_names, decoder_kwargs, **extra):

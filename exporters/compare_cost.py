@@ -22,6 +22,7 @@ from absl import app, flags
 
 from exporters import common, flatbuffer
 from keras_scb import cli
+from keras_scb import flags as common_flags
 
 # Names a training loss would leave in a graph: the loss itself and the
 # segment sums that count the anchors matched per object (SCB's M_i).
@@ -192,6 +193,9 @@ def _define_flags():
     flags.DEFINE_integer("runs_per_round", 5, "Invokes per model per round.")
     flags.DEFINE_string("representative_data", "bccd", "int8 calibration: 'bccd', 'synthetic' or a folder.")
     flags.DEFINE_string("output_json", None, "Also write the report as JSON here.")
+    common_flags.whole_numbers("threads", 1)
+    common_flags.at_least("rounds", 1)
+    common_flags.at_least("runs_per_round", 1)
     common.define_decoder_flags()
 
 
@@ -201,6 +205,8 @@ def main(argv):
     from exporters import tflite
 
     values = flags.FLAGS
+    if values.output_json:  # the one output rule, before any work
+        common.prepare_output(values.output_json, True, argv[1:], flag="--output_json")
     baseline, candidate = (common.load_detector(path) for path in argv[1:])
     representative = None
     if values.precision == "int8":

@@ -22,6 +22,7 @@ from absl import flags
 
 from exporters import accuracy, common, metadata, runtime
 from keras_scb import cli
+from keras_scb import flags as common_flags
 
 
 def mediapipe_detections(model_path, images, score_threshold: float, max_results: int):
@@ -137,6 +138,8 @@ def _define_flags():
     flags.DEFINE_integer("count", 20, "How many images of --images.")
     flags.DEFINE_float("score_threshold", 0.5, "Detections compared: score >= this.")
     cli.define_renamed("model", "checkpoint")
+    common_flags.at_least("count", 1)
+    common_flags.between("score_threshold", 0, 1)
     flags.mark_flags_as_required(["checkpoint", "images"])
 
 

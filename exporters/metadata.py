@@ -292,3 +292,23 @@ def associated_files(model: bytes) -> dict:
             return {name: zf.read(name) for name in zf.namelist()}
     except zipfile.BadZipFile:
         return {}
+
+
+def embedded_class_names(path: str):
+    """The label map embedded in a ``.tflite`` file (its associated ``labels.txt``),
+    a tuple of names, or None if it has none.
+
+    Raises:
+        LabelMapError: the embedded file is malformed (naming ``path``).
+    """
+    from keras_scb import label_map
+
+    with open(path, "rb") as f:
+        text = associated_files(f.read()).get(common.LABELS_FILE)
+    if text is None:
+        return None
+    names = tuple(line.strip() for line in text.decode("utf-8", "replace").splitlines()
+                  if line.strip())
+    if not names:
+        raise label_map.LabelMapError(f"{path}: its embedded {common.LABELS_FILE} is empty.")
+    return names

@@ -13,9 +13,13 @@ the folder that holds all the inputs, extension included (``photos/cell.jpg``
 lists every detection above the threshold: class id and name, score, box in
 pixels ``[xmin, ymin, xmax, ymax]`` of the original image and relative.
 
-Nothing is written over an input: an output path that is an input file (e.g.
-``--output_dir`` is the input folder and holds drawings of an earlier run) is an
-error before any image is processed. An image that cannot be read or decoded
+Nothing is written over an input: an ``--output_dir`` that is, contains or lies
+inside an input (an image, an images folder, the model) is an error before any
+image is processed (`keras_scb.fileio.check_not_input`). The folder is written
+as a whole (a temporary sibling renamed into place, `keras_scb.fileio.atomic_output`),
+so an interrupted run leaves the previous folder untouched, never a mix of new
+and old drawings; an existing one is replaced only with ``--overwrite``, and only
+if it holds nothing but an earlier run's ``detections.json`` and the drawings it lists. An image that cannot be read or decoded
 (truncated, not an image) is reported with its path and listed in
 ``detections.json`` with its ``error``; the other images are still processed,
 and the command exits with status 1 at the end.
@@ -34,6 +38,8 @@ from absl import flags
 from exporters import common, runtime
 from keras_scb import cli
 from keras_scb.data.records import is_image_file, read_image
+from keras_scb import flags as common_flags
+from keras_scb.fileio import atomic_output, check_not_input, files_under, prepare_output, read_json
 
 DETECTIONS_FILE = "detections.json"
 
@@ -59,28 +65,33 @@ def list_images(paths):
     return found
 
 
-def output_paths(image_paths: Sequence[str], output_dir: str, drawings: bool = True) -> List[str]:
+def output_paths(image_paths: Sequence[str], output_dir: str) -> List[str]:
     """The drawing of each image: ``<output_dir>/<path relative to the inputs' common folder>.png``.
 
     Unique for distinct inputs (relative paths from one folder differ, and the
     extension stays in the name).
 
     Raises:
-        ValueError: an output path (a drawing, if ``drawings``, or
-            ``detections.json``) is one of the inputs, which it would overwrite.
+        ValueError: ``output_dir`` is, contains or lies inside an input
+            (`keras_scb.fileio.check_not_input`).
     """
+    check_not_input(output_dir, image_paths, "--output_dir")
     real = [os.path.realpath(path) for path in image_paths]
     root = os.path.commonpath([os.path.dirname(path) for path in real]) if real else ""
-    pngs = [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
-    inputs = dict(zip(real, image_paths))
-    outputs = (*(pngs if drawings else ()), os.path.join(output_dir, DETECTIONS_FILE))
-    for output in outputs:
-        if os.path.realpath(output) in inputs:
-            raise ValueError(
-                f"--output_dir={output_dir}: {output} would overwrite the input "
-                f"{inputs[os.path.realpath(output)]}; choose another --output_dir"
-            )
-    return pngs
+    return [os.path.join(output_dir, os.path.relpath(path, root) + ".png") for path in real]
+
+
+def foreign_files(folder):
+    """The files of an earlier ``--output_dir`` that predict did not write: all but
+    its ``detections.json`` and the drawings listed there (`keras_scb.fileio.atomic_output`)."""
+    try:
+        listed = {DETECTIONS_FILE} | {
+            os.path.relpath(r["png"], folder) for r in read_json(os.path.join(folder, DETECTIONS_FILE))
+            if isinstance(r, dict) and isinstance(r.get("png"), str)
+        }
+    except (ValueError, TypeError):
+        listed = set()
+    return [name for name in files_under(folder) if name not in listed]
 
 
 def image_detections(outputs, index, height, width, score_threshold, class_names):
@@ -156,15 +167,21 @@ def draw(image, detections, path, line_width=2.0, font_size=9):
     plt.close(figure)
 
 
-def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=None, draw_images=True):
+def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=None,
+            draw_images=True, overwrite=False, inputs=()):
     """Runs ``runner`` on every image, writes the PNGs and ``detections.json``.
 
     Args:
         runner: an `exporters.runtime` runner (see `exporters.runtime.load_runner`).
         image_paths: image files.
-        output_dir: created if needed; PNGs are named as `output_paths` says.
+        output_dir: written as a whole; PNGs are named as `output_paths` says.
         score_threshold: detections below it are neither drawn nor listed.
         class_names: names by class id, or ``None``.
+        draw_images: write the PNGs (otherwise only ``detections.json``).
+        overwrite: replace an earlier output folder (`foreign_files` says what
+            may not be in it).
+        inputs: other inputs (the model) ``output_dir`` may not be, contain or
+            lie inside.
 
     Returns:
         The list written to ``detections.json``: per image ``{"image", "width",
@@ -173,9 +190,22 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
 
     Raises:
         ValueError: an output would overwrite an input (before anything is written).
+        FileExistsError: ``output_dir`` holds files and not ``overwrite``.
+        OutputError: ``output_dir`` holds files predict did not write.
     """
-    drawings = output_paths(image_paths, output_dir, draw_images)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = os.fspath(output_dir)
+    drawings = output_paths(image_paths, output_dir)
+    prepare_output(output_dir, overwrite, inputs, directory=True, foreign=foreign_files,
+                   flag="--output_dir")
+    with atomic_output(output_dir, overwrite, directory=True, foreign=foreign_files) as temporary:
+        results = _predict_into(temporary, output_dir, runner, image_paths, drawings,
+                                score_threshold, class_names, draw_images)
+    return results
+
+
+def _predict_into(temporary, output_dir, runner, image_paths, drawings, score_threshold,
+                  class_names, draw_images):
+    """`predict`'s work, written under ``temporary`` (renamed to ``output_dir`` after)."""
     results = []
     for path, png in zip(image_paths, drawings):
         try:
@@ -188,13 +218,14 @@ def predict(runner, image_paths, output_dir, score_threshold=0.5, class_names=No
         outputs = runner(runtime.resize_images(image, runner.image_size))
         detections = image_detections(outputs, 0, height, width, score_threshold, class_names)
         if draw_images:
-            os.makedirs(os.path.dirname(png), exist_ok=True)
-            draw(image, detections, png)
+            staged = os.path.join(temporary, os.path.relpath(png, output_dir))
+            os.makedirs(os.path.dirname(staged), exist_ok=True)
+            draw(image, detections, staged)
         results.append({
             "image": os.path.abspath(path), "width": width, "height": height,
             "png": png if draw_images else None, "detections": detections,
         })
-    common.write_json(results, os.path.join(output_dir, DETECTIONS_FILE))
+    common.write_json(results, os.path.join(temporary, DETECTIONS_FILE))
     return results
 
 
@@ -208,6 +239,9 @@ def _define_flags():
                       "labels.txt).")
     flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads.")
     flags.DEFINE_bool("draw", True, "Write the PNGs (otherwise only detections.json).")
+    flags.DEFINE_bool("overwrite", False, "Replace an earlier --output_dir of predict.")
+    common_flags.between("score_threshold", 0, 1)
+    common_flags.at_least("num_threads", 1)
     cli.define_renamed("model_path", "checkpoint")
     flags.mark_flags_as_required(["checkpoint", "images"])
 
@@ -215,11 +249,16 @@ def _define_flags():
 def main(argv):
     del argv
     values = flags.FLAGS
+    paths = list_images(values.images)
+    output_paths(paths, values.output_dir)  # refused before the model is loaded
+    inputs = [values.checkpoint, *values.images]  # the --images folders too
+    prepare_output(values.output_dir, values.overwrite, inputs, directory=True,
+                   foreign=foreign_files, flag="--output_dir")
     runner = runtime.load_runner(values.checkpoint, values.num_threads)
     class_names = common.read_class_names(values.checkpoint, values.class_names)
-    paths = list_images(values.images)
     results = predict(
-        runner, paths, values.output_dir, values.score_threshold, class_names, values.draw
+        runner, paths, values.output_dir, values.score_threshold, class_names, values.draw,
+        values.overwrite, inputs,
     )
     failed = [r["image"] for r in results if "error" in r]
     total = sum(len(r.get("detections", ())) for r in results)

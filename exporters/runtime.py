@@ -5,7 +5,6 @@ Every runner takes uint8 images ``(B, S, S, 3)`` at the model's size ``S``
 `exporters.common.DETECTION_KEYS`.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -134,10 +133,13 @@ class SavedModelDetector:
         import tensorflow as tf
 
         self.folder = os.fspath(folder)
-        self._serve = tf.saved_model.load(self.folder).signatures["detect_zero_based"]
-        with open(os.path.join(self.folder, common.METADATA_FILE)) as f:
-            self.metadata = json.load(f)
-        self.image_size = int(self.metadata["image_size"])
+        self.metadata = common.read_export_metadata(self.folder)
+        signatures = tf.saved_model.load(self.folder).signatures
+        if "detect_zero_based" not in signatures:
+            raise ValueError(f"SavedModel {self.folder} has no 'detect_zero_based' signature "
+                             f"(it has {sorted(signatures)}): not written by exporters.saved_model.")
+        self._serve = signatures["detect_zero_based"]
+        self.image_size = self.metadata["image_size"]
 
     def __call__(self, images):
         import tensorflow as tf

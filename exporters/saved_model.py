@@ -36,6 +36,7 @@ from absl import flags
 
 from exporters import common
 from keras_scb import cli
+from keras_scb.fileio import files_under
 
 # The outputs of the OD API's SSD exporter (``SSDMetaArch.postprocess``), all float32.
 OD_API_KEYS = (
@@ -47,6 +48,10 @@ OD_API_KEYS = (
 )
 SIGNATURES = ("serving_default", "detect_zero_based", "raw")
 LABEL_MAP_FILE = "label_map.pbtxt"
+# The top-level entries of a folder `export_saved_model` writes (TensorFlow's
+# and ours): what ``--overwrite`` may replace.
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets",
+                       common.METADATA_FILE, common.LABELS_FILE, LABEL_MAP_FILE)
 # The OD API numbers foreground classes from 1 (``label_id_offset``); 0 is background.
 OD_API_LABEL_OFFSET = 1
 
@@ -119,6 +124,15 @@ def build_archive(detector, **decoder_kwargs):
     return archive
 
 
+def foreign_files(folder):
+    """The files of an existing ``folder`` that `export_saved_model` did not write:
+    every one if it is no SavedModel, else those outside a SavedModel's entries."""
+    names = files_under(folder)
+    if not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return names
+    return [name for name in names if name.split(os.sep)[0] not in SAVED_MODEL_ENTRIES]
+
+
 def export_saved_model(detector, output_dir, class_names=None, overwrite=False, **decoder_kwargs):
     """Writes the SavedModel folder ``output_dir`` atomically.
 
@@ -132,9 +146,10 @@ def export_saved_model(detector, output_dir, class_names=None, overwrite=False, 
         ``output_dir``.
     """
     class_names = common.export_class_names(detector, class_names)
-    common.prepare_output(output_dir, overwrite)
+    common.prepare_output(output_dir, overwrite, directory=True, foreign=foreign_files)
     archive = build_archive(detector, **decoder_kwargs)
-    with common.atomic_output(output_dir, overwrite, directory=True) as temporary:
+    with common.atomic_output(output_dir, overwrite, directory=True,
+                              foreign=foreign_files) as temporary:
         archive.write_out(temporary, verbose=False)
         metadata = common.export_metadata(
             detector, class_names, decoder_kwargs, signatures=list(SIGNATURES),
@@ -162,7 +177,8 @@ def _define_flags():
 def main(argv):
     del argv
     values = flags.FLAGS
-    common.prepare_output(values.output, values.overwrite)  # fail before the conversion
+    common.prepare_output(values.output, values.overwrite, [values.checkpoint], directory=True,
+                          foreign=foreign_files)  # fail before the conversion
     detector = common.load_detector(values.checkpoint)
     class_names = common.read_class_names(values.checkpoint, values.class_names)
     export_saved_model(

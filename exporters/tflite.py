@@ -30,6 +30,7 @@ from absl import flags
 
 from exporters import common, metadata, runtime
 from keras_scb import cli
+from keras_scb import flags as common_flags
 
 PRECISIONS = ("fp32", "fp16", "int8")
 LICENSE = "Apache-2.0"  # the project's, written into the model metadata
@@ -279,12 +280,12 @@ def export_tflite(
         ``path``.
     """
     class_names = common.export_class_names(detector, class_names)
-    common.prepare_output(path, overwrite)
+    common.prepare_output(path, overwrite, foreign=foreign_files)
     model = convert(
         detector, precision, representative_images, postprocess, class_names, category_labels,
         **decoder_kwargs,
     )
-    with common.atomic_output(path, overwrite) as temporary:
+    with common.atomic_output(path, overwrite, foreign=foreign_files) as temporary:
         with open(temporary, "wb") as f:
             f.write(model)
         runtime.smoke_load(temporary, path)
@@ -292,6 +293,14 @@ def export_tflite(
         labels = os.path.join(os.path.dirname(os.path.abspath(path)), common.LABELS_FILE)
         common.write_labels(class_names, labels)
     return path
+
+
+def foreign_files(path):
+    """``[path]`` if the existing file is not a TFLite flatbuffer (its file
+    identifier ``TFL3``), which ``--overwrite`` may then not replace."""
+    with open(path, "rb") as f:
+        header = f.read(8)
+    return [] if header[4:8] == b"TFL3" else [os.path.basename(path)]
 
 
 def dataset_images(dataset, image_size, count=None):
@@ -408,12 +417,14 @@ def _define_flags():
     )
     common.define_decoder_flags()
     flags.mark_flags_as_required(["checkpoint", "output"])
+    common_flags.at_least("representative_count", 1)
 
 
 def main(argv):
     del argv
     values = flags.FLAGS
-    common.prepare_output(values.output, values.overwrite)  # fail before the conversion
+    common.prepare_output(values.output, values.overwrite, [values.checkpoint],
+                          foreign=foreign_files)  # fail before the conversion
     detector = common.load_detector(values.checkpoint)
     class_names = common.read_class_names(values.checkpoint, values.class_names)
     representative = None

@@ -22,6 +22,7 @@ from keras_scb.fileio import (  # noqa: F401  (atomic_write re-exported)
     atomic_write,
     read_json,
     remove_stale_temporaries,
+    short_repr,
     write_json,
     write_text,
 )
@@ -66,7 +67,14 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
     def _best_so_far(self):
         if not os.path.exists(self._best_path):
             return None
-        return read_json(self._best_path, "best-checkpoint record")["value"]
+        record = read_json(self._best_path, "best-checkpoint record")
+        value = record.get("value") if isinstance(record, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(
+                f"best-checkpoint record {self._best_path}: field 'value' is {value!r}, not a "
+                "finite number; delete the file to compare from the next evaluation."
+            )
+        return float(value)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -136,15 +144,26 @@ class EpochBackup(keras.callbacks.Callback):
 
     def _read_state(self):
         state = read_json(self.state_path, "Backup state")
-        if (
-            not isinstance(state, dict)
-            or not isinstance(state.get("epoch"), int)
-            or not isinstance(state.get("weights"), str)
-        ):
-            raise CheckpointError(
-                f"Backup state {self.state_path} lacks 'epoch' or 'weights': {state!r}."
-            )
+        if not isinstance(state, dict):
+            raise CheckpointError(f"Backup state {self.state_path} is not a JSON object.")
+        problem = _state_problem(state)
+        if problem:
+            raise CheckpointError(f"Backup state {self.state_path}: {problem}.")
         return state
+
+    def _check_network(self, state, model):
+        """The state's network (registry name, input size, anchors) must be ``model``'s."""
+        saved = state.get("network")
+        if not saved:
+            return  # a state older than the recorded network
+        own = _network(model)
+        differ = [f"{key} {saved.get(key)!r} (the model: {value!r})"
+                  for key, value in own.items() if key in saved and saved[key] != value]
+        if differ:
+            raise CheckpointError(
+                f"Backup {self.state_path} is of another network: {', '.join(differ)}; "
+                f"resume it with its own --model/--anchors, or delete {self.backup_dir}."
+            )
 
     def restore(self, model):
         """Loads the saved weights and optimizer state into ``model``.
@@ -164,6 +183,7 @@ class EpochBackup(keras.callbacks.Callback):
         state = self._read_state()
         path = os.path.join(self.backup_dir, state["weights"])
         advice = f"delete {self.backup_dir} to train from scratch"
+        self._check_network(state, model)
         saved_names = self.saved_class_names()
         names = getattr(model, "class_names", None)
         if saved_names is not None and names is not None:
@@ -199,12 +219,42 @@ class EpochBackup(keras.callbacks.Callback):
         names = getattr(self.model, "class_names", None)
         write_json(
             {"epoch": done, "weights": weights, "sha256": _sha256(path),
-             "class_names": None if names is None else list(names)},
+             "class_names": None if names is None else list(names),
+             "network": _network(self.model)},
             self.state_path,
         )
         for name in os.listdir(self.backup_dir):
             if name.endswith(".weights.h5") and name != weights and not name.startswith("."):
                 os.remove(os.path.join(self.backup_dir, name))
+
+
+def _network(model):
+    """What fixes the shapes of a backup's meaning: registry name, input size, anchors
+    (only those ``model`` has: a plain Keras model has none)."""
+    spec = getattr(model, "anchor_spec", None)
+    network = {"model": getattr(model, "registry_name", None)}
+    if spec is not None:
+        network.update(image_size=int(spec.image_size), num_anchors=int(len(model.anchors)))
+    return {key: value for key, value in network.items() if value is not None}
+
+
+def _state_problem(state):
+    """Why a backup ``state.json`` cannot be used (its fields' types and ranges), or None."""
+    epoch, weights, digest = state.get("epoch"), state.get("weights"), state.get("sha256")
+    names = state.get("class_names")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"field 'epoch' is {epoch!r}, not a whole number >= 0"
+    if not isinstance(weights, str) or not weights or os.path.basename(weights) != weights \
+            or weights.startswith("."):
+        return f"field 'weights' is {weights!r}, not a file name in the backup folder"
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        return f"field 'sha256' is {digest!r}, not a SHA-256 hex digest"
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return f"field 'class_names' is {short_repr(names)}, not a list of names"
+    network = state.get("network")
+    if network is not None and not isinstance(network, dict):
+        return f"field 'network' is {network!r}, not an object"
+    return None
 
 
 def trim_history(path, epochs_done):

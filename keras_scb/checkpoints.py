@@ -73,6 +73,26 @@ def load_checkpoint(path: str, compile: bool = False) -> Any:
     return model
 
 
+def load_detector_checkpoint(path: str) -> Any:
+    """`load_checkpoint` of a file that must hold a `keras_scb.models.Detector`
+    (what evaluation, the exporters and ``predict`` take).
+
+    Raises:
+        CheckpointError: as `load_checkpoint`, or the model is a plain Keras
+            model (no anchors, layout or label map); the message names the file.
+    """
+    from keras_scb.models.detector import Detector
+
+    model = load_checkpoint(path)
+    if not isinstance(model, Detector):
+        raise CheckpointError(
+            f"Checkpoint {os.fspath(path)} holds a {type(model).__name__} {model.name!r}, not a "
+            "keras_scb Detector (no anchors or label map): give one built by "
+            "keras_scb.models.build_detector or trained by keras_scb.train."
+        )
+    return model
+
+
 def stored_class_names(path: str) -> Optional[Tuple[str, ...]]:
     """The ``class_names`` stored in the ``.keras`` file ``path``, or None.
 

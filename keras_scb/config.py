@@ -50,12 +50,53 @@ WEIGHTINGS = ("uniform", "inverse_log", "inverse_sqrt", "inverse", "scb", "unifo
 STRATEGIES = ("default", "mirrored", "multi_worker", "data_parallel")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The finite numbers a numeric setting takes (each item of a list setting).
+
+    Checked twice from this one declaration: when a section is made (a Python
+    user's `ValueError`) and by an absl validator of its flag (the command line's
+    one-line error, before anything runs).
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    increasing: bool = False  # a list: strictly increasing
+
+    def holds(self, value: Any) -> bool:
+        items = value if isinstance(value, tuple) else (value,)
+        inside = all(
+            math.isfinite(v) and (v > self.low if self.open_low else v >= self.low)
+            and (v < self.high if self.open_high else v <= self.high) for v in items)
+        return inside and (not self.increasing or all(a < b for a, b in zip(items, items[1:])))
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            # An integer >= 1 is positive too; the messages say so.
+            text = ("positive" if (self.low, self.open_low) in ((0, True), (1, False))
+                    else f"{'>' if self.open_low else '>='} {self.low:g}")
+        else:
+            text = (f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.open_high else ']'}")
+        return text + (", increasing" if self.increasing else "")
+
+
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1)
+BELOW_ONE = Range(0, 1, open_high=True)
+
+
 def setting(default: Any, help: str, choices: Tuple[str, ...] = (),
-            train_only: bool = False) -> Any:
-    """A section field that is also a flag: its help, its allowed values, and whether
-    only ``keras_scb.train`` has it (``evaluate`` shares the other data flags)."""
+            train_only: bool = False, valid: Optional[Range] = None) -> Any:
+    """A section field that is also a flag: its help, its allowed values (``choices``
+    or the numbers of ``valid``), and whether only ``keras_scb.train`` has it
+    (``evaluate`` shares the other data flags)."""
     return dataclasses.field(default=default, metadata={
-        "help": help, "choices": choices, "train_only": train_only})
+        "help": help, "choices": choices, "train_only": train_only, "range": valid})
 
 
 class _Section:
@@ -71,6 +112,10 @@ class _Section:
             if choices and value not in choices:
                 raise ValueError(f"--{field.name} must be one of {', '.join(choices)}; "
                                  f"got {value!r}.")
+            valid = field.metadata.get("range")
+            if valid is not None and value is not None and not valid.holds(value):
+                shown = _joined(value) if isinstance(value, tuple) else repr(value)
+                raise ValueError(f"--{field.name} must be {valid}; got {shown}.")
             object.__setattr__(self, field.name, value)
         self._check()
 
@@ -137,12 +182,14 @@ class DataConfig(_Section):
         "only (VOC07+12: VOC2007/trainval,VOC2012/trainval).")
     val_split: str = setting("test", "Evaluation split, e.g. val2017; voc as --train_split "
                              "(VOC07 test: VOC2007/test, since VOC2012 has no public test split).")
-    synthetic_images: int = setting(256, "Images of the synthetic dataset's training split.")
+    synthetic_images: int = setting(256, "Images of the synthetic dataset's training split.",
+                                    valid=AT_LEAST_ONE)
     synthetic_small_fraction: Optional[float] = setting(
         None, "Synthetic data: probability that an object is under 32x32 px on the "
-        "300x300 image (= a 300 px network input); default: sizes log-uniform.")
+        "300x300 image (= a 300 px network input); default: sizes log-uniform.", valid=FRACTION)
     synthetic_clutter: int = setting(
-        0, "Synthetic data: up to this many distractor crosses (not objects) per image.")
+        0, "Synthetic data: up to this many distractor crosses (not objects) per image.",
+        valid=NON_NEGATIVE)
     bad_input: str = setting("raise", "On a corrupt image or annotation: stop with an error "
                              "naming the file, or skip it and count it (the counts are "
                              "printed at the end).", choices=("raise", "skip"))
@@ -156,13 +203,11 @@ class DataConfig(_Section):
         False, "Train on VOC 'difficult' (COCO crowd) boxes too, as Caffe SSD/RefineDet "
         "(use_difficult_gt) and PytorchSSD do; ssd.pytorch drops them (the default). "
         "Evaluation ignores them either way.", train_only=True)
-    max_boxes: int = setting(100, "Boxes per image kept by the input pipeline (padding size).",
-                             train_only=True)
-
-    def _check(self) -> None:
-        for name in ("synthetic_images", "max_boxes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
+    max_boxes: int = setting(
+        0, "Boxes per image kept by the input pipeline where it pads the ground truth "
+        "(--match_on=device, RefineDet); 0: the training split's most boxes on one image, "
+        "so none is dropped. A smaller value drops boxes, with a warning that counts them.",
+        train_only=True, valid=NON_NEGATIVE)
 
     def split_name(self, splits: Union[str, Sequence[str]]) -> str:
         """``--dataset=NAME split SPLIT``: how errors name a split of this dataset."""
@@ -247,7 +292,8 @@ class ModelConfig(_Section):
     model: str = setting("mobilenetv2-ssdlite300",
                          "Detector name; see keras_scb.models.available_detectors().")
     num_classes: int = setting(
-        0, "Foreground classes. 0 takes the dataset's; any other value must equal it.")
+        0, "Foreground classes. 0 takes the dataset's; any other value must equal it.",
+        valid=NON_NEGATIVE)
     backbone_weights: Optional[str] = setting(
         None, "Unset: the model's default (vendored ImageNet weights for "
         "MobileNetV2 1.0, random otherwise). 'imagenet': Keras's ImageNet "
@@ -262,8 +308,9 @@ class ModelConfig(_Section):
         "(torchvision's / ssd.pytorch's reduced-fc VGG16, docs/pretrained.md), which sets "
         "the input normalisation it was trained with. 'none': random.")
     width_multiplier: Optional[float] = setting(
-        None, "MobileNetV2 width multiplier of SSDLite models.")
-    bn_momentum: Optional[float] = setting(None, "BatchNorm momentum of models that take it.")
+        None, "MobileNetV2 width multiplier of SSDLite models.", valid=POSITIVE)
+    bn_momentum: Optional[float] = setting(None, "BatchNorm momentum of models that take it.",
+                                           valid=BELOW_ONE)
     anchors: Optional[str] = setting(
         None, "Anchor preset overriding the model's default (e.g. ssd300_coco); see "
         "keras_scb.anchors.PRESETS.")
@@ -281,8 +328,6 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"--model={self.model!r} is not a detector; available: {available_detectors()}."
             )
-        if self.num_classes < 0:
-            raise ValueError(f"--num_classes must be >= 0; got {self.num_classes}.")
         if self.init_checkpoint and self.backbone_weights is not None:
             raise ValueError("--init_checkpoint sets the backbone; drop --backbone_weights.")
 
@@ -326,8 +371,8 @@ class LossConfig(_Section):
     """The training loss (`keras_scb.losses`, `keras_scb.refinedet_loss`)."""
 
     loss: str = setting("scb", "Training loss.", choices=LOSSES)
-    alpha: float = setting(1.0, "SCB alpha in beta * (ln M + alpha) / M.")
-    beta: float = setting(3.0, "SCB beta.")
+    alpha: float = setting(1.0, "SCB alpha in beta * (ln M + alpha) / M.", valid=NON_NEGATIVE)
+    beta: float = setting(3.0, "SCB beta.", valid=POSITIVE)
     weighting: str = setting(
         "scb", "Object weighting of --loss=scb: the paper's Table 1 forms, and the controls "
         "'uniform_beta' (every positive weighs beta) and 'scb_mean_normalised' (SCB "
@@ -335,7 +380,7 @@ class LossConfig(_Section):
         choices=WEIGHTINGS)
     apply_to: str = setting("classification", "'classification': the authors' code; "
                             "'both': the paper's Eq. 2.", choices=("classification", "both"))
-    neg_pos_ratio: int = setting(3, "Hard negatives kept per positive.")
+    neg_pos_ratio: int = setting(3, "Hard negatives kept per positive.", valid=NON_NEGATIVE)
     class_weights: Tuple[float, ...] = setting(
         (), "Optional factor per class (in the dataset's class order) on the positive "
         "anchors' weights, on top of the object weighting; empty: all 1.")
@@ -351,8 +396,6 @@ class LossConfig(_Section):
         if not all(0 <= w < math.inf for w in self.class_weights):
             raise ValueError(f"--class_weights={_joined(self.class_weights)}: need finite "
                              "numbers >= 0.")
-        if self.neg_pos_ratio < 0:
-            raise ValueError(f"--neg_pos_ratio must be >= 0; got {self.neg_pos_ratio}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,40 +404,38 @@ class OptimizerConfig(_Section):
 
     optimizer: str = setting("sgd", "SGD with momentum, as the paper's baselines.",
                              choices=("sgd", "adamw"))
-    momentum: float = setting(0.9, "SGD momentum.")
-    weight_decay: float = setting(5e-4, "Weight decay (not applied to biases and BatchNorm).")
+    momentum: float = setting(0.9, "SGD momentum.", valid=BELOW_ONE)
+    weight_decay: float = setting(5e-4, "Weight decay (not applied to biases and BatchNorm).",
+                                  valid=NON_NEGATIVE)
     weight_decay_mode: str = setting(
         "l2", "SGD's weight decay. 'l2': weight_decay * w added to the gradient before "
         "the momentum, as Caffe and PyTorch (the references); 'decoupled': Keras's "
         "weight_decay (w -= lr * weight_decay * w outside the momentum, about 10x "
         "weaker at momentum 0.9). AdamW's decay is always decoupled.",
         choices=("l2", "decoupled"))
-    clipnorm: Optional[float] = setting(None, "Optional gradient-norm clipping.")
+    clipnorm: Optional[float] = setting(None, "Optional gradient-norm clipping.", valid=POSITIVE)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig(_Section):
     """How long, in what batches, at which learning rate (`keras_scb.schedules`)."""
 
-    batch_size: int = setting(8, "Global batch size (split over replicas).")
-    epochs: int = setting(10, "Epochs to train.")
-    steps_per_epoch: int = setting(0, "Steps per epoch; 0 = one pass over the training split.")
-    learning_rate: float = setting(1e-3, "Learning rate after warm-up.")
-    warmup_steps: int = setting(0, "Linear warm-up steps from learning_rate / 3.")
+    batch_size: int = setting(8, "Global batch size (split over replicas).", valid=AT_LEAST_ONE)
+    epochs: int = setting(10, "Epochs to train.", valid=AT_LEAST_ONE)
+    steps_per_epoch: int = setting(0, "Steps per epoch; 0 = one pass over the training split.",
+                                   valid=NON_NEGATIVE)
+    learning_rate: float = setting(1e-3, "Learning rate after warm-up.", valid=POSITIVE)
+    warmup_steps: int = setting(0, "Linear warm-up steps from learning_rate / 3.",
+                                valid=NON_NEGATIVE)
     lr_schedule: str = setting(
         "step", "After warm-up: 'step' multiplies the rate by lr_decay at lr_decay_steps "
         "(SSD's schedule); 'cosine' anneals it to 0 at the last step.", choices=("step", "cosine"))
     lr_decay_steps: Tuple[int, ...] = setting(
-        (), "Global steps at which the rate is multiplied by lr_decay.")
-    lr_decay: float = setting(0.1, "Step-decay factor.")
+        (), "Global steps at which the rate is multiplied by lr_decay.",
+        valid=Range(1, increasing=True))
+    lr_decay: float = setting(0.1, "Step-decay factor.", valid=POSITIVE)
 
     def _check(self) -> None:
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive; got {getattr(self, name)}.")
-        for name in ("steps_per_epoch", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0; got {getattr(self, name)}.")
         if self.lr_schedule == "cosine" and self.lr_decay_steps:
             raise ValueError("--lr_decay_steps belongs to --lr_schedule=step, not cosine.")
 
@@ -404,7 +445,7 @@ class RuntimeConfig(_Section):
     """Where the run writes, and how it runs: seed, numerics, devices, evaluation, logs."""
 
     model_dir: Optional[str] = setting(None, "Output folder (required).")
-    seed: int = setting(0, "Seed of weights, augmentation and shuffling.")
+    seed: int = setting(0, "Seed of weights, augmentation and shuffling.", valid=NON_NEGATIVE)
     deterministic: bool = setting(False, "Deterministic input pipeline and TF ops (slower).")
     mixed_precision: str = setting(
         "float32", "Keras dtype policy. mixed_bfloat16 is about 2x faster on CPUs with "
@@ -418,18 +459,20 @@ class RuntimeConfig(_Section):
         "reads TF_CONFIG). data_parallel: keras.distribution.DataParallel over all "
         "devices JAX sees (KERAS_BACKEND=jax; multi-host after "
         "jax.distributed.initialize, see the README).", choices=STRATEGIES)
-    eval_every: int = setting(0, "Evaluate on --val_split every N epochs (0: only at the end).")
-    eval_batch_size: int = setting(8, "Batch size of evaluation.")
+    eval_every: int = setting(0, "Evaluate on --val_split every N epochs (0: only at the end).",
+                              valid=NON_NEGATIVE)
+    eval_batch_size: int = setting(8, "Batch size of evaluation.", valid=AT_LEAST_ONE)
     final_eval: bool = setting(True, "Evaluate the best checkpoint at the end.")
-    verbose: int = setting(1, "Keras fit verbosity (1: progress bar, 2: one line an epoch).")
+    verbose: int = setting(1, "Keras fit verbosity (1: progress bar, 2: one line an epoch).",
+                           valid=Range(0, 2))
+    allow_recipe_change: bool = setting(
+        False, "Resume a run with another training recipe (loss, optimizer, schedule, "
+        "batch size...; see keras_scb.run_folder.RECIPE); the change is kept in the history "
+        "of its flags.json. The network flags must always match.", train_only=True)
 
     def _check(self) -> None:
         if not self.model_dir:
             raise ValueError("--model_dir is required.")
-        if self.eval_every < 0:
-            raise ValueError(f"--eval_every must be >= 0; got {self.eval_every}.")
-        if self.eval_batch_size <= 0:
-            raise ValueError(f"--eval_batch_size must be positive; got {self.eval_batch_size}.")
 
 
 # The flags of `AugmentConfig`'s fields (the others are set from Python only).
@@ -671,6 +714,17 @@ def _define(flag_values: flags.FlagValues, field: dataclasses.Field, hint: Any) 
         define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
                   float: flags.DEFINE_float, str: flags.DEFINE_string}[kind]
         define(name, default, help, flag_values=flag_values)
+    valid = field.metadata.get("range")
+    if valid is not None:
+        def holds(value: Any) -> bool:
+            try:
+                value = _coerce(name, hint, value)
+            except ValueError:
+                return False
+            return value is None or valid.holds(value)
+
+        flags.register_validator(name, holds, message=f"must be {valid}",
+                                 flag_values=flag_values)
 
 
 def parse_flags(args: Sequence[str]) -> Dict[str, Any]:

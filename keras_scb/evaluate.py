@@ -42,6 +42,9 @@ def _define_flags():
                         "[x, y, w, h], score), e.g. for a test-dev submission.")
     flags.DEFINE_string("score_results_json", None, "Score this COCO results file on "
                         "--val_split instead of running a --checkpoint.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing metrics.json / --results_json "
+                      "(e.g. the run's own eval/, written by the training).")
+    common_flags.at_least("batch_size", 1)
 
 
 def main(argv):
@@ -65,17 +68,17 @@ def main(argv):
         return
     if not FLAGS.checkpoint or not os.path.exists(FLAGS.checkpoint):
         raise app.UsageError(f"--checkpoint={FLAGS.checkpoint!r}: no such file.")
-    from keras_scb.checkpoints import check_checkpoint_classes, load_checkpoint
+    from keras_scb.checkpoints import check_checkpoint_classes, load_detector_checkpoint
     from keras_scb.validation import evaluate_detector, write_report
 
-    detector = load_checkpoint(FLAGS.checkpoint)
+    detector = load_detector_checkpoint(FLAGS.checkpoint)
     dataset = common_flags.load_split(FLAGS.val_split)
     check_checkpoint_classes(
         FLAGS.checkpoint, detector.num_classes, dataset.class_names,
         common_flags.split_name(FLAGS.val_split),
     )
     output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(FLAGS.checkpoint), "eval")
-    _check_outputs(output_dir, [FLAGS.checkpoint])
+    _check_outputs(output_dir, [FLAGS.checkpoint])  # before the evaluation writes anything
     results = evaluate_detector(detector, dataset, FLAGS.batch_size, FLAGS.results_json)
     print(write_report(results, output_dir))
     print(f"Wrote {output_dir}/metrics.json and metrics.md", file=sys.stderr)
@@ -84,13 +87,20 @@ def main(argv):
 
 
 def _check_outputs(output_dir, inputs):
-    """No output may overwrite an input."""
-    written = [os.path.join(output_dir, n) for n in ("metrics.json", "metrics.md")]
-    if flags.FLAGS.results_json:
-        written.append(flags.FLAGS.results_json)
-    for path in inputs:
-        if path and any(os.path.abspath(path) == os.path.abspath(w) for w in written):
-            raise app.UsageError(f"{path} is an input; the outputs may not overwrite it.")
+    """The one output rule (`keras_scb.fileio.prepare_output`), before any work: no
+    output is, contains or lies inside an input; nothing is replaced without
+    --overwrite (a run's own eval/metrics.json included); and no output goes into
+    a run folder that a live training owns (`keras_scb.run_folder.check_not_busy`)."""
+    from keras_scb import run_folder
+    from keras_scb.fileio import prepare_output
+
+    FLAGS = flags.FLAGS
+    inputs = [*inputs, *FLAGS.data_dir]
+    run_folder.check_not_busy(output_dir)
+    for name in ("metrics.json", "metrics.md"):
+        prepare_output(os.path.join(output_dir, name), FLAGS.overwrite, inputs, flag="--output_dir")
+    if FLAGS.results_json:
+        prepare_output(FLAGS.results_json, FLAGS.overwrite, inputs, flag="--results_json")
 
 
 def _score_results_json(path):

@@ -18,15 +18,109 @@ import os
 import re
 import secrets
 import shutil
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+")
 # Suffixes that writers such as Keras read to pick the format.
-_KEPT_SUFFIXES = (".weights.h5", ".keras", ".json", ".h5", ".tflite", ".csv", ".txt")
+_KEPT_SUFFIXES = (".weights.h5", ".keras", ".json", ".h5", ".tflite", ".csv", ".txt", ".md",
+                  ".png")
 
 
 class OutputError(OSError):
     """An output could not be written; the message names the path."""
+
+
+class OutputOverInput(OutputError, ValueError):
+    """An output is, contains or lies inside an input (a bad flag value, refused up front)."""
+
+
+# What a message shows of a long list (a label map of 100,000 names, the files
+# of a folder): the first few items and how many more.
+LISTED = 20
+
+
+def abbreviate(items: Iterable, limit: int = LISTED) -> str:
+    """``[a, b, ... (N more)]``: a list for a one-line message, at most ``limit`` items shown."""
+    items = list(items)
+    shown = ", ".join(repr(item) for item in items[:limit])
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def short_repr(value, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_not_input(output, inputs: Sequence, flag: str = "--output") -> None:
+    """The one rule of every tool: an output may not be, contain or lie inside an input.
+
+    Checked before anything is written, on real paths (links resolved): an
+    output that *is* an input would overwrite it, one that *contains* it (a
+    folder replaced as a whole) would delete it, and one *inside* an input
+    folder would change the input (a SavedModel, a folder of images, a dataset).
+
+    Args:
+        output: the file or folder to write.
+        inputs: the files and folders read (``None`` entries are skipped).
+        flag: how the message names ``output``.
+
+    Raises:
+        OutputOverInput: naming both paths.
+    """
+    target = os.path.realpath(os.fspath(output))
+    for path in inputs:
+        if path is None or path == "":
+            continue
+        source = os.path.realpath(os.fspath(path))
+        if target == source:
+            relation = "is the input"
+        elif source.startswith(target.rstrip(os.sep) + os.sep):
+            relation = "contains the input"
+        elif target.startswith(source.rstrip(os.sep) + os.sep) and os.path.isdir(source):
+            relation = "lies inside the input"
+        else:
+            continue
+        raise OutputOverInput(
+            f"{flag}={output} {relation} {path}; an output may not overwrite, contain or "
+            "lie inside an input: choose another path."
+        )
+
+
+def files_under(folder: str) -> List[str]:
+    """Every file below ``folder``, as paths relative to it, sorted."""
+    found = []
+    for root, _, names in os.walk(folder):
+        found.extend(os.path.relpath(os.path.join(root, n), folder) for n in names)
+    return sorted(found)
+
+
+# `atomic_output`'s ``foreign``: the files of an existing output the tool did
+# not write (and so may not delete); an empty list lets --overwrite replace it.
+Foreign = Callable[[str], List[str]]
+
+
+def _every_file(path: str) -> List[str]:
+    return files_under(path) if os.path.isdir(path) else []
+
+
+def _check_replaceable(path: str, overwrite: bool, directory: bool,
+                       foreign: Optional[Foreign]) -> None:
+    if not os.path.lexists(path) or (directory and os.path.isdir(path) and not os.listdir(path)):
+        return  # nothing to lose (an empty folder)
+    if not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+    if os.path.isdir(path) != directory:
+        kind = "a folder" if os.path.isdir(path) else "a file"
+        raise OutputError(f"{path} is {kind}, not this tool's output; --overwrite does not "
+                          "replace it: delete it yourself or choose another path.")
+    others = (foreign or (_every_file if directory else lambda _: []))(path)
+    if others:
+        raise OutputError(
+            f"{path} holds files this tool did not write: {abbreviate(others)}; --overwrite "
+            "never deletes them: move them away or choose another path."
+        )
 
 
 def _umask() -> int:
@@ -35,7 +129,9 @@ def _umask() -> int:
     return mask
 
 
-def _temporary_name(path: str) -> str:
+def temporary_name(path: str) -> str:
+    """A temporary sibling of ``path`` (same extension) that `remove_stale_temporaries`
+    deletes once its process is gone."""
     base = os.path.basename(path)
     suffix = next((s for s in _KEPT_SUFFIXES if base.endswith(s)), "")
     name = f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
@@ -57,16 +153,20 @@ def check_writable(folder: str) -> None:
         raise OutputError(f"The folder {folder} is not writable.")
 
 
-def prepare_output(path, overwrite: bool = False) -> None:
+def prepare_output(path, overwrite: bool = False, inputs: Sequence = (),
+                   directory: bool = False, foreign: Optional[Foreign] = None,
+                   flag: str = "--output") -> None:
     """Checks, before a long computation, that ``path`` can be written.
 
-    Raises `FileExistsError` if ``path`` exists and not ``overwrite``, and
-    `OutputError` if its folder cannot be written; removes the folder's stale
-    temporaries (of killed writers).
+    Raises `OutputError` if ``path`` is, contains or lies inside one of
+    ``inputs`` (`check_not_input`), `FileExistsError` if it exists and not
+    ``overwrite``, `OutputError` if it holds what the tool did not write
+    (``foreign``, see `atomic_output`) or its folder cannot be written; removes
+    the folder's stale temporaries (of killed writers).
     """
+    check_not_input(path, inputs, flag)
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+    _check_replaceable(path, overwrite, directory, foreign)
     check_writable(os.path.dirname(path))
     remove_stale_temporaries(os.path.dirname(path))
 
@@ -82,7 +182,7 @@ def remove_stale_temporaries(folder: str) -> list:
     removed = []
     for name in os.listdir(folder):
         match = _TEMPORARY.match(name)
-        if not match or _alive(int(match.group(1))):
+        if not match or process_alive(int(match.group(1))):
             continue
         path = os.path.join(folder, name)
         _remove(path)
@@ -90,7 +190,8 @@ def remove_stale_temporaries(folder: str) -> list:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` exists (another user's counts)."""
     if pid == os.getpid():
         return True
     try:
@@ -103,7 +204,8 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output(path, overwrite: bool = True, directory: bool = False) -> Iterator[str]:
+def atomic_output(path, overwrite: bool = True, directory: bool = False,
+                  foreign: Optional[Foreign] = None) -> Iterator[str]:
     """Yields a temporary path next to ``path``; renames it onto ``path`` on success.
 
     On any exception the temporary file or folder is removed and ``path`` is
@@ -118,13 +220,16 @@ def atomic_output(path, overwrite: bool = True, directory: bool = False) -> Iter
         overwrite: replace an existing ``path``; otherwise it is an error.
         directory: ``path`` is a folder (the yielded folder exists and is empty);
             otherwise the yielded file does not exist yet.
+        foreign: ``existing path -> the files in it this tool did not write``;
+            replacing is refused unless it is empty (an `OutputError` listing
+            them). Default: a folder may be replaced only when it holds no file
+            at all, a file always.
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+    _check_replaceable(path, overwrite, directory, foreign)
     parent = os.path.dirname(path)
     check_writable(parent)
-    temporary = _temporary_name(path)
+    temporary = temporary_name(path)
     mask = _umask()
     try:
         if directory:
@@ -204,7 +309,7 @@ def _replace_folder(source: str, target: str) -> None:
     if not os.path.exists(target):
         os.rename(source, target)
         return
-    aside = _temporary_name(target)
+    aside = temporary_name(target)
     os.rename(target, aside)
     try:
         os.rename(source, target)

@@ -7,12 +7,68 @@ splits through it. ``keras_scb.train`` itself turns all its flags into a
 `keras_scb.config.TrainConfig` and reads nothing from here.
 """
 
+import math
 import sys
-from typing import Any, Optional, Sequence, TextIO, Union
+from typing import Any, Callable, Optional, Sequence, TextIO, Union
 
 from absl import flags
 
 from keras_scb import config
+
+
+# Every numeric flag of every tool has a declared range, checked by absl when
+# the command line is parsed and on assignment: a bad value is a one-line error
+# ``flag --NAME=VALUE: must be ...`` before anything runs. The train flags and the
+# shared data flags declare theirs as a `keras_scb.config.Range` of their field;
+# the tools' own flags with these helpers. Unset (None) optional flags pass.
+def require(name: str, check: Callable[[object], bool], requirement: str) -> None:
+    """Registers an absl validator of ``--name``: ``check(value)`` must hold."""
+
+    def valid(value):
+        try:
+            return value is None or bool(check(value))
+        except (TypeError, ValueError):
+            return False
+
+    flags.register_validator(name, valid, message=f"must be {requirement}")
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def at_least(name: str, low: float) -> None:
+    """``--name >= low`` (a finite number)."""
+    require(name, lambda v: _number(v) and v >= low, f">= {low}")
+
+
+def above(name: str, low: float) -> None:
+    """``--name > low`` (a finite number)."""
+    require(name, lambda v: _number(v) and v > low, f"> {low}")
+
+
+def between(name: str, low: float, high: float, open_low: bool = False,
+            open_high: bool = False) -> None:
+    """``low <= --name <= high``, a bound excluded when ``open_low``/``open_high``."""
+    def check(v):
+        return (_number(v) and (v > low if open_low else v >= low)
+                and (v < high if open_high else v <= high))
+
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    require(name, check, f"in {interval}")
+
+
+def whole_numbers(name: str, low: int = 0, increasing: bool = False) -> None:
+    """A list flag of whole numbers ``>= low``, strictly increasing if ``increasing``."""
+    def check(values):
+        numbers = [int(v) for v in values]  # "abc" -> ValueError -> invalid
+        if any(str(n) != str(v).strip() for n, v in zip(numbers, values)):
+            return False  # "1.5", "1e3"
+        return all(n >= low for n in numbers) and (
+            not increasing or all(a < b for a, b in zip(numbers, numbers[1:])))
+
+    order = ", increasing" if increasing else ""
+    require(name, check, f"a comma-separated list of whole numbers >= {low}{order}")
 
 FLAGS = flags.FLAGS
 

@@ -12,7 +12,7 @@ import collections
 import os
 from typing import Optional, Sequence, Tuple
 
-from keras_scb.fileio import read_text
+from keras_scb.fileio import abbreviate, read_text
 
 # One class name a line, in id order: the file the trainer writes into its
 # model_dir, the exports next to (or into) their model, and a VOC root may hold.
@@ -33,7 +33,7 @@ def read_labels(path: str) -> Tuple[str, ...]:
     names = tuple(line.strip() for line in read_text(path).splitlines() if line.strip())
     repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
     if not names or repeated:
-        problem = f"repeated names {repeated}" if repeated else "no class names"
+        problem = f"repeated names {abbreviate(repeated)}" if repeated else "no class names"
         raise LabelMapError(f"{path}: malformed labels file: {problem}")
     return names
 
@@ -71,8 +71,8 @@ def check_same(
     if expected == actual:
         return
     raise LabelMapError(
-        f"{actual_source}: class names {list(actual)} differ from {expected_source}: "
-        f"{list(expected)} ({_difference(expected, actual)})" + (f"; {advice}" if advice else "")
+        f"{actual_source}: class names {abbreviate(actual)} differ from {expected_source}: "
+        f"{abbreviate(expected)} ({_difference(expected, actual)})" + (f"; {advice}" if advice else "")
     )
 
 

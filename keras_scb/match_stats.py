@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_scb.evaluation import SCALES, scale_of_area
 from keras_scb.matching import MATCH_IOU, pixel_box_areas
-from keras_scb.fileio import write_json
+from keras_scb.fileio import atomic_write, prepare_output, write_json
 
 
 def match_counts_per_box(boxes, classes, anchors, iou_threshold=MATCH_IOU):
@@ -166,7 +166,7 @@ def plot_counts(counts_by_stage, scales_by_stage, output_dir, label=""):
     _histogram_axes(ax, counts_by_stage, f"{label} all objects".strip())
     hist_path = os.path.join(output_dir, "matched_anchors_hist.png")
     fig.tight_layout()
-    fig.savefig(hist_path, dpi=100)
+    atomic_write(hist_path, lambda path: fig.savefig(path, dpi=100))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(SCALES), figsize=(5 * len(SCALES), 4))
@@ -178,9 +178,13 @@ def plot_counts(counts_by_stage, scales_by_stage, output_dir, label=""):
         )
     scale_path = os.path.join(output_dir, "matched_anchors_by_scale.png")
     fig.tight_layout()
-    fig.savefig(scale_path, dpi=100)
+    atomic_write(scale_path, lambda path: fig.savefig(path, dpi=100))
     plt.close(fig)
     return hist_path, scale_path
+
+
+# What match_stats writes into --output_dir.
+OUTPUTS = ("match_stats.json", "matched_anchors_hist.png", "matched_anchors_by_scale.png")
 
 
 def write_report(report, output_dir):
@@ -279,7 +283,12 @@ def _define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the augmentation.")
     flags.DEFINE_float("iou_threshold", MATCH_IOU, "Anchor matching IoU threshold.")
     flags.DEFINE_string("output_dir", None, "Where match_stats.json and the plots go.")
+    flags.DEFINE_bool("overwrite", False, "Replace the files of an earlier run in --output_dir.")
     flags.mark_flag_as_required("output_dir")
+    for name in ("augment_samples", "max_images", "seed"):
+        common_flags.at_least(name, 0)
+    common_flags.at_least("batch_size", 1)
+    common_flags.between("iou_threshold", 0, 1, open_low=True)
 
 
 def main(argv):
@@ -296,12 +305,12 @@ def main(argv):
         get_anchor_spec(FLAGS.anchors)
     except ValueError as error:
         raise app.UsageError(f"--anchors: {error}") from None
-    if FLAGS.augment_samples < 0:
-        raise app.UsageError(f"--augment_samples must be >= 0; got {FLAGS.augment_samples}.")
+    for name in OUTPUTS:  # the one output rule, before any work
+        prepare_output(os.path.join(FLAGS.output_dir, name), FLAGS.overwrite, FLAGS.data_dir,
+                       flag="--output_dir")
     dataset = common_flags.load_split(FLAGS.train_split)
     if FLAGS.max_images:
         dataset = dataclasses.replace(dataset, records=dataset.records[: FLAGS.max_images])
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
 
     counts, input_scales, original_scales = annotated_counts(
         dataset, FLAGS.anchors, FLAGS.iou_threshold

@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from absl import app, flags, logging
 
-from keras_scb import cli, label_map
+from keras_scb import cli, label_map, run_folder
 from keras_scb import config as config_lib
 from keras_scb.config import OptimizerConfig, ScheduleConfig, TrainConfig
-from keras_scb.fileio import check_writable, remove_stale_temporaries, write_json, write_text
+from keras_scb.fileio import check_not_input, check_writable, remove_stale_temporaries, write_text
 
 # The cosine schedule's final learning rate, as a fraction of the peak rate.
 COSINE_FLOOR = 0.0
@@ -40,6 +40,10 @@ COSINE_FLOOR = 0.0
 
 class TrainingDiverged(cli.UserError):
     """The loss or the weights became non-finite; nothing non-finite was saved."""
+
+
+class TrainingInterrupted(cli.UserError):
+    """SIGINT or SIGTERM ended the training; the backup keeps the last finished epoch."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,29 +74,52 @@ def train(config: TrainConfig) -> TrainResult:
 
     Raises:
         ValueError: bad input (the config against the data or the files),
-            naming the flag or file; `TrainingDiverged` on a non-finite loss.
+            naming the flag or file (`keras_scb.run_folder.RunFolderBusy`: another
+            process owns the run folder; `~keras_scb.run_folder.RecipeChanged`: a
+            resume with another recipe); `TrainingDiverged` on a non-finite loss;
+            `TrainingInterrupted` on SIGINT (and SIGTERM under
+            `run_folder.terminations_as_interrupts`).
     """
+    _check_outputs(config)
     # 'imagenet' offline must stop the run here, before any data is read.
     config.model.check_backbone_weights()
     # Multi-worker collectives must be set up before TensorFlow runs anything.
     strategy = _strategy(config)
     model_dir = _process_model_dir(config)
     _set_process_state(config.runtime)
+    run_folder.lock(model_dir)
     sources = []
+    history, metrics = {}, None
     try:
         train_data, val_data = _read_data(config, sources)
-        backup = _prepare_run_dir(config, model_dir, train_data.class_names)
-        steps = _steps_per_epoch(config.schedule, train_data)
-        detector, initial_epoch = _build_detector(
-            config, strategy, train_data.class_names, backup, steps * config.schedule.epochs)
-        train_ds = _training_data(config, train_data, detector)
-        callbacks = _callbacks(config, model_dir, val_data, backup, initial_epoch)
-        history = _fit(config, detector, strategy, train_ds, callbacks, initial_epoch, steps)
-        _check_finished(config, model_dir, history, backup)
-        metrics = None
-        if config.runtime.final_eval:
-            metrics = _final_evaluation(config, model_dir, val_data)
+        backup, recipe_changes = _prepare_run_dir(config, model_dir, train_data.class_names)
+        if backup.saved_epoch() >= config.schedule.epochs:
+            print(f"--model_dir={model_dir} is complete: {backup.saved_epoch()} of "
+                  f"--epochs={config.schedule.epochs} epochs done; nothing to train (raise "
+                  "--epochs to train on).")
+        else:
+            steps = _steps_per_epoch(config.schedule, train_data)
+            detector, initial_epoch = _build_detector(
+                config, strategy, train_data.class_names, backup, steps * config.schedule.epochs)
+            # Recorded only once the restore succeeded (a failed resume keeps the record).
+            run_folder.record_flags(model_dir, config.to_flag_values(), initial_epoch,
+                                    recipe_changes)
+            train_ds = _training_data(config, train_data, detector)
+            callbacks = _callbacks(config, model_dir, val_data, backup, initial_epoch)
+            history = _fit(config, detector, strategy, train_ds, callbacks, initial_epoch, steps)
+            _check_finished(config, model_dir, history, backup)
+            if config.runtime.final_eval:
+                metrics = _final_evaluation(config, model_dir, val_data)
+    except KeyboardInterrupt:
+        from keras_scb.callbacks import EpochBackup
+
+        done = EpochBackup(os.path.join(model_dir, "backup")).saved_epoch()
+        raise TrainingInterrupted(
+            f"Training interrupted; {model_dir}/backup keeps epoch {done}, the last "
+            "finished one: run the same command to resume from it."
+        ) from None
     finally:
+        run_folder.release(model_dir)
         _print_skipped_input(config, sources)
     best = os.path.join(model_dir, "best.keras")
     return TrainResult(
@@ -102,6 +129,14 @@ def train(config: TrainConfig) -> TrainResult:
         history={key: [float(v) for v in values] for key, values in history.items()},
         metrics=metrics,
     )
+
+
+def _check_outputs(config: TrainConfig) -> None:
+    """The one output rule: the run folder is no input, holds none and lies in none."""
+    weights = config.model.backbone_weights
+    inputs = [*config.data.data_dir, config.model.init_checkpoint,
+              weights if weights and os.path.exists(weights) else None]
+    check_not_input(config.runtime.model_dir, inputs, "--model_dir")
 
 
 def _strategy(config: TrainConfig) -> Any:
@@ -217,18 +252,26 @@ def _steps_per_epoch(schedule: ScheduleConfig, train_data: Any) -> int:
     return schedule.steps_per_epoch or max(1, images // schedule.batch_size)
 
 
-def _prepare_run_dir(config: TrainConfig, model_dir: str, class_names: Tuple[str, ...]) -> Any:
-    """Checks the run folder (a resumed run keeps its label map), clears what a killed
-    run left, writes ``labels.txt`` and ``flags.json``; returns the `EpochBackup`."""
+def _prepare_run_dir(config: TrainConfig, model_dir: str,
+                     class_names: Tuple[str, ...]) -> Tuple[Any, Dict[str, List[Any]]]:
+    """Checks the run folder (a resumed run keeps its label map and, unless
+    ``--allow_recipe_change``, its recipe: `run_folder.compare_recipe`), clears what
+    a killed run left and writes ``labels.txt``; returns the `EpochBackup` and the
+    allowed recipe changes (``flags.json`` is written once the restore succeeded)."""
     from keras_scb.callbacks import EpochBackup
 
     backup = EpochBackup(os.path.join(model_dir, "backup"))
     _check_resumed_label_map(config, model_dir, backup, class_names)
+    recipe_changes = {}
+    if backup.saved_epoch():
+        recipe_changes = run_folder.compare_recipe(
+            model_dir, config.to_flag_values(), config.runtime.allow_recipe_change,
+            config.schedule.lr_schedule,
+        )
     check_writable(model_dir)
     remove_stale_temporaries(model_dir)
     write_text("\n".join(class_names) + "\n", os.path.join(model_dir, label_map.LABELS_FILE))
-    write_json(config.to_flag_values(), os.path.join(model_dir, "flags.json"), default=str)
-    return backup
+    return backup, recipe_changes
 
 
 def _check_resumed_label_map(config: TrainConfig, model_dir: str, backup: Any,
@@ -455,7 +498,9 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    train(TrainConfig.from_flag_values(config_lib.flag_values_of(FLAGS)))
+    config = TrainConfig.from_flag_values(config_lib.flag_values_of(FLAGS))
+    with run_folder.terminations_as_interrupts():
+        train(config)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,14 @@ def run_python(code, env=None, timeout=600):
 @pytest.fixture
 def python_subprocess():
     return run_python
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished 1-step run folder of the smallest detector (tests/round2_testing.py),
+    shared by the issue 25 fault tests: copy it before changing anything in it."""
+    from round2_testing import train_in_process
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    train_in_process(folder)
+    return folder

@@ -135,28 +135,40 @@ QUICK = dict(epochs=1, steps_per_epoch=2, batch_size=2, width_multiplier=0.35,
 
 
 def test_quickstart_trains_in_process_with_the_flags_json_of_the_command_line(tmp_path):
-    """``train(TrainConfig.from_flagfile(...))`` trains; then the command line with the
-    same flags, in the same folder, resumes the finished run (nothing left to train)
-    and writes the same ``flags.json``."""
+    """``train(TrainConfig.from_flagfile(...))`` trains and records the same flags in
+    ``flags.json`` as the command line with the same flags; the command line on the
+    finished run says it is complete and changes nothing."""
     from keras_scb.train import train
+
+    def command_line(model_dir):
+        return subprocess.run(
+            [sys.executable, "-m", "keras_scb.train", "--flagfile=configs/quickstart.cfg",
+             f"--model_dir={model_dir}",
+             *(f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in QUICK.items())],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO),
+        )
 
     run = tmp_path / "run"
     result = train(TrainConfig.from_flagfile("configs/quickstart.cfg", model_dir=str(run), **QUICK))
     assert result.model_dir == str(run) and result.metrics is None
     assert os.path.exists(result.last_checkpoint) and result.best_checkpoint is None
     assert len(result.history["loss"]) == 1
-    ours = json.loads((run / "flags.json").read_text())
+    record = json.loads((run / "flags.json").read_text())
+    ours = record["flags"]
     assert (ours["model_dir"], ours["class_weights"], ours["max_expand"], ours["epochs"]) == (
         str(run), ["0.74", "2.46", "2.5"], 2.0, 1)
-    os.remove(run / "flags.json")
-    cli = subprocess.run(
-        [sys.executable, "-m", "keras_scb.train", "--flagfile=configs/quickstart.cfg",
-         f"--model_dir={run}",
-         *(f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in QUICK.items())],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO),
-    )
+    assert [start["epoch"] for start in record["history"]] == [0]
+
+    other = tmp_path / "cli"
+    cli = command_line(other)
     assert cli.returncode == 0, cli.stderr[-3000:]
-    assert json.loads((run / "flags.json").read_text()) == ours
+    assert json.loads((other / "flags.json").read_text())["flags"] == {
+        **ours, "model_dir": str(other)}
+
+    finished = command_line(run)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "is complete" in finished.stdout
+    assert json.loads((run / "flags.json").read_text()) == record
     with open(run / "history.csv") as f:
         assert len(f.read().splitlines()) == 2  # the header and the one epoch: nothing retrained

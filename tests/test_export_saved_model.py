@@ -252,10 +252,18 @@ def test_failed_export_leaves_nothing(detector, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
     target.mkdir()
-    (target / "keep.txt").write_text("previous export")
+    (target / "keep.txt").write_text("not an export")
     with pytest.raises(FileExistsError):
         saved_model.export_saved_model(detector, target)
+    # --overwrite never deletes what the exporter did not write (issue 25).
+    with pytest.raises(OSError, match=r"did not write: \['keep.txt'\]"):
+        saved_model.export_saved_model(detector, target, overwrite=True)
+    assert os.listdir(target) == ["keep.txt"]
+    # An earlier export is replaced only as a whole: a failed one leaves it.
+    os.remove(target / "keep.txt")
+    (target / "saved_model.pb").write_text("previous export")
     with pytest.raises(RuntimeError, match="interrupted"):
         saved_model.export_saved_model(detector, target, overwrite=True)
     assert os.listdir(tmp_path) == ["saved_model"]
-    assert os.listdir(target) == ["keep.txt"]
+    assert os.listdir(target) == ["saved_model.pb"]
+    assert (target / "saved_model.pb").read_text() == "previous export"

@@ -159,7 +159,7 @@ def test_flex_op_fails_and_leaves_nothing(detector, tmp_path, monkeypatch):
 
 def test_failed_write_leaves_old_file(detector, tmp_path, monkeypatch):
     path = tmp_path / "model.tflite"
-    path.write_bytes(b"previous")
+    path.write_bytes(b"\0\0\0\0TFL3previous")  # a TFLite file: --overwrite may replace it
     monkeypatch.setattr(tflite, "convert", lambda *args, **kwargs: b"new model")
 
     def failing_open(name, mode="r", *args, **kwargs):
@@ -173,8 +173,11 @@ def test_failed_write_leaves_old_file(detector, tmp_path, monkeypatch):
     monkeypatch.setattr(tflite, "open", failing_open, raising=False)
     with pytest.raises(OSError, match="disk full"):
         tflite.export_tflite(detector, path, overwrite=True)
-    assert path.read_bytes() == b"previous"
+    assert path.read_bytes() == b"\0\0\0\0TFL3previous"
     assert _leftovers(tmp_path) == ["model.tflite"]
+    path.write_bytes(b"not a model")
+    with pytest.raises(OSError, match=r"did not write: \['model.tflite'\]"):
+        tflite.export_tflite(detector, path, overwrite=True)
 
 
 def test_export_writes_file_and_labels(detector, fp32_model, tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ LAYERS = {
     ], 4),
     **dict.fromkeys([
         "keras_scb.validation", "keras_scb.evaluation", "keras_scb.calibration",
-        "keras_scb.callbacks", "keras_scb.config",
+        "keras_scb.callbacks", "keras_scb.config", "keras_scb.run_folder",
     ], 5),
     # Other libraries' detectors trained with SCB (optional extras): models and
     # their losses, above the mechanisms, below data and evaluation.

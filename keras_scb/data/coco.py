@@ -9,6 +9,7 @@ issue, so it is not counted in `Dataset.issues`. Each object keeps its annotatio
 ``area`` (`Record.areas`): COCO's AP_S/M/L bin by it, not by the box.
 """
 
+import collections
 import contextlib
 import io
 import json
@@ -20,7 +21,7 @@ from typing import Tuple
 import numpy as np
 
 from keras_scb.data import records as records_lib
-from keras_scb.fileio import write_json
+from keras_scb.fileio import short_repr, write_json
 
 CROWD_POLICIES = ("ignore", "drop")
 
@@ -78,7 +79,12 @@ def _object(annotation, category_index, crowd, path, issues):
 
     ``area`` is the annotation's (pycocotools bins AP_S/M/L by it), else the box's.
     """
-    is_crowd = bool(annotation.get("iscrowd", 0))
+    flag = annotation.get("iscrowd", 0)
+    if flag not in (0, 1) or not isinstance(flag, (int, bool)):  # "0" would be a crowd box
+        issues.bad_object(path, "malformed iscrowd",
+                          f"annotation {annotation.get('id')}: {flag!r}, not 0 or 1")
+        return None
+    is_crowd = bool(flag)
     if is_crowd and crowd == "drop":
         return None
     category = annotation.get("category_id")
@@ -156,13 +162,29 @@ def read_coco(
                 f"annotation {annotation.get('id')}: image {annotation.get('image_id')!r}",
             )
 
+    entries = collections.Counter(
+        image.get("id") for image in coco.dataset["images"] if isinstance(image, dict)
+        and isinstance(image.get("id"), int)
+    )
     records = []
     for image in coco.dataset["images"]:
         try:
             height, width = int(image["height"]), int(image["width"])
-            file_name, image_id = image["file_name"], int(image["id"])
+            file_name, image_id = image["file_name"], image["id"]
+            if isinstance(image_id, bool) or not isinstance(image_id, int):
+                raise TypeError(f"'id' is {image_id!r}, not an int")
+            if not all(_is_number(image[key]) for key in ("height", "width")):
+                raise TypeError("'height' and 'width' must be numbers")
         except (KeyError, TypeError, ValueError, OverflowError) as error:
-            issues.bad_file(annotation_file, "malformed image entry", f"{image!r}: {error}")
+            issues.bad_file(annotation_file, "malformed image entry",
+                            f"{short_repr(image)}: {error}")
+            continue
+        if entries[image_id] > 1:  # pycocotools would pool their boxes
+            issues.bad_file(
+                annotation_file, "repeated image id",
+                f"image {image_id} ({file_name!r}) is one of {entries[image_id]} image entries "
+                "with that id; their annotations cannot be told apart",
+            )
             continue
         problem = records_lib.image_size_problem(height, width)
         if problem:

@@ -13,7 +13,9 @@ to the input pipelines.
 from absl import app, flags, logging
 
 from keras_scb import cli
+from keras_scb import flags as common_flags
 from keras_scb.data import coco, records, tfrecord, voc
+from keras_scb.fileio import check_not_input
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +44,10 @@ def _define_flags():
     flags.DEFINE_enum("bad_files", "raise", list(records.POLICIES), "Unusable image or annotation files.")
     flags.DEFINE_enum("bad_objects", "raise", list(records.POLICIES), "Unusable boxes.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_bool("overwrite", False, "Replace an earlier conversion to --output (the "
+                      "shards its metadata lists, and the metadata).")
     flags.mark_flags_as_required(["format", "output"])
+    common_flags.at_least("num_shards", 1)
 
 
 def read_source() -> records.Dataset:
@@ -64,12 +69,17 @@ def read_source() -> records.Dataset:
 def main(argv: list) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # The one output rule: no shard or metadata over, around or inside an input.
+    for output in (f"{FLAGS.output}.json", f"{FLAGS.output}-00000-of-00001.tfrecord"):
+        check_not_input(output, [*FLAGS.voc_roots, FLAGS.coco_annotations, FLAGS.coco_images])
     dataset = read_source()
     logging.info(
         "%d images, %d boxes, classes %s, issues %s",
         len(dataset), dataset.num_boxes(), dataset.class_names, dataset.issues,
     )
-    meta = tfrecord.write_tfrecords(dataset, FLAGS.output, FLAGS.num_shards, FLAGS.progress)
+    meta = tfrecord.write_tfrecords(
+        dataset, FLAGS.output, FLAGS.num_shards, FLAGS.progress, FLAGS.overwrite
+    )
     print(f"Wrote {len(dataset)} images to {meta}; {records.format_issues(dataset.issues)}")
 
 

@@ -340,6 +340,8 @@ def training_pipeline(
         source, True, shuffle, seed, shuffle_buffer
     )
     max_boxes = max_boxes or source_max
+    if not per_image:
+        _warn_of_cap(source, max_boxes, source_max)
 
     if not per_image:
         _warn_of_cut_boxes(source, max_boxes, keep_difficult)
@@ -380,6 +382,23 @@ def training_pipeline(
             lambda images, gt: (images, encode(*gt)), num_parallel_calls=AUTOTUNE
         )
     return data.prefetch(AUTOTUNE).with_options(_options(deterministic, shard_policy))
+
+
+def _warn_of_cap(source, max_boxes, source_max):
+    """Caps are never silent: counts the ground-truth boxes that padding to
+    ``max_boxes`` drops (before augmentation, which only removes boxes)."""
+    if max_boxes >= source_max:
+        return
+    if isinstance(source, records_lib.Dataset):
+        over = [len(r.classes) - max_boxes for r in source.records if len(r.classes) > max_boxes]
+        counted = f"{sum(over)} boxes of {len(over)} images are dropped"
+    else:
+        counted = "boxes of the images with more are dropped"
+    logging.warning(
+        "max_boxes=%d but an image of the training split has %d boxes: %s (a padded target "
+        "keeps the first max_boxes); raise --max_boxes (0: the split's most) to keep them.",
+        max_boxes, source_max, counted,
+    )
 
 
 def validation_pipeline(

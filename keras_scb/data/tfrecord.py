@@ -26,7 +26,15 @@ import numpy as np
 import tensorflow as tf
 
 from keras_scb.data import records as records_lib
-from keras_scb.fileio import write_json
+from keras_scb.fileio import (
+    OutputError,
+    abbreviate,
+    read_json,
+    remove_stale_temporaries,
+    short_repr,
+    temporary_name,
+    write_json,
+)
 
 RECORDS_PER_SHARD = 1024
 
@@ -92,13 +100,61 @@ def _encoded(record):
         return f.read()
 
 
+def _shard_name(prefix: str, shard: int, num_shards: int) -> str:
+    return f"{os.path.basename(prefix)}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def _check_replaceable(prefix: str, overwrite: bool) -> list:
+    """The files of an earlier conversion to ``prefix`` that a new one replaces.
+
+    Raises:
+        FileExistsError: there are some and not ``overwrite``.
+        OutputError: a shard of the prefix that its metadata does not list (not
+            written with it: ``overwrite`` never deletes it).
+    """
+    folder = os.path.dirname(os.path.abspath(prefix))
+    meta_path = f"{prefix}.json"
+    base = os.path.basename(prefix)
+    shards = sorted(
+        name for name in (os.listdir(folder) if os.path.isdir(folder) else ())
+        if name.startswith(f"{base}-") and "-of-" in name and name.endswith(".tfrecord")
+    )
+    if not shards and not os.path.exists(meta_path):
+        return []
+    if not overwrite:
+        raise FileExistsError(
+            f"{prefix}: an earlier conversion is there ({meta_path}, {len(shards)} shards); "
+            "pass --overwrite to replace it."
+        )
+    listed = []
+    if os.path.exists(meta_path):
+        meta = read_json(meta_path, "TFRecord metadata")
+        files = meta.get("files") if isinstance(meta, dict) else None
+        listed = [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    foreign = [name for name in shards if name not in listed]
+    if foreign:
+        raise OutputError(
+            f"{prefix}: shards {abbreviate(foreign)} are not listed in {meta_path}; "
+            "--overwrite never deletes files it did not write: move them away."
+        )
+    return [os.path.join(folder, name) for name in shards]
+
+
 def write_tfrecords(
     dataset: records_lib.Dataset,
     prefix: str,
     num_shards: Optional[int] = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> str:
-    """Writes the shards and the metadata file.
+    """Writes the shards and the metadata file, as a whole or not at all.
+
+    Every shard is written to a temporary file first (`keras_scb.fileio`); only
+    when all are complete does the old metadata go, the shards take their names,
+    the old shards that are not replaced go, and the metadata is written last.
+    An interrupted conversion thus leaves the earlier one whole, or (killed in
+    the renames) no metadata, which readers refuse: never new shards beside old
+    metadata.
 
     Args:
         dataset: `Dataset` (images as paths or bytes).
@@ -107,6 +163,8 @@ def write_tfrecords(
             images. For file-sharded multi-worker training use at least one per
             worker.
         progress: show a progress bar.
+        overwrite: replace an earlier conversion to ``prefix`` (only the files
+            its metadata lists).
 
     Returns:
         The metadata path ``<prefix>.json`` (what `read_tfrecords` takes).
@@ -117,19 +175,35 @@ def write_tfrecords(
         raise ValueError(f"{prefix}: refusing to write an empty dataset.")
     num_shards = num_shards or math.ceil(len(dataset) / RECORDS_PER_SHARD)
     num_shards = min(num_shards, len(dataset))
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    old = _check_replaceable(prefix, overwrite)
     bar = keras.utils.Progbar(len(dataset), unit_name="image") if progress else None
-    files = []
-    for shard in range(num_shards):
-        start = shard * len(dataset) // num_shards
-        stop = (shard + 1) * len(dataset) // num_shards
-        path = f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-        files.append(os.path.basename(path))
-        with tf.io.TFRecordWriter(path) as writer:
-            for record in dataset.records[start:stop]:
-                writer.write(_example(record, _encoded(record)).SerializeToString())
-                if bar is not None:
-                    bar.add(1)
+    files = [_shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
+    temporaries = [temporary_name(os.path.join(folder, name)) for name in files]
+    meta_path = f"{prefix}.json"
+    try:
+        for shard, temporary in enumerate(temporaries):
+            start = shard * len(dataset) // num_shards
+            stop = (shard + 1) * len(dataset) // num_shards
+            with tf.io.TFRecordWriter(temporary) as writer:
+                for record in dataset.records[start:stop]:
+                    writer.write(_example(record, _encoded(record)).SerializeToString())
+                    if bar is not None:
+                        bar.add(1)
+        if os.path.exists(meta_path):
+            os.remove(meta_path)  # from here to the new metadata, no conversion is whole
+        for temporary, name in zip(temporaries, files):
+            os.replace(temporary, os.path.join(folder, name))
+    except BaseException:
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise
+    for path in old:
+        if os.path.basename(path) not in files:
+            os.remove(path)
     meta = {
         "files": files,
         "class_names": list(dataset.class_names),
@@ -139,7 +213,6 @@ def write_tfrecords(
         "max_boxes": dataset.max_boxes(),
         "issues": dataset.issues,
     }
-    meta_path = f"{prefix}.json"
     write_json(meta, meta_path, indent=1)
     return meta_path
 
@@ -204,6 +277,33 @@ def verify_shards(source: TFRecordSource) -> None:
         )
 
 
+def _whole(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _metadata_problem(meta) -> Optional[str]:
+    """Why a metadata dict cannot be read (each field's type and range), or None."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    files, names, ids = meta.get("files"), meta.get("class_names"), meta.get("category_ids")
+    if not isinstance(files, list) or not files or not all(
+        isinstance(f, str) and f and os.path.basename(f) == f and f not in (".", "..")
+        for f in files
+    ):
+        return (f"field 'files' is {short_repr(files)}, not a list of shard file names "
+                "in its folder")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return f"field 'class_names' is {short_repr(names)}, not a list of names"
+    if ids is not None and not (isinstance(ids, list) and len(ids) == len(names)
+                                and all(_whole(i, 0) for i in ids)):
+        return (f"field 'category_ids' is {short_repr(ids)}, not one whole number >= 0 "
+                "per class")
+    for field in ("num_records", "max_boxes"):
+        if not _whole(meta.get(field), 1):
+            return f"field {field!r} is {meta.get(field)!r}, not a whole number >= 1"
+    return None
+
+
 def read_tfrecords(path: str, verify: bool = True) -> TFRecordSource:
     """Opens what `write_tfrecords` wrote, given ``<prefix>.json`` or ``<prefix>``.
 
@@ -218,21 +318,19 @@ def read_tfrecords(path: str, verify: bool = True) -> TFRecordSource:
             meta = json.load(f)
     except json.JSONDecodeError as error:
         raise records_lib.BadInputError(f"{meta_path}: malformed JSON: {error}") from None
-    try:
-        folder = os.path.dirname(os.path.abspath(meta_path))
-        files = tuple(os.path.join(folder, name) for name in meta["files"])
-        category_ids = meta.get("category_ids")
-        source = TFRecordSource(
-            files=files,
-            class_names=tuple(meta["class_names"]),
-            category_ids=None if category_ids is None else tuple(category_ids),
-            num_records=int(meta["num_records"]),
-            max_boxes=int(meta["max_boxes"]),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise records_lib.BadInputError(
-            f"{meta_path}: malformed TFRecord metadata ({type(error).__name__}: {error})"
-        ) from None
+    problem = _metadata_problem(meta)
+    if problem:
+        raise records_lib.BadInputError(f"{meta_path}: malformed TFRecord metadata: {problem}")
+    folder = os.path.dirname(os.path.abspath(meta_path))
+    files = tuple(os.path.join(folder, name) for name in meta["files"])
+    category_ids = meta.get("category_ids")
+    source = TFRecordSource(
+        files=files,
+        class_names=tuple(meta["class_names"]),
+        category_ids=None if category_ids is None else tuple(category_ids),
+        num_records=meta["num_records"],
+        max_boxes=meta["max_boxes"],
+    )
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"{meta_path}: shard files missing: {missing}")

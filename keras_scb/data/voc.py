@@ -48,7 +48,14 @@ def _split_ids(root, split):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such split file (split {split!r} of {root}).")
     with open(path) as f:
-        return [line.split()[0] for line in f if line.strip()]
+        lines = [(number, line.split()[0]) for number, line in enumerate(f, 1) if line.strip()]
+    for number, name in lines:
+        if os.path.isabs(name) or "/" in name or "\\" in name or name in (".", ".."):
+            raise records_lib.BadInputError(
+                f"{path}, line {number}: image name {name!r} is not a plain name (a path, "
+                "or one leading outside Annotations/ and JPEGImages/): refused."
+            )
+    return [name for _, name in lines]
 
 
 def _folder_name(root):
