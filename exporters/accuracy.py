@@ -214,6 +214,7 @@ def _define_flags():
     common.define_decoder_flags()
     common_flags.at_least("representative_count", 1)
     common_flags.at_least("max_images", 1)
+    common_flags.at_least("top_k", 1)
     flags.mark_flags_as_required(["checkpoint"])
 
 

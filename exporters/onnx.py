@@ -167,7 +167,8 @@ def main(argv):
     del argv
     values = flags.FLAGS
     _tf2onnx()  # fail before loading anything
-    common.prepare_output(values.output, values.overwrite)
+    # The one output rule: never over (or inside) the checkpoint it reads.
+    common.prepare_output(values.output, values.overwrite, [values.checkpoint])
     detector = common.load_detector(values.checkpoint)
     class_names = common.read_class_names(values.checkpoint, values.class_names)
     export_onnx(

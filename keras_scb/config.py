@@ -124,6 +124,7 @@ class _Section:
 
 
 _NOUNS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURALS = {float: "numbers", int: "integers", str: "names"}
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
@@ -138,8 +139,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         try:
             return tuple(_scalar(element, item) for item in items)
         except (TypeError, ValueError):
-            plural = {float: "numbers", int: "integers", str: "names"}[element]
-            raise ValueError(f"--{name}={_joined(value)}: not a list of {plural}.") from None
+            raise ValueError(
+                f"--{name}={_joined(value)}: not a list of {_PLURALS[element]}.") from None
     try:
         return _scalar(hint, value)
     except (TypeError, ValueError):
@@ -723,8 +724,9 @@ def _define(flag_values: flags.FlagValues, field: dataclasses.Field, hint: Any) 
                 return False
             return value is None or valid.holds(value)
 
-        flags.register_validator(name, holds, message=f"must be {valid}",
-                                 flag_values=flag_values)
+        what = (f"a comma-separated list of {_PLURALS[typing.get_args(hint)[0]]}, each {valid}"
+                if typing.get_origin(hint) is tuple else str(valid))
+        flags.register_validator(name, holds, message=f"must be {what}", flag_values=flag_values)
 
 
 def parse_flags(args: Sequence[str]) -> Dict[str, Any]:

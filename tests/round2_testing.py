@@ -43,16 +43,9 @@ def contents(folder):
 
 
 def train_in_process(model_dir, *extra):
-    """``keras_scb.train`` with `TINY` and ``extra`` flags, in this process; returns
-    its result (the flags are reset afterwards)."""
-    from flag_testing import train_flags
+    """``keras_scb.train.train`` of the config of `TINY` and ``extra`` flags, in this
+    process; returns its `TrainResult` (it releases the run folder itself)."""
+    from keras_scb.config import TrainConfig
+    from keras_scb.train import train
 
-    from keras_scb import train
-
-    with train_flags(f"--model_dir={model_dir}", *TINY, *extra):
-        try:
-            return train.train()
-        finally:
-            from keras_scb import run_folder
-
-            run_folder.release(str(model_dir))
+    return train(TrainConfig.from_args([f"--model_dir={model_dir}", *TINY, *extra]))

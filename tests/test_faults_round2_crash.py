@@ -21,7 +21,7 @@ from keras_scb import label_map, run_folder
 
 
 @pytest.mark.parametrize("flag,named", [
-    ("--eval_batch_size=0", "flag --eval_batch_size=0: must be >= 1"),
+    ("--eval_batch_size=0", "flag --eval_batch_size=0: must be positive"),
     ("--lr_decay_steps=abc", "flag --lr_decay_steps=['abc']: must be a comma-separated list"),
 ])
 def test_bad_train_flag_fails_at_once_naming_it(tmp_path, flag, named):
@@ -52,20 +52,19 @@ def test_plain_keras_model_given_to_evaluate_is_one_line(plain_model, tmp_path):
 
 
 def test_interrupted_training_says_how_to_resume_in_one_line(tmp_path, monkeypatch):
-    from flag_testing import train_flags
-
     from keras_scb import cli, train
+    from keras_scb.config import TrainConfig
 
-    def interrupted():
-        run_folder.lock(str(tmp_path))
+    def interrupted(*args):
+        assert (tmp_path / run_folder.LOCK_FILE).exists()  # held while training
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "train", interrupted)
-    with train_flags(f"--model_dir={tmp_path}"):
-        # A cli.UserError: `cli.run` prints it as one line, exit status 1.
-        with pytest.raises(cli.UserError, match=r"Training interrupted; .*backup keeps epoch 0, "
-                           r"the last finished one: run the same command to resume"):
-            train.main(["train"])
+    monkeypatch.setattr(train, "_fit", interrupted)
+    config = TrainConfig.from_args([f"--model_dir={tmp_path}", *TINY])
+    # A cli.UserError: `cli.run` prints it as one line, exit status 1.
+    with pytest.raises(cli.UserError, match=r"Training interrupted; .*backup keeps epoch 0, "
+                       r"the last finished one: run the same command to resume"):
+        train.train(config)
     assert not (tmp_path / run_folder.LOCK_FILE).exists()  # the lock is given back
 
 

@@ -169,15 +169,14 @@ def test_predict_overwrite_never_deletes_files_it_did_not_write(tmp_path):
 
 @pytest.mark.parametrize("where", ["inside", "around"])
 def test_train_model_dir_inside_or_around_its_data_dir_is_refused(tmp_path, where):
-    from flag_testing import train_flags
-
     from keras_scb import train
+    from keras_scb.config import TrainConfig
 
     root = tmp_path / "VOC"
     root.mkdir()
     model_dir = root / "run" if where == "inside" else tmp_path
-    with train_flags("--dataset=voc", f"--data_dir={root}", f"--model_dir={model_dir}",
-                     "--backbone_weights=none"):
-        with pytest.raises(fileio.OutputOverInput, match=f"--model_dir={model_dir} "):
-            train._check_flags()
+    config = TrainConfig.from_args(["--dataset=voc", f"--data_dir={root}",
+                                    f"--model_dir={model_dir}", "--backbone_weights=none"])
+    with pytest.raises(fileio.OutputOverInput, match=f"--model_dir={model_dir} "):
+        train._check_outputs(config)
     assert os.listdir(root) == []

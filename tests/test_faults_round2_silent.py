@@ -84,7 +84,8 @@ def test_allowed_recipe_change_is_recorded_in_the_history(tmp_path):
 
 def test_complete_run_says_so_and_trains_nothing(run_copy, capsys):
     before = contents(run_copy)
-    assert train_in_process(run_copy) is None
+    result = train_in_process(run_copy)
+    assert result.history == {} and result.metrics is None
     assert "is complete: 1 of --epochs=1 epochs done; nothing to train" in capsys.readouterr().out
     assert contents(run_copy) == before
 
