@@ -75,8 +75,11 @@ def _check(results, runner, image_dir, atol):
             "boxes": boxes.reshape(1, -1, 4), "scores": scores[None],
             "classes": classes.astype(int)[None], "num_detections": np.array([len(scores)]),
         }
+        # LiteRT's XNNPACK and TensorFlow's oneDNN kernels round differently: on an
+        # Intel Xeon with AMX the scores of this float32 model differed by up to
+        # 1.1e-4, past the 1e-4 that held on the AMD EPYC machines before it.
         total += export_testing.assert_same_detections(
-            as_listed, expected, score_atol=1e-4, box_atol=atol, min_count=0
+            as_listed, expected, score_atol=1e-4, score_rtol=5e-4, box_atol=atol, min_count=0
         )
     assert total >= 2  # the check above compared something
 
