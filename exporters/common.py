@@ -290,6 +290,22 @@ def decoder_kwargs_from_flags(values):
     }
 
 
+def define_export_flags(output_help: str) -> None:
+    """The flags every exporter of a checkpoint takes: ``--checkpoint``, ``--output``
+    (``output_help``), ``--class_names``, ``--overwrite`` and the decoder's."""
+    from absl import flags
+
+    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
+    flags.DEFINE_string("output", None, output_help)
+    flags.DEFINE_string(
+        "class_names", None,
+        "Comma-separated class names (default: labels.txt next to the checkpoint).",
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+    define_decoder_flags()
+    flags.mark_flags_as_required(["checkpoint", "output"])
+
+
 def define_decoder_flags():
     """The `PostProcessor` flags every export CLI takes (defaults: `DECODER_DEFAULTS`)."""
     from absl import flags

@@ -150,17 +150,9 @@ def export_onnx(detector, path, precision="fp32", class_names=None, overwrite=Fa
 
 
 def _define_flags():
-    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
-    flags.DEFINE_string("output", None, "The .onnx file to write.")
+    common.define_export_flags("The .onnx file to write.")
     flags.DEFINE_enum("precision", "fp32", PRECISIONS,
                       "fp16: convolution kernels stored as float16 (computed in float32).")
-    flags.DEFINE_string(
-        "class_names", None,
-        "Comma-separated class names (default: labels.txt next to the checkpoint).",
-    )
-    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
-    common.define_decoder_flags()
-    flags.mark_flags_as_required(["checkpoint", "output"])
 
 
 def main(argv):

@@ -163,15 +163,7 @@ def export_saved_model(detector, output_dir, class_names=None, overwrite=False, 
 
 
 def _define_flags():
-    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
-    flags.DEFINE_string("output", None, "The SavedModel folder to write.")
-    flags.DEFINE_string(
-        "class_names", None,
-        "Comma-separated class names (default: labels.txt next to the checkpoint).",
-    )
-    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
-    common.define_decoder_flags()
-    flags.mark_flags_as_required(["checkpoint", "output"])
+    common.define_export_flags("The SavedModel folder to write.")
 
 
 def main(argv):

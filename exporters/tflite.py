@@ -391,19 +391,13 @@ def representative_images(source, image_size, count=100, split="train"):
 
 
 def _define_flags():
-    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint of a Detector.")
-    flags.DEFINE_string("output", None, "The .tflite file to write.")
+    common.define_export_flags("The .tflite file to write.")
     flags.DEFINE_enum("precision", "fp32", PRECISIONS, "Weights/activations precision.")
     flags.DEFINE_string(
         "representative_data", "bccd",
         "int8 calibration images: 'bccd' (train split), 'synthetic' or a folder.",
     )
     flags.DEFINE_integer("representative_count", 100, "int8 calibration images.")
-    flags.DEFINE_string(
-        "class_names", None,
-        "Comma-separated class names (default: labels.txt next to the checkpoint).",
-    )
-    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
     flags.DEFINE_bool(
         "postprocess", True,
         "Include the NMS; --nopostprocess exports every anchor's decoded box "
@@ -415,8 +409,6 @@ def _define_flags():
         "other: 'names' (category_name; index None) or 'indices' (index = class id; "
         "labels.txt stays embedded as the model's class description).",
     )
-    common.define_decoder_flags()
-    flags.mark_flags_as_required(["checkpoint", "output"])
     common_flags.at_least("representative_count", 1)
 
 
