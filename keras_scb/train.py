@@ -15,9 +15,9 @@ of ``best.keras`` (or ``last.keras``) in ``eval/metrics.{json,md}``.
 
 `train` is a sequence of small steps, each a function below, in the order it
 calls them: check what needs files, set up the distribution, the process-wide
-state, read the data, prepare the run folder (resuming), build and compile,
-the input pipeline, the callbacks, fit, the divergence check, the final
-evaluation.
+state, read the data, lock the run folder (`keras_scb.run_folder`), prepare it
+(resuming: the recipe compared), build and compile, record the flags, the input
+pipeline, the callbacks, fit, the divergence check, the final evaluation.
 """
 
 import contextlib
@@ -87,29 +87,22 @@ def train(config: TrainConfig) -> TrainResult:
     strategy = _strategy(config)
     model_dir = _process_model_dir(config)
     _set_process_state(config.runtime)
-    run_folder.lock(model_dir)
     sources = []
     history, metrics = {}, None
     try:
         train_data, val_data = _read_data(config, sources)
-        backup, recipe_changes = _prepare_run_dir(config, model_dir, train_data.class_names)
-        if backup.saved_epoch() >= config.schedule.epochs:
-            print(f"--model_dir={model_dir} is complete: {backup.saved_epoch()} of "
-                  f"--epochs={config.schedule.epochs} epochs done; nothing to train (raise "
-                  "--epochs to train on).")
-        else:
-            steps = _steps_per_epoch(config.schedule, train_data)
-            detector, initial_epoch = _build_detector(
-                config, strategy, train_data.class_names, backup, steps * config.schedule.epochs)
-            # Recorded only once the restore succeeded (a failed resume keeps the record).
-            run_folder.record_flags(model_dir, config.to_flag_values(), initial_epoch,
-                                    recipe_changes)
-            train_ds = _training_data(config, train_data, detector)
-            callbacks = _callbacks(config, model_dir, val_data, backup, initial_epoch)
-            history = _fit(config, detector, strategy, train_ds, callbacks, initial_epoch, steps)
-            _check_finished(config, model_dir, history, backup)
-            if config.runtime.final_eval:
-                metrics = _final_evaluation(config, model_dir, val_data)
+        run_folder.lock(model_dir)  # before the first write into the run folder
+        try:
+            backup, recipe_changes = _prepare_run_dir(config, model_dir, train_data.class_names)
+            if backup.saved_epoch() >= config.schedule.epochs:
+                print(f"--model_dir={model_dir} is complete: {backup.saved_epoch()} of "
+                      f"--epochs={config.schedule.epochs} epochs done; nothing to train (raise "
+                      "--epochs to train on).")
+            else:
+                history, metrics = _train_and_evaluate(
+                    config, strategy, model_dir, train_data, val_data, backup, recipe_changes)
+        finally:
+            run_folder.release(model_dir)
     except KeyboardInterrupt:
         from keras_scb.callbacks import EpochBackup
 
@@ -119,7 +112,6 @@ def train(config: TrainConfig) -> TrainResult:
             "finished one: run the same command to resume from it."
         ) from None
     finally:
-        run_folder.release(model_dir)
         _print_skipped_input(config, sources)
     best = os.path.join(model_dir, "best.keras")
     return TrainResult(
@@ -129,6 +121,24 @@ def train(config: TrainConfig) -> TrainResult:
         history={key: [float(v) for v in values] for key, values in history.items()},
         metrics=metrics,
     )
+
+
+def _train_and_evaluate(config: TrainConfig, strategy: Any, model_dir: str, train_data: Any,
+                        val_data: Any, backup: Any,
+                        recipe_changes: Dict[str, List[Any]]) -> Tuple[Dict[str, list], Any]:
+    """Builds (restoring the backup), records the run's flags, fits and evaluates;
+    returns the history and the final metrics (None without ``final_eval``)."""
+    steps = _steps_per_epoch(config.schedule, train_data)
+    detector, initial_epoch = _build_detector(
+        config, strategy, train_data.class_names, backup, steps * config.schedule.epochs)
+    # Recorded only once the restore succeeded (a failed resume keeps the record).
+    run_folder.record_flags(model_dir, config.to_flag_values(), initial_epoch, recipe_changes)
+    train_ds = _training_data(config, train_data, detector)
+    callbacks = _callbacks(config, model_dir, val_data, backup, initial_epoch)
+    history = _fit(config, detector, strategy, train_ds, callbacks, initial_epoch, steps)
+    _check_finished(config, model_dir, history, backup)
+    metrics = _final_evaluation(config, model_dir, val_data) if config.runtime.final_eval else None
+    return history, metrics
 
 
 def _check_outputs(config: TrainConfig) -> None:
