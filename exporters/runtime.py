@@ -5,6 +5,7 @@ Every runner takes uint8 images ``(B, S, S, 3)`` at the model's size ``S``
 `exporters.common.DETECTION_KEYS`.
 """
 
+import json
 import os
 import signal
 import subprocess
